@@ -1,1 +1,52 @@
 //! The built-in text embedder of latentdb.
+//!
+//! Loads a model directory (Hugging Face layout) and embeds text in-process with candle:
+//!
+//! - NV-Embed (`model_type: nvembed`): a bidirectional Mistral and NVIDIA's latent-attention
+//!   pooling, with task instructions ([`tasks`]);
+//! - BERT sentence encoders (`model_type: bert`), by default all-MiniLM-L6-v2, fetched into the
+//!   model cache by [`fetch::fetch_default`];
+//! - a trainable latent-attention head ([`head::LatentHead`]) on a sentence encoder's token
+//!   states; the `default` model carries an untrained one, which is exactly mean pooling.
+//!
+//! Vectors are L2-normalised. [`Embedder`] is `Send + Sync` and its methods take `&self`.
+//!
+//! ```
+//! use latentdb_embed::{EmbedOptions, Embedder, LoadOptions};
+//! # fn main() -> latentdb_embed::Result<()> {
+//! let dir = std::path::Path::new(concat!(
+//!     env!("CARGO_MANIFEST_DIR"),
+//!     "/../../../shared/fixtures/nvembed-tiny"
+//! ));
+//! let embedder = Embedder::from_dir(dir, &LoadOptions::default())?;
+//! let vectors = embedder.embed(&["Rust", "Vector databases store embeddings."], &EmbedOptions::default())?;
+//! assert_eq!(vectors.len(), 2);
+//! let norm: f32 = vectors[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+//! assert!((norm - 1.0).abs() < 1e-4);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod bench;
+pub mod bert;
+pub mod config;
+pub mod embedder;
+mod error;
+pub mod fetch;
+pub mod head;
+pub mod latent_attention;
+pub mod mistral;
+pub mod nvembed;
+pub mod pooling;
+pub mod tasks;
+pub mod tokenize;
+pub mod weights;
+
+pub use config::{ModelConfig, Pooling};
+pub use embedder::{
+    EmbedOptions, Embedder, Instruction, LoadOptions, ModelIdentity, TokenStates, pad_token_states,
+    weights_sha256,
+};
+pub use error::{Error, Result};
+pub use fetch::{ModelSpec, fetch_default, models_dir};
+pub use head::{BackboneRef, HeadConfig, LatentHead};

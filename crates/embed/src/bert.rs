@@ -1,0 +1,217 @@
+//! A BERT encoder (the backbone of sentence-transformers models such as all-MiniLM-L6-v2).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+
+use crate::config::BertConfig;
+use crate::error::{Error, Result};
+use crate::weights::take;
+
+#[derive(Debug, Clone)]
+struct Layer {
+    /// Query, key and value projections stacked: `[3d, d]`, bias `[3d]`.
+    qkv_w: Tensor,
+    qkv_b: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+    ln1_w: Tensor,
+    ln1_b: Tensor,
+    inter_w: Tensor,
+    inter_b: Tensor,
+    ffn_out_w: Tensor,
+    ffn_out_b: Tensor,
+    ln2_w: Tensor,
+    ln2_b: Tensor,
+}
+
+/// The BERT encoder.
+#[derive(Debug, Clone)]
+pub struct Bert {
+    cfg: BertConfig,
+    word: Tensor,
+    position: Tensor,
+    token_type0: Tensor,
+    emb_ln_w: Tensor,
+    emb_ln_b: Tensor,
+    layers: Vec<Layer>,
+}
+
+/// The tensors a BERT checkpoint must hold (names without a `bert.` prefix).
+pub(crate) fn tensor_plan(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
+    let d = cfg.hidden_size;
+    let f = cfg.intermediate_size;
+    let mut plan = vec![
+        (
+            "embeddings.word_embeddings.weight".into(),
+            vec![cfg.vocab_size, d],
+        ),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![cfg.max_position_embeddings, d],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![cfg.type_vocab_size, d],
+        ),
+        ("embeddings.LayerNorm.weight".into(), vec![d]),
+        ("embeddings.LayerNorm.bias".into(), vec![d]),
+    ];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("encoder.layer.{i}");
+        for n in ["query", "key", "value"] {
+            plan.push((format!("{p}.attention.self.{n}.weight"), vec![d, d]));
+            plan.push((format!("{p}.attention.self.{n}.bias"), vec![d]));
+        }
+        plan.extend([
+            (format!("{p}.attention.output.dense.weight"), vec![d, d]),
+            (format!("{p}.attention.output.dense.bias"), vec![d]),
+            (format!("{p}.attention.output.LayerNorm.weight"), vec![d]),
+            (format!("{p}.attention.output.LayerNorm.bias"), vec![d]),
+            (format!("{p}.intermediate.dense.weight"), vec![f, d]),
+            (format!("{p}.intermediate.dense.bias"), vec![f]),
+            (format!("{p}.output.dense.weight"), vec![d, f]),
+            (format!("{p}.output.dense.bias"), vec![d]),
+            (format!("{p}.output.LayerNorm.weight"), vec![d]),
+            (format!("{p}.output.LayerNorm.bias"), vec![d]),
+        ]);
+    }
+    plan
+}
+
+/// Strips a `bert.` prefix from checkpoint names (BertForX checkpoints) in place.
+pub(crate) fn strip_prefix(tensors: &mut HashMap<String, Tensor>) {
+    if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+        let old = std::mem::take(tensors);
+        *tensors = old
+            .into_iter()
+            .map(|(k, v)| match k.strip_prefix("bert.") {
+                Some(s) => (s.to_string(), v),
+                None => (k, v),
+            })
+            .collect();
+    }
+}
+
+/// Tensors a sentence-transformers BERT checkpoint may carry that the encoder does not use.
+pub(crate) fn ignorable(name: &str) -> bool {
+    name.starts_with("pooler.") || name.starts_with("cls.") || name == "embeddings.position_ids"
+}
+
+impl Bert {
+    /// Builds the encoder from checkpoint tensors (after [`strip_prefix`] and the plan check).
+    pub(crate) fn from_tensors(
+        cfg: &BertConfig,
+        tensors: &mut HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let mut t = |n: &str| take(tensors, &format!("{p}.{n}"));
+            let qkv_w = Tensor::cat(
+                &[
+                    t("attention.self.query.weight")?,
+                    t("attention.self.key.weight")?,
+                    t("attention.self.value.weight")?,
+                ],
+                0,
+            )?;
+            let qkv_b = Tensor::cat(
+                &[
+                    t("attention.self.query.bias")?,
+                    t("attention.self.key.bias")?,
+                    t("attention.self.value.bias")?,
+                ],
+                0,
+            )?;
+            layers.push(Layer {
+                qkv_w,
+                qkv_b,
+                out_w: t("attention.output.dense.weight")?,
+                out_b: t("attention.output.dense.bias")?,
+                ln1_w: t("attention.output.LayerNorm.weight")?,
+                ln1_b: t("attention.output.LayerNorm.bias")?,
+                inter_w: t("intermediate.dense.weight")?,
+                inter_b: t("intermediate.dense.bias")?,
+                ffn_out_w: t("output.dense.weight")?,
+                ffn_out_b: t("output.dense.bias")?,
+                ln2_w: t("output.LayerNorm.weight")?,
+                ln2_b: t("output.LayerNorm.bias")?,
+            });
+        }
+        let token_types = take(tensors, "embeddings.token_type_embeddings.weight")?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            word: take(tensors, "embeddings.word_embeddings.weight")?,
+            position: take(tensors, "embeddings.position_embeddings.weight")?,
+            token_type0: token_types.get(0)?,
+            emb_ln_w: take(tensors, "embeddings.LayerNorm.weight")?,
+            emb_ln_b: take(tensors, "embeddings.LayerNorm.bias")?,
+            layers,
+        })
+    }
+
+    /// The model's width.
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// The longest input the position table allows.
+    pub fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    /// Final token states `[batch, len, d]` for `ids` `[batch, len]` with padding mask `mask`
+    /// `[batch, len]` (1 = real token).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        if l > self.cfg.max_position_embeddings {
+            return Err(Error::InvalidArgument(format!(
+                "input of {l} tokens exceeds the model's {} positions",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let d = self.cfg.hidden_size;
+        let nh = self.cfg.num_attention_heads;
+        let hd = d / nh;
+        let eps = self.cfg.layer_norm_eps as f32;
+        let x = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, d))?;
+        let pos = self.position.narrow(0, 0, l)?;
+        let x = x.broadcast_add(&pos)?.broadcast_add(&self.token_type0)?;
+        let mut x = candle_nn::ops::layer_norm(
+            &x.reshape((b * l, d))?,
+            &self.emb_ln_w,
+            &self.emb_ln_b,
+            eps,
+        )?;
+        let bias = mask
+            .to_dtype(DType::F32)?
+            .affine(f64::from(f32::MAX), -f64::from(f32::MAX))?
+            .reshape((b, 1, 1, l))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for layer in &self.layers {
+            let qkv = x.matmul(&layer.qkv_w.t()?)?.broadcast_add(&layer.qkv_b)?;
+            let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, l, hd]
+            let q = (qkv.get(0)? * scale)?.contiguous()?;
+            let k = qkv.get(1)?.contiguous()?;
+            let v = qkv.get(2)?.contiguous()?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+            let p = candle_nn::ops::softmax_last_dim(&scores)?;
+            let a = p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?;
+            let a = a.matmul(&layer.out_w.t()?)?.broadcast_add(&layer.out_b)?;
+            x = candle_nn::ops::layer_norm(&(a + x)?, &layer.ln1_w, &layer.ln1_b, eps)?;
+            let h = x
+                .matmul(&layer.inter_w.t()?)?
+                .broadcast_add(&layer.inter_b)?
+                .gelu_erf()?;
+            let h = h
+                .matmul(&layer.ffn_out_w.t()?)?
+                .broadcast_add(&layer.ffn_out_b)?;
+            x = candle_nn::ops::layer_norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b, eps)?;
+        }
+        Ok(x.reshape((b, l, d))?)
+    }
+}
