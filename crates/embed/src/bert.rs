@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 
 use crate::config::BertConfig;
 use crate::error::{Error, Result};
+use crate::kernels;
 use crate::weights::take;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,10 @@ struct Layer {
     ffn_out_b: Tensor,
     ln2_w: Tensor,
     ln2_b: Tensor,
+    /// `[3, d]`: attention output bias, LayerNorm weight, LayerNorm bias (fused kernel).
+    post_attn: Tensor,
+    /// `[3, d]`: feed-forward output bias, LayerNorm weight, LayerNorm bias (fused kernel).
+    post_ffn: Tensor,
 }
 
 /// The BERT encoder.
@@ -34,6 +39,8 @@ pub struct Bert {
     token_type0: Tensor,
     emb_ln_w: Tensor,
     emb_ln_b: Tensor,
+    /// `[3, d]`: token type 0 embedding, LayerNorm weight, LayerNorm bias (fused kernel).
+    emb_params: Tensor,
     layers: Vec<Layer>,
 }
 
@@ -124,29 +131,41 @@ impl Bert {
                 ],
                 0,
             )?;
+            let out_b = t("attention.output.dense.bias")?;
+            let ln1_w = t("attention.output.LayerNorm.weight")?;
+            let ln1_b = t("attention.output.LayerNorm.bias")?;
+            let ffn_out_b = t("output.dense.bias")?;
+            let ln2_w = t("output.LayerNorm.weight")?;
+            let ln2_b = t("output.LayerNorm.bias")?;
             layers.push(Layer {
                 qkv_w,
                 qkv_b,
                 out_w: t("attention.output.dense.weight")?,
-                out_b: t("attention.output.dense.bias")?,
-                ln1_w: t("attention.output.LayerNorm.weight")?,
-                ln1_b: t("attention.output.LayerNorm.bias")?,
+                post_attn: Tensor::stack(&[&out_b, &ln1_w, &ln1_b], 0)?,
+                post_ffn: Tensor::stack(&[&ffn_out_b, &ln2_w, &ln2_b], 0)?,
+                out_b,
+                ln1_w,
+                ln1_b,
                 inter_w: t("intermediate.dense.weight")?,
                 inter_b: t("intermediate.dense.bias")?,
                 ffn_out_w: t("output.dense.weight")?,
-                ffn_out_b: t("output.dense.bias")?,
-                ln2_w: t("output.LayerNorm.weight")?,
-                ln2_b: t("output.LayerNorm.bias")?,
+                ffn_out_b,
+                ln2_w,
+                ln2_b,
             });
         }
         let token_types = take(tensors, "embeddings.token_type_embeddings.weight")?;
+        let token_type0 = token_types.get(0)?;
+        let emb_ln_w = take(tensors, "embeddings.LayerNorm.weight")?;
+        let emb_ln_b = take(tensors, "embeddings.LayerNorm.bias")?;
         Ok(Self {
             cfg: cfg.clone(),
             word: take(tensors, "embeddings.word_embeddings.weight")?,
             position: take(tensors, "embeddings.position_embeddings.weight")?,
-            token_type0: token_types.get(0)?,
-            emb_ln_w: take(tensors, "embeddings.LayerNorm.weight")?,
-            emb_ln_b: take(tensors, "embeddings.LayerNorm.bias")?,
+            emb_params: Tensor::stack(&[&token_type0, &emb_ln_w, &emb_ln_b], 0)?,
+            token_type0,
+            emb_ln_w,
+            emb_ln_b,
             layers,
         })
     }
@@ -159,6 +178,52 @@ impl Bert {
     /// The longest input the position table allows.
     pub fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings
+    }
+
+    /// Whether [`Bert::forward_packed`] can run (f32 weights on the CPU).
+    pub fn supports_packed(&self) -> bool {
+        self.word.device().is_cpu() && self.word.dtype() == DType::F32
+    }
+
+    /// Final token states of variable-length inputs packed one after another, with no padding:
+    /// returns `[total_tokens, d]` and each input's `(start, len)` rows. CPU and f32 only
+    /// (see [`Bert::supports_packed`]); uses fused forward-only kernels.
+    pub fn forward_packed(&self, batch: &[&[u32]]) -> Result<(Tensor, Vec<(usize, usize)>)> {
+        let d = self.cfg.hidden_size;
+        let nh = self.cfg.num_attention_heads;
+        let eps = self.cfg.layer_norm_eps as f32;
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut spans = Vec::with_capacity(batch.len());
+        for row in batch {
+            if row.is_empty() || row.len() > self.cfg.max_position_embeddings {
+                return Err(Error::InvalidArgument(format!(
+                    "input of {} tokens is outside 1..={}",
+                    row.len(),
+                    self.cfg.max_position_embeddings
+                )));
+            }
+            spans.push((ids.len(), row.len()));
+            ids.extend_from_slice(row);
+            pos.extend(0..row.len() as u32);
+        }
+        let n = ids.len();
+        let device = self.word.device();
+        let ids = Tensor::from_vec(ids, n, device)?;
+        let pos = Tensor::from_vec(pos, n, device)?;
+        let words = self.word.index_select(&ids, 0)?;
+        let positions = self.position.index_select(&pos, 0)?;
+        let mut x = kernels::add_layer_norm(&words, &positions, &self.emb_params, eps)?;
+        for layer in &self.layers {
+            let qkv = x.matmul(&layer.qkv_w.t()?)?;
+            let ctx = kernels::packed_attention(&qkv, &layer.qkv_b, spans.clone(), nh, d / nh)?;
+            let a = ctx.matmul(&layer.out_w.t()?)?;
+            x = kernels::add_layer_norm(&a, &x, &layer.post_attn, eps)?;
+            let h = kernels::bias_gelu(&x.matmul(&layer.inter_w.t()?)?, &layer.inter_b)?;
+            let o = h.matmul(&layer.ffn_out_w.t()?)?;
+            x = kernels::add_layer_norm(&o, &x, &layer.post_ffn, eps)?;
+        }
+        Ok((x, spans))
     }
 
     /// Final token states `[batch, len, d]` for `ids` `[batch, len]` with padding mask `mask`

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fetch::{self, DEFAULT_MODEL, ModelSpec, hex, sha256_file};
 use crate::head::{BackboneRef, HEAD_CONFIG_FILE, HeadConfig, LatentHead};
 use crate::nvembed::NvEmbed;
-use crate::pooling::{first_token, l2_normalize, masked_mean};
+use crate::pooling::{first_token, l2_normalize, masked_mean, packed_mean};
 use crate::tasks;
 use crate::tokenize::TextTokenizer;
 use crate::weights::{check_plan, load_dir, weight_files};
@@ -459,6 +459,37 @@ impl Embedder {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if let Model::Bert {
+            model,
+            pooling,
+            normalize,
+            head,
+            ..
+        } = &self.model
+            && model.supports_packed()
+        {
+            // Fast path: packed sequences, no padded work at all.
+            let (states, spans) = model.forward_packed(batch)?;
+            let (pooled, norm) = match (head, pooling) {
+                (Some(h), _) => {
+                    let x = if h.is_identity() {
+                        states
+                    } else {
+                        h.transform(&states.unsqueeze(0)?)?.squeeze(0)?
+                    };
+                    let norm = h.config().latent_attention.output_normalize;
+                    (packed_mean(&x, &spans, pool_start)?, norm)
+                }
+                (None, Pooling::Cls) => {
+                    let starts: Vec<u32> = spans.iter().map(|&(s, _)| s as u32).collect();
+                    let idx = Tensor::from_vec(starts, spans.len(), &self.device)?;
+                    (states.index_select(&idx, 0)?, *normalize)
+                }
+                (None, _) => (packed_mean(&states, &spans, pool_start)?, *normalize),
+            };
+            let pooled = if norm { l2_normalize(&pooled)? } else { pooled };
+            return Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+        }
         let (ids, mask, pool_mask) = self.pad(batch, pool_start)?;
         let pooled = match &self.model {
             Model::NvEmbed { model, .. } => model.forward(&ids, &mask, &pool_mask)?,
@@ -529,6 +560,18 @@ impl Embedder {
         let mut out: Vec<Option<TokenStates>> = vec![None; ids.len()];
         for chunk in order.chunks(opts.batch_size) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            if let Model::Bert { model, .. } = &self.model
+                && model.supports_packed()
+            {
+                let (states, spans) = model.forward_packed(&batch)?;
+                for (&(start, len), &i) in spans.iter().zip(chunk) {
+                    out[i] = Some(TokenStates {
+                        states: states.narrow(0, start, len)?.contiguous()?,
+                        pool_start: skip,
+                    });
+                }
+                continue;
+            }
             let (t, mask, _) = self.pad(&batch, skip)?;
             let states = match &self.model {
                 Model::NvEmbed { model, .. } => model.token_states(&t, &mask)?,

@@ -34,6 +34,7 @@ pub mod embedder;
 mod error;
 pub mod fetch;
 pub mod head;
+mod kernels;
 pub mod latent_attention;
 pub mod mistral;
 pub mod nvembed;

@@ -28,3 +28,19 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
         .clamp(1e-12f64, f64::MAX)?;
     Ok(x.broadcast_div(&norm)?)
 }
+
+/// Mean of packed token states `[rows, d]` over each span `(start, len)`, skipping the first
+/// `skip` positions of each span (instruction tokens): `[spans, d]`. A span with nothing left
+/// pools to zeros.
+pub fn packed_mean(states: &Tensor, spans: &[(usize, usize)], skip: usize) -> Result<Tensor> {
+    let rows = states.dim(0)?;
+    let mut weights = vec![0f32; spans.len() * rows];
+    for (i, &(start, len)) in spans.iter().enumerate() {
+        if len > skip {
+            let w = 1.0 / (len - skip) as f32;
+            weights[i * rows + start + skip..i * rows + start + len].fill(w);
+        }
+    }
+    let weights = Tensor::from_vec(weights, (spans.len(), rows), states.device())?;
+    Ok(weights.to_dtype(states.dtype())?.matmul(states)?)
+}
