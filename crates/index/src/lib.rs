@@ -1,1 +1,28 @@
-//! The vector index (HNSW) of latentdb.
+//! The vector index of latentdb: an HNSW graph with metadata filters, tombstone deletes,
+//! online rebuild and a checksummed on-disk format.
+//!
+//! ```
+//! use latentdb_index::{Index, IndexParams, Metric};
+//!
+//! let index = Index::new(Metric::Cosine, 3, IndexParams::default())?;
+//! index.insert_batch(&[(1, &[1.0, 0.0, 0.0][..]), (2, &[0.0, 1.0, 0.0][..]), (3, &[1.0, 1.0, 0.0][..])])?;
+//! index.delete(3);
+//! let hits = index.search(&[0.9, 0.1, 0.0], 2, None)?;
+//! assert_eq!(hits[0].id, 1); // cosine similarity, best first
+//! assert!(hits.iter().all(|h| h.id != 3)); // tombstones are never returned
+//! # Ok::<(), latentdb_index::Error>(())
+//! ```
+
+pub mod bench;
+pub mod distance;
+mod error;
+mod graph;
+mod index;
+mod metric;
+mod params;
+pub mod synth;
+
+pub use error::{Error, Result};
+pub use index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats};
+pub use metric::Metric;
+pub use params::IndexParams;

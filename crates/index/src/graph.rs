@@ -1,0 +1,528 @@
+//! The HNSW graph: flat `u32` neighbour arrays, per-node write locks, pooled visited sets.
+//!
+//! Layout: point `slot`s are dense `u32`s in insertion order. Vectors are one contiguous
+//! `Vec<f32>`; layer-0 links are one flat `Vec<AtomicU32>` with a stride of `2M + 1`
+//! (`[count, n0, n1, ...]`); the few nodes above layer 0 own a boxed slice of `M + 1`-strided
+//! upper links. Readers load links with relaxed atomics and take no lock; writers (linking a
+//! new node) hold that node's mutex and never two at once, so linking cannot deadlock. A
+//! reader racing a writer may see a partly rewritten list, where every entry is still a valid
+//! slot: that only changes which neighbours it visits, as in hnswlib.
+//!
+//! Growth appends a batch under the write side of `nodes` (a memcpy), then links the batch in
+//! parallel under the read side, so searches run during the linking.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+
+use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
+
+use crate::metric::Metric;
+use crate::params::IndexParams;
+use crate::synth::mix64;
+
+/// Highest layer a node may get (layers 0..=MAX_LEVEL).
+pub(crate) const MAX_LEVEL: u8 = 15;
+
+/// A slot with its distance to the current query; ordered by distance, then slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Cand {
+    pub(crate) d: f32,
+    pub(crate) slot: u32,
+}
+
+impl Eq for Cand {}
+
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Cand {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.d.total_cmp(&other.d).then(self.slot.cmp(&other.slot))
+    }
+}
+
+/// The entry point of the graph: the node on the highest layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) slot: u32,
+    pub(crate) level: u8,
+}
+
+/// All per-node arrays. Grows only under the write lock of [`Graph::nodes`].
+#[derive(Debug, Default)]
+pub(crate) struct Nodes {
+    pub(crate) dim: usize,
+    pub(crate) m: usize,
+    pub(crate) m0: usize,
+    pub(crate) vectors: Vec<f32>,
+    pub(crate) ids: Vec<u32>,
+    pub(crate) levels: Vec<u8>,
+    pub(crate) links0: Vec<AtomicU32>,
+    pub(crate) upper: Vec<Box<[AtomicU32]>>,
+    pub(crate) locks: Vec<Mutex<()>>,
+    pub(crate) deleted: Vec<AtomicBool>,
+    pub(crate) slot_of: HashMap<u32, u32>,
+}
+
+impl Nodes {
+    pub(crate) fn new(dim: usize, params: &IndexParams) -> Self {
+        let cap = params.initial_capacity;
+        Self {
+            dim,
+            m: params.m,
+            m0: params.m0(),
+            vectors: Vec::with_capacity(cap * dim),
+            ids: Vec::with_capacity(cap),
+            levels: Vec::with_capacity(cap),
+            links0: Vec::with_capacity(cap * (params.m0() + 1)),
+            upper: Vec::with_capacity(cap),
+            locks: Vec::with_capacity(cap),
+            deleted: Vec::with_capacity(cap),
+            slot_of: HashMap::with_capacity(cap),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    #[inline]
+    pub(crate) fn vector(&self, slot: u32) -> &[f32] {
+        let start = slot as usize * self.dim;
+        &self.vectors[start..start + self.dim]
+    }
+
+    /// The link array (count first) of `slot` on `layer`.
+    #[inline]
+    pub(crate) fn link_slice(&self, slot: u32, layer: u8) -> &[AtomicU32] {
+        if layer == 0 {
+            let stride = self.m0 + 1;
+            let start = slot as usize * stride;
+            &self.links0[start..start + stride]
+        } else {
+            let stride = self.m + 1;
+            let start = (layer as usize - 1) * stride;
+            &self.upper[slot as usize][start..start + stride]
+        }
+    }
+
+    /// Copies the neighbours of `slot` on `layer` into `out`.
+    #[inline]
+    pub(crate) fn neighbors(&self, slot: u32, layer: u8, out: &mut Vec<u32>) {
+        out.clear();
+        let links = self.link_slice(slot, layer);
+        let count = (links[0].load(Relaxed) as usize).min(links.len() - 1);
+        out.extend(links[1..=count].iter().map(|a| a.load(Relaxed)));
+    }
+
+    /// Overwrites the neighbours of `slot` on `layer` (caller holds the node's lock).
+    pub(crate) fn set_neighbors(
+        &self,
+        slot: u32,
+        layer: u8,
+        list: impl ExactSizeIterator<Item = u32>,
+    ) {
+        let links = self.link_slice(slot, layer);
+        let count = list.len().min(links.len() - 1);
+        for (dst, v) in links[1..].iter().zip(list) {
+            dst.store(v, Relaxed);
+        }
+        links[0].store(count as u32, Relaxed);
+    }
+
+    /// Appends one unlinked node.
+    pub(crate) fn push(&mut self, id: u32, vector: &[f32], level: u8) {
+        let slot = self.ids.len() as u32;
+        self.vectors.extend_from_slice(vector);
+        self.ids.push(id);
+        self.levels.push(level);
+        self.links0.extend((0..=self.m0).map(|_| AtomicU32::new(0)));
+        self.upper.push(
+            (0..level as usize * (self.m + 1))
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+        );
+        self.locks.push(Mutex::new(()));
+        self.deleted.push(AtomicBool::new(false));
+        self.slot_of.insert(id, slot);
+    }
+
+    #[inline]
+    pub(crate) fn is_deleted(&self, slot: u32) -> bool {
+        self.deleted[slot as usize].load(Relaxed)
+    }
+}
+
+/// Per-search scratch memory, pooled so that a query allocates nothing once warm.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    visited: Vec<u32>,
+    epoch: u32,
+    candidates: BinaryHeap<Reverse<Cand>>,
+    results: BinaryHeap<Cand>,
+    nbuf: Vec<u32>,
+    sorted: Vec<Cand>,
+    selected: Vec<Cand>,
+}
+
+impl Scratch {
+    fn reset(&mut self, n: usize) {
+        if self.visited.len() < n {
+            self.visited.resize(n.next_power_of_two(), 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.visited.fill(0);
+            self.epoch = 1;
+        }
+        self.candidates.clear();
+        self.results.clear();
+    }
+
+    /// Marks `slot` visited; returns false when it already was.
+    #[inline]
+    fn visit(&mut self, slot: u32) -> bool {
+        let v = &mut self.visited[slot as usize];
+        if *v == self.epoch {
+            false
+        } else {
+            *v = self.epoch;
+            true
+        }
+    }
+}
+
+/// An HNSW graph over prepared vectors (see [`Metric`]).
+#[derive(Debug)]
+pub(crate) struct Graph {
+    pub(crate) metric: Metric,
+    pub(crate) dim: usize,
+    pub(crate) params: IndexParams,
+    pub(crate) nodes: RwLock<Nodes>,
+    pub(crate) entry: RwLock<Option<Entry>>,
+    pub(crate) deleted_count: AtomicUsize,
+    pool: Mutex<Vec<Scratch>>,
+}
+
+impl Graph {
+    pub(crate) fn new(metric: Metric, dim: usize, params: IndexParams) -> Self {
+        Self::from_parts(metric, dim, params, Nodes::new(dim, &params), None, 0)
+    }
+
+    pub(crate) fn from_parts(
+        metric: Metric,
+        dim: usize,
+        params: IndexParams,
+        nodes: Nodes,
+        entry: Option<Entry>,
+        deleted_count: usize,
+    ) -> Self {
+        Self {
+            metric,
+            dim,
+            params,
+            nodes: RwLock::new(nodes),
+            entry: RwLock::new(entry),
+            deleted_count: AtomicUsize::new(deleted_count),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The layer of a new node, from its id (same id, same level: rebuilds are reproducible).
+    pub(crate) fn level_for(&self, id: u32) -> u8 {
+        let h = mix64(self.params.seed ^ mix64(id as u64 + 1));
+        let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let ml = 1.0 / (self.params.m as f64).ln();
+        ((-u.ln() * ml).floor() as u64).min(MAX_LEVEL as u64) as u8
+    }
+
+    #[inline]
+    fn dist(&self, a: &[f32], b: &[f32]) -> f32 {
+        self.metric.distance(a, b)
+    }
+
+    fn take_scratch(&self) -> Scratch {
+        self.pool.lock().pop().unwrap_or_default()
+    }
+
+    fn put_scratch(&self, s: Scratch) {
+        let mut pool = self.pool.lock();
+        if pool.len() < 64 {
+            pool.push(s);
+        }
+    }
+
+    /// Appends prepared vectors (`ids.len() * dim` floats, ids not yet present) and links them
+    /// in parallel.
+    pub(crate) fn add(&self, ids: &[u32], flat: &[f32]) {
+        if ids.is_empty() {
+            return;
+        }
+        let start = {
+            let mut nodes = self.nodes.write();
+            let start = nodes.len();
+            for (i, &id) in ids.iter().enumerate() {
+                let level = self.level_for(id);
+                nodes.push(id, &flat[i * self.dim..(i + 1) * self.dim], level);
+            }
+            start
+        };
+        let nodes = self.nodes.read();
+        let nodes: &Nodes = &nodes;
+        let end = nodes.len();
+        let mut first = start;
+        {
+            let mut entry = self.entry.write();
+            if entry.is_none() {
+                *entry = Some(Entry {
+                    slot: start as u32,
+                    level: nodes.levels[start],
+                });
+                first += 1;
+            }
+        }
+        if end - first < 32 {
+            let mut scratch = self.take_scratch();
+            for slot in first..end {
+                self.link(nodes, slot as u32, &mut scratch);
+            }
+            self.put_scratch(scratch);
+        } else {
+            (first..end)
+                .into_par_iter()
+                .for_each_init(Scratch::default, |scratch, slot| {
+                    self.link(nodes, slot as u32, scratch)
+                });
+        }
+    }
+
+    /// Greedy walk on one upper layer towards `q`.
+    fn greedy(
+        &self,
+        nodes: &Nodes,
+        q: &[f32],
+        mut cur: Cand,
+        layer: u8,
+        nbuf: &mut Vec<u32>,
+    ) -> Cand {
+        loop {
+            let mut changed = false;
+            nodes.neighbors(cur.slot, layer, nbuf);
+            for &n in nbuf.iter() {
+                let d = self.dist(q, nodes.vector(n));
+                if d < cur.d {
+                    cur = Cand { d, slot: n };
+                    changed = true;
+                }
+            }
+            if !changed {
+                return cur;
+            }
+        }
+    }
+
+    /// Best-first search of one layer from `start`; leaves up to `ef` allowed nodes in
+    /// `scratch.results`. Disallowed nodes are traversed but never returned.
+    fn search_layer<F: Fn(u32) -> bool>(
+        &self,
+        nodes: &Nodes,
+        scratch: &mut Scratch,
+        q: &[f32],
+        start: Cand,
+        ef: usize,
+        layer: u8,
+        allowed: F,
+    ) {
+        scratch.reset(nodes.len());
+        scratch.visit(start.slot);
+        scratch.candidates.push(Reverse(start));
+        if allowed(start.slot) {
+            scratch.results.push(start);
+        }
+        let mut bound = scratch.results.peek().map_or(f32::INFINITY, |c| c.d);
+        let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        while let Some(Reverse(c)) = scratch.candidates.pop() {
+            if c.d > bound && scratch.results.len() >= ef {
+                break;
+            }
+            nodes.neighbors(c.slot, layer, &mut nbuf);
+            for &n in &nbuf {
+                if !scratch.visit(n) {
+                    continue;
+                }
+                let d = self.dist(q, nodes.vector(n));
+                if scratch.results.len() < ef || d < bound {
+                    let cand = Cand { d, slot: n };
+                    scratch.candidates.push(Reverse(cand));
+                    if allowed(n) {
+                        scratch.results.push(cand);
+                        if scratch.results.len() > ef {
+                            scratch.results.pop();
+                        }
+                    }
+                    if let Some(top) = scratch.results.peek() {
+                        bound = top.d;
+                    }
+                }
+            }
+        }
+        scratch.nbuf = nbuf;
+    }
+
+    /// hnswlib's neighbour-selection heuristic: keep a candidate only when it is closer to the
+    /// base than to every neighbour kept so far. `sorted` is ascending by distance to the base.
+    fn select(&self, nodes: &Nodes, sorted: &[Cand], m: usize, out: &mut Vec<Cand>) {
+        out.clear();
+        for &c in sorted {
+            if out.len() >= m {
+                break;
+            }
+            let vc = nodes.vector(c.slot);
+            if out
+                .iter()
+                .all(|s| self.dist(vc, nodes.vector(s.slot)) >= c.d)
+            {
+                out.push(c);
+            }
+        }
+    }
+
+    /// Links one appended node into the graph.
+    fn link(&self, nodes: &Nodes, q: u32, scratch: &mut Scratch) {
+        let Some(ep) = *self.entry.read() else { return };
+        let level = nodes.levels[q as usize];
+        let vq = nodes.vector(q);
+        let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        let mut cur = Cand {
+            d: self.dist(vq, nodes.vector(ep.slot)),
+            slot: ep.slot,
+        };
+        let mut layer = ep.level;
+        while layer > level {
+            cur = self.greedy(nodes, vq, cur, layer, &mut nbuf);
+            layer -= 1;
+        }
+        scratch.nbuf = nbuf;
+        let top = level.min(ep.level);
+        for layer in (0..=top).rev() {
+            self.search_layer(
+                nodes,
+                scratch,
+                vq,
+                cur,
+                self.params.ef_construction,
+                layer,
+                |_| true,
+            );
+            let mut sorted = std::mem::take(&mut scratch.sorted);
+            sorted.clear();
+            sorted.extend(scratch.results.drain().filter(|c| c.slot != q));
+            sorted.sort_unstable();
+            if let Some(best) = sorted.first() {
+                cur = *best;
+            }
+            let mut selected = std::mem::take(&mut scratch.selected);
+            self.select(nodes, &sorted, self.params.m, &mut selected);
+            {
+                let _g = nodes.locks[q as usize].lock();
+                nodes.set_neighbors(q, layer, selected.iter().map(|c| c.slot));
+            }
+            let mmax = if layer == 0 { nodes.m0 } else { nodes.m };
+            for s in &selected {
+                self.connect(nodes, s.slot, q, s.d, layer, mmax, scratch, &mut sorted);
+            }
+            scratch.selected = selected;
+            scratch.sorted = sorted;
+        }
+        if level > ep.level {
+            let mut entry = self.entry.write();
+            if entry.is_none_or(|e| level > e.level) {
+                *entry = Some(Entry { slot: q, level });
+            }
+        }
+    }
+
+    /// Adds `q` to the neighbours of `n` on `layer`, pruning with the heuristic when full.
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &self,
+        nodes: &Nodes,
+        n: u32,
+        q: u32,
+        d_nq: f32,
+        layer: u8,
+        mmax: usize,
+        scratch: &mut Scratch,
+        buf: &mut Vec<Cand>,
+    ) {
+        let _g = nodes.locks[n as usize].lock();
+        let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        nodes.neighbors(n, layer, &mut nbuf);
+        if nbuf.contains(&q) {
+            scratch.nbuf = nbuf;
+            return;
+        }
+        if nbuf.len() < mmax {
+            nbuf.push(q);
+            nodes.set_neighbors(n, layer, nbuf.iter().copied());
+        } else {
+            let vn = nodes.vector(n);
+            buf.clear();
+            buf.push(Cand { d: d_nq, slot: q });
+            buf.extend(nbuf.iter().map(|&s| Cand {
+                d: self.dist(vn, nodes.vector(s)),
+                slot: s,
+            }));
+            buf.sort_unstable();
+            let mut kept = Vec::with_capacity(mmax);
+            self.select(nodes, buf, mmax, &mut kept);
+            nodes.set_neighbors(n, layer, kept.iter().map(|c| c.slot));
+        }
+        scratch.nbuf = nbuf;
+    }
+
+    /// k nearest allowed, non-deleted nodes to a prepared query: `(slot, distance)` ascending.
+    pub(crate) fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&(dyn Fn(u32) -> bool + Sync)>,
+        out: &mut Vec<Cand>,
+    ) {
+        out.clear();
+        let Some(ep) = *self.entry.read() else { return };
+        let nodes = self.nodes.read();
+        let nodes: &Nodes = &nodes;
+        let mut scratch = self.take_scratch();
+        let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        let mut cur = Cand {
+            d: self.dist(q, nodes.vector(ep.slot)),
+            slot: ep.slot,
+        };
+        for layer in (1..=ep.level).rev() {
+            cur = self.greedy(nodes, q, cur, layer, &mut nbuf);
+        }
+        scratch.nbuf = nbuf;
+        let ef = ef.max(k);
+        let has_deleted = self.deleted_count.load(Relaxed) > 0;
+        match (filter, has_deleted) {
+            (None, false) => self.search_layer(nodes, &mut scratch, q, cur, ef, 0, |_| true),
+            (None, true) => {
+                self.search_layer(nodes, &mut scratch, q, cur, ef, 0, |s| !nodes.is_deleted(s))
+            }
+            (Some(f), _) => self.search_layer(nodes, &mut scratch, q, cur, ef, 0, |s| {
+                !nodes.is_deleted(s) && f(nodes.ids[s as usize])
+            }),
+        }
+        out.extend(scratch.results.drain());
+        out.sort_unstable();
+        out.truncate(k);
+        self.put_scratch(scratch);
+    }
+}

@@ -1,0 +1,547 @@
+//! The public [`Index`]: one HNSW graph per collection with tombstones, filters, exact search
+//! and online rebuild.
+
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
+
+use crate::distance;
+use crate::error::{Error, Result};
+use crate::graph::{Cand, Graph};
+use crate::metric::Metric;
+use crate::params::IndexParams;
+
+/// One search result: a point id and its score (see [`Metric`] for the unit; results come
+/// best first).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    /// The point id given at insert.
+    pub id: u32,
+    /// Cosine similarity, inner product, or Euclidean distance, depending on the metric.
+    pub score: f32,
+}
+
+/// Point counts of an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Points in the graph, tombstoned ones included.
+    pub total: usize,
+    /// Points that searches can return.
+    pub live: usize,
+    /// Tombstoned points (deleted, not yet dropped by [`Index::rebuild`]).
+    pub deleted: usize,
+}
+
+/// Below this fraction of live points matching a filter, [`Index::search_allowed`] searches
+/// the matching points exactly instead of walking the graph: a graph walk under a selective
+/// filter visits most of the graph anyway (the hnswlib and hnsw_rs behaviour) while the exact
+/// scan costs one distance per matching point.
+pub const EXACT_SEARCH_FRACTION: f64 = 0.1;
+
+/// Below this many matching points the exact scan is always used (cheaper than any walk).
+pub const EXACT_SEARCH_MIN: usize = 4096;
+
+/// An HNSW vector index over `u32` point ids.
+///
+/// All methods take `&self` and the type is `Send + Sync`: searches run concurrently with
+/// each other, with [`delete`](Index::delete), with inserts (a batch holds an exclusive lock
+/// only while its vectors are appended), and with [`rebuild`](Index::rebuild), which builds a
+/// new graph beside the old one and swaps it in. Inserts, rebuilds and persists are serialised
+/// among themselves.
+#[derive(Debug)]
+pub struct Index {
+    metric: Metric,
+    dim: usize,
+    params: IndexParams,
+    graph: RwLock<Arc<Graph>>,
+    writer: Mutex<()>,
+}
+
+impl Index {
+    /// A new, empty index.
+    pub fn new(metric: Metric, dim: usize, params: IndexParams) -> Result<Self> {
+        if dim == 0 || dim > 65_536 {
+            return Err(Error::InvalidArgument(format!(
+                "dimension must be in 1..=65536, got {dim}"
+            )));
+        }
+        params.validate()?;
+        Ok(Self::from_graph(Graph::new(metric, dim, params)))
+    }
+
+    pub(crate) fn from_graph(graph: Graph) -> Self {
+        Self {
+            metric: graph.metric,
+            dim: graph.dim,
+            params: graph.params,
+            graph: RwLock::new(Arc::new(graph)),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The metric.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// The vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The build and search parameters.
+    pub fn params(&self) -> IndexParams {
+        self.params
+    }
+
+    pub(crate) fn graph(&self) -> Arc<Graph> {
+        self.graph.read().clone()
+    }
+
+    pub(crate) fn writer_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.writer.lock()
+    }
+
+    /// Checks a vector and returns it prepared for the metric (normalised for cosine).
+    fn prepare(&self, id: u32, v: &[f32], out: &mut Vec<f32>) -> Result<()> {
+        if v.len() != self.dim {
+            return Err(Error::DimensionMismatch {
+                expected: self.dim,
+                got: v.len(),
+            });
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFiniteVector { id });
+        }
+        let start = out.len();
+        out.extend_from_slice(v);
+        if self.metric.normalizes() && !distance::normalize(&mut out[start..]) {
+            out.truncate(start);
+            return Err(Error::ZeroVector { id });
+        }
+        Ok(())
+    }
+
+    fn prepare_query(&self, q: &[f32]) -> Result<Vec<f32>> {
+        let mut v = Vec::with_capacity(self.dim);
+        self.prepare(u32::MAX, q, &mut v)?;
+        Ok(v)
+    }
+
+    /// Inserts one point. See [`insert_batch`](Index::insert_batch).
+    pub fn insert(&self, id: u32, vector: &[f32]) -> Result<()> {
+        self.insert_batch(&[(id, vector)])
+    }
+
+    /// Inserts a batch of points, linking them into the graph in parallel (rayon).
+    ///
+    /// The whole batch is validated first; on any error nothing is inserted. Errors (caller
+    /// faults): wrong dimension, NaN/infinite values, a zero vector under cosine, an id that is
+    /// already present (live or deleted: ids are never reused) or repeated in the batch.
+    pub fn insert_batch(&self, points: &[(u32, &[f32])]) -> Result<()> {
+        let _w = self.writer.lock();
+        let graph = self.graph();
+        let mut flat = Vec::with_capacity(points.len() * self.dim);
+        let mut ids = Vec::with_capacity(points.len());
+        {
+            let nodes = graph.nodes.read();
+            let mut seen = HashSet::with_capacity(points.len());
+            for &(id, v) in points {
+                if nodes.slot_of.contains_key(&id) || !seen.insert(id) {
+                    return Err(Error::DuplicateId(id));
+                }
+                self.prepare(id, v, &mut flat)?;
+                ids.push(id);
+            }
+        }
+        graph.add(&ids, &flat);
+        Ok(())
+    }
+
+    /// Tombstones a point: no search returns it from now on. Returns false when the id is
+    /// unknown or already deleted.
+    pub fn delete(&self, id: u32) -> bool {
+        // Hold the read side of the swap lock so a concurrent rebuild cannot lose the delete.
+        let guard = self.graph.read();
+        let nodes = guard.nodes.read();
+        match nodes.slot_of.get(&id) {
+            Some(&slot) if !nodes.deleted[slot as usize].swap(true, Relaxed) => {
+                guard.deleted_count.fetch_add(1, Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the id is in the index and not deleted.
+    pub fn contains(&self, id: u32) -> bool {
+        let graph = self.graph();
+        let nodes = graph.nodes.read();
+        nodes
+            .slot_of
+            .get(&id)
+            .is_some_and(|&s| !nodes.is_deleted(s))
+    }
+
+    /// True when the id was ever inserted (live or tombstoned, until a rebuild drops it).
+    pub fn knows(&self, id: u32) -> bool {
+        self.graph().nodes.read().slot_of.contains_key(&id)
+    }
+
+    /// Point counts.
+    pub fn stats(&self) -> IndexStats {
+        let graph = self.graph();
+        let total = graph.nodes.read().len();
+        let deleted = graph.deleted_count.load(Relaxed).min(total);
+        IndexStats {
+            total,
+            live: total - deleted,
+            deleted,
+        }
+    }
+
+    /// Points that searches can return.
+    pub fn len(&self) -> usize {
+        self.stats().live
+    }
+
+    /// True when no live point is left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fraction of points that are tombstones (0 when empty): rebuild past a threshold.
+    pub fn tombstone_ratio(&self) -> f64 {
+        let s = self.stats();
+        if s.total == 0 {
+            0.0
+        } else {
+            s.deleted as f64 / s.total as f64
+        }
+    }
+
+    fn check_k(k: usize) -> Result<()> {
+        if k == 0 {
+            return Err(Error::InvalidArgument("k must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn hits(&self, graph: &Graph, cands: &[Cand]) -> Vec<Hit> {
+        let nodes = graph.nodes.read();
+        cands
+            .iter()
+            .map(|c| Hit {
+                id: nodes.ids[c.slot as usize],
+                score: self.metric.score(c.d),
+            })
+            .collect()
+    }
+
+    /// The `k` nearest live points to `query`, best first. `ef` (candidate list size) defaults
+    /// to [`IndexParams::ef_search`] and is raised to `k` when smaller.
+    pub fn search(&self, query: &[f32], k: usize, ef: Option<usize>) -> Result<Vec<Hit>> {
+        self.search_inner(query, k, ef, None)
+    }
+
+    /// Like [`search`](Index::search), returning only points whose id passes `filter`. The
+    /// filter is applied during the graph walk (rejected points are traversed, never
+    /// returned), so `k` results come back whenever `k` live points match. For selective
+    /// filters prefer [`search_allowed`](Index::search_allowed) or
+    /// [`exact_search`](Index::exact_search).
+    pub fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Result<Vec<Hit>> {
+        self.search_inner(query, k, ef, Some(filter))
+    }
+
+    fn search_inner(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        filter: Option<&(dyn Fn(u32) -> bool + Sync)>,
+    ) -> Result<Vec<Hit>> {
+        Self::check_k(k)?;
+        let q = self.prepare_query(query)?;
+        let graph = self.graph();
+        let mut out = Vec::with_capacity(k);
+        graph.search(&q, k, ef.unwrap_or(self.params.ef_search), filter, &mut out);
+        Ok(self.hits(&graph, &out))
+    }
+
+    /// Searches among an explicit allow-list of ids (as a payload index yields them), picking
+    /// the strategy like a query planner: an exact scan of the listed points when they are
+    /// few (fewer than [`EXACT_SEARCH_MIN`] or [`EXACT_SEARCH_FRACTION`] of the live points),
+    /// else the graph walk with membership in the list as the filter.
+    pub fn search_allowed(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        allowed: &[u32],
+    ) -> Result<Vec<Hit>> {
+        if Self::prefers_exact(allowed.len(), self.len()) {
+            return self.exact_search(query, k, allowed);
+        }
+        let mut sorted = allowed.to_vec();
+        sorted.sort_unstable();
+        self.search_filtered(query, k, ef, &|id| sorted.binary_search(&id).is_ok())
+    }
+
+    /// The planner rule of [`search_allowed`](Index::search_allowed): true when `matching`
+    /// points out of `live` are better scanned exactly than searched through the graph.
+    pub fn prefers_exact(matching: usize, live: usize) -> bool {
+        matching < EXACT_SEARCH_MIN || (matching as f64) < EXACT_SEARCH_FRACTION * live as f64
+    }
+
+    /// Brute-force `k` nearest among the given ids (unknown and deleted ids are skipped;
+    /// duplicates are harmless). Exact, parallel for large sets.
+    pub fn exact_search(&self, query: &[f32], k: usize, candidates: &[u32]) -> Result<Vec<Hit>> {
+        Self::check_k(k)?;
+        let q = self.prepare_query(query)?;
+        let graph = self.graph();
+        let nodes = graph.nodes.read();
+        let score = |id: &u32| -> Option<Cand> {
+            let slot = *nodes.slot_of.get(id)?;
+            (!nodes.is_deleted(slot)).then(|| Cand {
+                d: self.metric.distance(&q, nodes.vector(slot)),
+                slot,
+            })
+        };
+        let mut best = if candidates.len() > 16_384 {
+            candidates
+                .par_chunks(4096)
+                .map(|chunk| top_k(chunk.iter().filter_map(score), k))
+                .reduce(Vec::new, |mut a, b| {
+                    a.extend(b);
+                    top_k(a.into_iter(), k)
+                })
+        } else {
+            top_k(candidates.iter().filter_map(score), k)
+        };
+        best.dedup_by_key(|c| c.slot);
+        drop(nodes);
+        Ok(self.hits(&graph, &best))
+    }
+
+    /// Brute-force `k` nearest among all live points passing `filter` (parallel).
+    pub fn exact_search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Result<Vec<Hit>> {
+        Self::check_k(k)?;
+        let q = self.prepare_query(query)?;
+        let graph = self.graph();
+        let nodes = graph.nodes.read();
+        let n = nodes.len();
+        let best = (0..n as u32)
+            .into_par_iter()
+            .with_min_len(4096)
+            .fold(Vec::new, |mut acc: Vec<Cand>, slot| {
+                if !nodes.is_deleted(slot) && filter(nodes.ids[slot as usize]) {
+                    acc.push(Cand {
+                        d: self.metric.distance(&q, nodes.vector(slot)),
+                        slot,
+                    });
+                    if acc.len() >= 4 * k + 64 {
+                        acc = top_k(acc.into_iter(), k);
+                    }
+                }
+                acc
+            })
+            .map(|acc| top_k(acc.into_iter(), k))
+            .reduce(Vec::new, |mut a, b| {
+                a.extend(b);
+                top_k(a.into_iter(), k)
+            });
+        drop(nodes);
+        Ok(self.hits(&graph, &best))
+    }
+
+    /// The stored (prepared: normalised under cosine) vector of a point, live or deleted.
+    pub fn vector(&self, id: u32) -> Option<Vec<f32>> {
+        let graph = self.graph();
+        let nodes = graph.nodes.read();
+        nodes.slot_of.get(&id).map(|&s| nodes.vector(s).to_vec())
+    }
+
+    /// Builds a fresh graph from the live points and swaps it in: tombstones and their space
+    /// are dropped. Searches and deletes keep running on the old graph during the build;
+    /// inserts wait. Deletes made during the build are carried over at the swap.
+    pub fn rebuild(&self) {
+        let _w = self.writer.lock();
+        let old = self.graph();
+        let (ids, flat) = {
+            let nodes = old.nodes.read();
+            let mut ids = Vec::with_capacity(nodes.len());
+            let mut flat = Vec::with_capacity(nodes.len() * self.dim);
+            for slot in 0..nodes.len() as u32 {
+                if !nodes.is_deleted(slot) {
+                    ids.push(nodes.ids[slot as usize]);
+                    flat.extend_from_slice(nodes.vector(slot));
+                }
+            }
+            (ids, flat)
+        };
+        let mut params = self.params;
+        params.initial_capacity = params.initial_capacity.max(ids.len());
+        let fresh = Graph::new(self.metric, self.dim, params);
+        fresh.add(&ids, &flat);
+        let mut guard = self.graph.write();
+        {
+            // Carry over deletes that happened while building.
+            let old_nodes = old.nodes.read();
+            let new_nodes = fresh.nodes.read();
+            let mut carried = 0;
+            for (slot, &id) in new_nodes.ids.iter().enumerate() {
+                let old_slot = old_nodes.slot_of[&id];
+                if old_nodes.is_deleted(old_slot) {
+                    new_nodes.deleted[slot].store(true, Relaxed);
+                    carried += 1;
+                }
+            }
+            fresh.deleted_count.store(carried, Relaxed);
+        }
+        *guard = Arc::new(fresh);
+        tracing::debug!(live = ids.len(), "index rebuilt");
+    }
+}
+
+/// The `k` smallest candidates, ascending.
+fn top_k(iter: impl Iterator<Item = Cand>, k: usize) -> Vec<Cand> {
+    let mut heap: BinaryHeap<Cand> = BinaryHeap::with_capacity(k + 1);
+    for c in iter {
+        if heap.len() < k {
+            heap.push(c);
+        } else if heap.peek().is_some_and(|top| c < *top) {
+            heap.pop();
+            heap.push(c);
+        }
+    }
+    heap.into_sorted_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(metric: Metric) -> Index {
+        Index::new(metric, 3, IndexParams::default()).unwrap()
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let idx = index(Metric::Cosine);
+        assert!(matches!(
+            idx.insert(1, &[1.0, 2.0]),
+            Err(Error::DimensionMismatch { .. })
+        ));
+        assert!(matches!(
+            idx.insert(1, &[f32::NAN, 0.0, 0.0]),
+            Err(Error::NonFiniteVector { .. })
+        ));
+        assert!(matches!(
+            idx.insert(1, &[0.0; 3]),
+            Err(Error::ZeroVector { .. })
+        ));
+        idx.insert(1, &[1.0, 0.0, 0.0]).unwrap();
+        assert!(matches!(
+            idx.insert(1, &[1.0, 0.0, 0.0]),
+            Err(Error::DuplicateId(1))
+        ));
+        let a = [1.0, 2.0, 3.0];
+        assert!(matches!(
+            idx.insert_batch(&[(5, &a), (5, &a)]),
+            Err(Error::DuplicateId(5))
+        ));
+        assert!(!idx.knows(5), "a failed batch inserts nothing");
+        assert!(matches!(
+            idx.search(&a, 0, None),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(Index::new(Metric::L2, 0, IndexParams::default()).is_err());
+        let bad = IndexParams {
+            m: 1,
+            ..IndexParams::default()
+        };
+        assert!(Index::new(Metric::L2, 4, bad).is_err());
+    }
+
+    #[test]
+    fn empty_index_searches_to_nothing() {
+        let idx = index(Metric::L2);
+        assert!(idx.search(&[0.0; 3], 5, None).unwrap().is_empty());
+        assert!(idx.exact_search(&[0.0; 3], 5, &[1, 2]).unwrap().is_empty());
+        assert_eq!(idx.tombstone_ratio(), 0.0);
+    }
+
+    #[test]
+    fn small_exact_results_and_scores() {
+        let idx = index(Metric::L2);
+        for i in 0..10u32 {
+            idx.insert(i, &[i as f32, 0.0, 0.0]).unwrap();
+        }
+        let hits = idx.search(&[2.2, 0.0, 0.0], 3, None).unwrap();
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![2, 3, 1]);
+        assert!((hits[0].score - 0.2).abs() < 1e-5);
+        assert!(idx.delete(2));
+        assert!(!idx.delete(2));
+        assert!(!idx.delete(99));
+        let hits = idx.search(&[2.2, 0.0, 0.0], 3, None).unwrap();
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![3, 1, 4]);
+        let hits = idx
+            .exact_search(&[2.2, 0.0, 0.0], 2, &[2, 7, 8, 8, 42])
+            .unwrap();
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![7, 8]);
+        let hits = idx
+            .search_filtered(&[2.2, 0.0, 0.0], 2, None, &|id| id % 2 == 1)
+            .unwrap();
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![3, 1]);
+        assert_eq!(
+            idx.stats(),
+            IndexStats {
+                total: 10,
+                live: 9,
+                deleted: 1
+            }
+        );
+        idx.rebuild();
+        assert_eq!(
+            idx.stats(),
+            IndexStats {
+                total: 9,
+                live: 9,
+                deleted: 0
+            }
+        );
+        assert!(!idx.knows(2));
+        idx.insert(2, &[2.0, 0.0, 0.0]).unwrap();
+        assert_eq!(idx.search(&[2.2, 0.0, 0.0], 1, None).unwrap()[0].id, 2);
+    }
+
+    #[test]
+    fn dot_scores_can_be_negative() {
+        let idx = index(Metric::Dot);
+        idx.insert(1, &[1.0, 0.0, 0.0]).unwrap();
+        idx.insert(2, &[-3.0, 0.0, 0.0]).unwrap();
+        let hits = idx.search(&[-1.0, 0.0, 0.0], 2, None).unwrap();
+        assert_eq!(hits[0], Hit { id: 2, score: 3.0 });
+        assert_eq!(hits[1], Hit { id: 1, score: -1.0 });
+    }
+
+    #[test]
+    fn index_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Index>();
+    }
+}
