@@ -16,13 +16,17 @@
 pub mod bench;
 pub mod distance;
 mod error;
+pub mod filter;
 mod graph;
 mod index;
 mod metric;
 mod params;
+mod persist;
 pub mod synth;
 
 pub use error::{Error, Result};
+pub use filter::{Condition, Filter};
 pub use index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats};
 pub use metric::Metric;
 pub use params::IndexParams;
+pub use persist::FORMAT_VERSION;

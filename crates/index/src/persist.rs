@@ -1,0 +1,436 @@
+//! The on-disk format of an index: a JSON manifest plus two checksummed little-endian files.
+//!
+//! ```text
+//! DIR/manifest.json        format version, metric, dim, params, counts, storage seq, entry
+//!                          point, and name + byte length + CRC-32 of each data file
+//! DIR/vectors-GEN.bin      n * dim f32 (prepared vectors), little endian
+//! DIR/graph-GEN.bin        "LDBGRAPH", version, n, m, m0, then ids [u32; n], levels [u8; n],
+//!                          tombstone bitmap [u8; ceil(n/8)], layer-0 links [u32; n * (m0+1)],
+//!                          then for each node with level L > 0: [u32; L * (m+1)]
+//! ```
+//!
+//! A persist writes new-generation data files, each to a temporary name, fsynced and renamed;
+//! then the manifest the same way (its rename is the commit point); then deletes older
+//! generations. A crash at any point leaves either the old or the new dump complete.
+//!
+//! Loading reads the manifest, checks each file's length and CRC-32, then parses every field
+//! with bounds checks (link targets, levels, counts, duplicate ids) before building the graph:
+//! a damaged dump is an [`Error::CorruptDump`], never a panic. The graph is restored as it
+//! was: no rebuild.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::graph::{Entry, Graph, MAX_LEVEL, Nodes};
+use crate::index::Index;
+use crate::metric::Metric;
+use crate::params::IndexParams;
+
+/// Version of the dump format; a dump with another version is reported corrupt (rebuild).
+pub const FORMAT_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const MAGIC: &[u8; 8] = b"LDBGRAPH";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileEntry {
+    name: String,
+    bytes: u64,
+    crc32: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryPoint {
+    slot: u32,
+    level: u8,
+}
+
+/// The manifest of a dump.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format_version: u32,
+    generation: u64,
+    metric: Metric,
+    dim: usize,
+    params: IndexParams,
+    points: usize,
+    deleted: usize,
+    seq: u64,
+    entry: Option<EntryPoint>,
+    vectors: FileEntry,
+    graph: FileEntry,
+}
+
+/// A writer that counts bytes and computes the CRC-32 of what passes through.
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `name` in `dir` through a temporary file, fsynced and renamed into place.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    body: impl FnOnce(&mut Hashing<BufWriter<File>>) -> std::io::Result<()>,
+) -> Result<FileEntry> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut w = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    body(&mut w).map_err(|e| Error::io(&tmp, e))?;
+    let Hashing {
+        inner,
+        hasher,
+        bytes,
+    } = w;
+    let file = inner
+        .into_inner()
+        .map_err(|e| Error::io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(FileEntry {
+        name: name.to_string(),
+        bytes,
+        crc32: hasher.finalize(),
+    })
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes the renames durable on Unix; not supported everywhere.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
+    let path = dir.join(MANIFEST);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| corrupt(dir, format!("manifest does not parse: {e}")))
+}
+
+fn corrupt(dir: &Path, reason: impl Into<String>) -> Error {
+    Error::CorruptDump {
+        dir: dir.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Index {
+    /// Writes the index to `dir` (created if missing), recording `seq`, the storage sequence
+    /// number the index reflects. Inserts and rebuilds wait meanwhile; searches and deletes do
+    /// not. A delete racing the persist may or may not be in the dump: replaying deletes after
+    /// `seq` is idempotent.
+    pub fn persist(&self, dir: &Path, seq: u64) -> Result<()> {
+        let _w = self.writer_lock();
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let generation = match read_manifest(dir) {
+            Ok(Some(m)) => m.generation + 1,
+            _ => 1,
+        };
+        let graph = self.graph();
+        let nodes = graph.nodes.read();
+        let entry = *graph.entry.read();
+        let n = nodes.len();
+        let vectors = write_file(dir, &format!("vectors-{generation}.bin"), |w| {
+            for x in &nodes.vectors {
+                w.write_all(&x.to_le_bytes())?;
+            }
+            Ok(())
+        })?;
+        let mut deleted = 0usize;
+        let graph_file = write_file(dir, &format!("graph-{generation}.bin"), |w| {
+            w.write_all(MAGIC)?;
+            for v in [FORMAT_VERSION, n as u32, nodes.m as u32, nodes.m0 as u32] {
+                w.write_all(&v.to_le_bytes())?;
+            }
+            for id in &nodes.ids {
+                w.write_all(&id.to_le_bytes())?;
+            }
+            w.write_all(&nodes.levels)?;
+            let mut bitmap = vec![0u8; n.div_ceil(8)];
+            for (slot, d) in nodes.deleted.iter().enumerate() {
+                if d.load(Relaxed) {
+                    bitmap[slot / 8] |= 1 << (slot % 8);
+                    deleted += 1;
+                }
+            }
+            w.write_all(&bitmap)?;
+            for a in &nodes.links0 {
+                w.write_all(&a.load(Relaxed).to_le_bytes())?;
+            }
+            for up in &nodes.upper {
+                for a in up.iter() {
+                    w.write_all(&a.load(Relaxed).to_le_bytes())?;
+                }
+            }
+            Ok(())
+        })?;
+        drop(nodes);
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            generation,
+            metric: self.metric(),
+            dim: self.dim(),
+            params: self.params(),
+            points: n,
+            deleted,
+            seq,
+            entry: entry.map(|e| EntryPoint {
+                slot: e.slot,
+                level: e.level,
+            }),
+            vectors,
+            graph: graph_file,
+        };
+        let keep = [manifest.vectors.name.clone(), manifest.graph.name.clone()];
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        write_file(dir, MANIFEST, |w| w.write_all(&json))?;
+        sync_dir(dir);
+        // Drop older generations (best effort: leftovers are ignored by load).
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = (name.starts_with("vectors-") || name.starts_with("graph-"))
+                    && (name.ends_with(".bin") || name.ends_with(".tmp"));
+                if ours && !keep.contains(&name) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        tracing::debug!(dir = %dir.display(), points = n, seq, "index persisted");
+        Ok(())
+    }
+
+    /// Loads an index persisted with [`persist`](Index::persist), returning it with the storage
+    /// sequence it reflects. `Ok(None)`: no dump in `dir`. [`Error::CorruptDump`]: the dump is
+    /// damaged, of another format version, or inconsistent; [`Error::Io`]: it could not be read.
+    /// On any error the caller rebuilds from storage. Nothing here panics or exits on bad files.
+    pub fn load(dir: &Path) -> Result<Option<(Index, u64)>> {
+        let Some(m) = read_manifest(dir)? else {
+            return Ok(None);
+        };
+        if m.format_version != FORMAT_VERSION {
+            return Err(corrupt(
+                dir,
+                format!(
+                    "format version {} is not {FORMAT_VERSION}",
+                    m.format_version
+                ),
+            ));
+        }
+        m.params
+            .validate()
+            .map_err(|e| corrupt(dir, format!("manifest params: {e}")))?;
+        if m.dim == 0 || m.dim > 65_536 || m.points > u32::MAX as usize {
+            return Err(corrupt(
+                dir,
+                "manifest dimension or point count out of range",
+            ));
+        }
+        let vectors = read_checked(dir, &m.vectors)?;
+        let graph = read_checked(dir, &m.graph)?;
+        let expected = (m.points as u64).checked_mul(m.dim as u64 * 4);
+        if expected != Some(vectors.len() as u64) {
+            return Err(corrupt(
+                dir,
+                "vectors file length does not match points * dim",
+            ));
+        }
+        let nodes = parse_graph(dir, &m, &graph, &vectors)?;
+        let deleted = nodes.deleted.iter().filter(|d| d.load(Relaxed)).count();
+        if deleted != m.deleted {
+            return Err(corrupt(dir, "tombstone count does not match the manifest"));
+        }
+        let entry = match (&m.entry, nodes.len()) {
+            (None, 0) => None,
+            (Some(e), n) if (e.slot as usize) < n && nodes.levels[e.slot as usize] == e.level => {
+                Some(Entry {
+                    slot: e.slot,
+                    level: e.level,
+                })
+            }
+            _ => return Err(corrupt(dir, "entry point is inconsistent")),
+        };
+        let graph = Graph::from_parts(m.metric, m.dim, m.params, nodes, entry, deleted);
+        tracing::debug!(dir = %dir.display(), points = m.points, seq = m.seq, "index loaded");
+        Ok(Some((Index::from_graph(graph), m.seq)))
+    }
+}
+
+fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
+    let ok_name = !f.name.is_empty()
+        && !f.name.contains(['/', '\\'])
+        && f.name != ".."
+        && (f.name.starts_with("vectors-") || f.name.starts_with("graph-"));
+    if !ok_name {
+        return Err(corrupt(
+            dir,
+            format!("bad file name {:?} in manifest", f.name),
+        ));
+    }
+    let path: PathBuf = dir.join(&f.name);
+    let meta = fs::metadata(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => corrupt(dir, format!("{} is missing", f.name)),
+        _ => Error::io(&path, e),
+    })?;
+    if meta.len() != f.bytes {
+        return Err(corrupt(
+            dir,
+            format!(
+                "{} has {} bytes, manifest says {}",
+                f.name,
+                meta.len(),
+                f.bytes
+            ),
+        ));
+    }
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if bytes.len() as u64 != f.bytes || crc32fast::hash(&bytes) != f.crc32 {
+        return Err(corrupt(dir, format!("{} fails its checksum", f.name)));
+    }
+    Ok(bytes)
+}
+
+/// A bounds-checked little-endian reader.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u32s(&mut self, n: usize) -> Option<impl Iterator<Item = u32> + 'a> {
+        let bytes = self.take(n.checked_mul(4)?)?;
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        )
+    }
+}
+
+fn parse_graph(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8]) -> Result<Nodes> {
+    let bad = |what: &str| corrupt(dir, format!("graph file: {what}"));
+    let mut r = Reader { buf: graph, pos: 0 };
+    if r.take(8) != Some(MAGIC) {
+        return Err(bad("bad magic"));
+    }
+    let header: Vec<u32> = (0..4).filter_map(|_| r.u32()).collect();
+    let [version, n, mm, m0] = header[..] else {
+        return Err(bad("truncated header"));
+    };
+    let n = n as usize;
+    if version != FORMAT_VERSION
+        || n != m.points
+        || mm as usize != m.params.m
+        || m0 as usize != m.params.m0()
+    {
+        return Err(bad("header does not match the manifest"));
+    }
+    let mut nodes = Nodes::new(
+        m.dim,
+        &IndexParams {
+            initial_capacity: n,
+            ..m.params
+        },
+    );
+    nodes.vectors = vectors
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if nodes.vectors.iter().any(|x| !x.is_finite()) {
+        return Err(bad("non-finite vector value"));
+    }
+    nodes.ids = r.u32s(n).ok_or_else(|| bad("truncated ids"))?.collect();
+    for (slot, &id) in nodes.ids.iter().enumerate() {
+        if nodes.slot_of.insert(id, slot as u32).is_some() {
+            return Err(bad("duplicate point id"));
+        }
+    }
+    nodes.levels = r.take(n).ok_or_else(|| bad("truncated levels"))?.to_vec();
+    if nodes.levels.iter().any(|&l| l > MAX_LEVEL) {
+        return Err(bad("level out of range"));
+    }
+    let bitmap = r
+        .take(n.div_ceil(8))
+        .ok_or_else(|| bad("truncated tombstones"))?;
+    nodes.deleted = (0..n)
+        .map(|s| AtomicBool::new(bitmap[s / 8] & (1 << (s % 8)) != 0))
+        .collect();
+    let check_list = |list: &[u32], max: usize| -> bool {
+        let count = list[0] as usize;
+        count <= max && list[1..=count].iter().all(|&s| (s as usize) < n)
+    };
+    let stride0 = nodes.m0 + 1;
+    let links0: Vec<u32> = r
+        .u32s(n * stride0)
+        .ok_or_else(|| bad("truncated layer-0 links"))?
+        .collect();
+    if !links0
+        .chunks_exact(stride0)
+        .all(|l| check_list(l, nodes.m0))
+    {
+        return Err(bad("layer-0 link out of range"));
+    }
+    nodes.links0 = links0.into_iter().map(AtomicU32::new).collect();
+    let stride = nodes.m + 1;
+    nodes.upper = Vec::with_capacity(n);
+    for &level in &nodes.levels {
+        let len = level as usize * stride;
+        let list: Vec<u32> = r
+            .u32s(len)
+            .ok_or_else(|| bad("truncated upper links"))?
+            .collect();
+        if !list.chunks_exact(stride).all(|l| check_list(l, nodes.m)) {
+            return Err(bad("upper link out of range"));
+        }
+        nodes
+            .upper
+            .push(list.into_iter().map(AtomicU32::new).collect());
+    }
+    if r.pos != graph.len() {
+        return Err(bad("trailing bytes"));
+    }
+    nodes.locks = (0..n).map(|_| Mutex::new(())).collect();
+    Ok(nodes)
+}
