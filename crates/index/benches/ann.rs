@@ -3,7 +3,8 @@
 //! same data.
 //!
 //! `cargo bench -p latentdb-index --bench ann` — environment: `N` (20000), `DIM` (384),
-//! `NQ` (1000), `METRIC` (cosine), `EFS` (16,32,64,128,256), `HNSW_RS` (0).
+//! `NQ` (1000), `METRIC` (cosine), `DATA` (emb: `synth::embedding_like`; iso:
+//! isotropic clusters), `EFS` (16,32,64,128,256), `HNSW_RS` (0).
 
 use std::time::Instant;
 
@@ -29,8 +30,16 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let base = synth::clustered_vectors(n, dim, 100, 0.35, 42);
-    let queries = synth::clustered_vectors(nq, dim, 100, 0.35, 4242);
+    let iso = env("DATA", "emb".to_string()) == "iso";
+    let make = |n, seed| {
+        if iso {
+            synth::clustered_vectors(n, dim, 100, 0.35, seed)
+        } else {
+            synth::embedding_like(n, dim, seed)
+        }
+    };
+    let base = make(n, 42);
+    let queries = make(nq, 4242);
     let t = Instant::now();
     let truth = bench::ground_truth(metric, dim, &base, &queries, 10);
     eprintln!("ground truth: {:.2}s", t.elapsed().as_secs_f64());

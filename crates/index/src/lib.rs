@@ -20,6 +20,7 @@ pub mod filter;
 mod graph;
 mod index;
 mod metric;
+pub mod npy;
 mod params;
 mod persist;
 pub mod synth;

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// Parameters of one HNSW index, chosen per collection.
 ///
-/// The defaults (M = 16, ef_construction = 200, ef_search = 128) reach recall@10 >= 0.95 on
+/// The defaults (M = 16, ef_construction = 200, ef_search = 160) reach recall@10 >= 0.95 on
 /// clustered embedding-like data (see the crate's recall tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

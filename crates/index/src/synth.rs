@@ -65,6 +65,31 @@ pub fn clustered_vectors(n: usize, dim: usize, clusters: usize, noise: f32, seed
     out
 }
 
+/// `n` embedding-like row-major vectors: 100 cluster centres (standard normal) and per-point
+/// gaussian noise whose variance decays along the coordinates as `1 / (j + 1)` (a power-law
+/// spectrum like the PCA spectrum of sentence embeddings, whose intrinsic dimension is far
+/// below their width; distances are rotation-invariant, so axis-aligned decay loses nothing).
+/// Deterministic in `seed`. Isotropic noise ([`clustered_vectors`]) is a harder, less
+/// realistic case.
+pub fn embedding_like(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let clusters = 100;
+    let mut rng = SplitMix64::new(seed);
+    let centres: Vec<f32> = (0..clusters * dim).map(|_| rng.next_gaussian()).collect();
+    let scale: Vec<f32> = (0..dim).map(|j| 1.5 / ((j + 1) as f32).sqrt()).collect();
+    let mut out = Vec::with_capacity(n * dim);
+    for _ in 0..n {
+        let c = rng.below(clusters as u64) as usize;
+        let centre = &centres[c * dim..(c + 1) * dim];
+        out.extend(
+            centre
+                .iter()
+                .zip(&scale)
+                .map(|(x, s)| x + s * rng.next_gaussian()),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,9 +3,9 @@
 
 use latentdb_index::{Hit, Index, IndexParams, Metric, synth};
 
-/// Seeded clustered vectors: `n` points, `dim` dims, 100 clusters.
+/// Seeded embedding-like clustered vectors (`synth::embedding_like`).
 pub fn data(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    synth::clustered_vectors(n, dim, 100, 0.35, seed)
+    synth::embedding_like(n, dim, seed)
 }
 
 /// An index over `flat` with ids 0..n.
