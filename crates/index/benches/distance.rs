@@ -1,4 +1,5 @@
 //! The SIMD distance kernels against the plain scalar loops.
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
 use std::hint::black_box;
 

@@ -328,6 +328,7 @@ impl Graph {
 
     /// Best-first search of one layer from `start`; leaves up to `ef` allowed nodes in
     /// `scratch.results`. Disallowed nodes are traversed but never returned.
+    #[allow(clippy::too_many_arguments)]
     fn search_layer<F: Fn(u32) -> bool>(
         &self,
         nodes: &Nodes,
