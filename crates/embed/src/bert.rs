@@ -11,7 +11,7 @@ use crate::weights::take;
 
 #[derive(Debug, Clone)]
 struct Layer {
-    /// Query, key and value projections stacked: `[3d, d]`, bias `[3d]`.
+    /// Query, key and value projections stacked and transposed: `[d, 3d]`, bias `[3d]`.
     qkv_w: Tensor,
     qkv_b: Tensor,
     out_w: Tensor,
@@ -105,6 +105,15 @@ pub(crate) fn ignorable(name: &str) -> bool {
     name.starts_with("pooler.") || name.starts_with("cls.") || name == "embeddings.position_ids"
 }
 
+/// LayerNorm for the generic path: candle's fused kernel where it supports the dtype.
+fn ln(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.dtype() == DType::F64 {
+        crate::latent_attention::layer_norm_eps(x, w, b, f64::from(eps))
+    } else {
+        Ok(candle_nn::ops::layer_norm(x, w, b, eps)?)
+    }
+}
+
 impl Bert {
     /// Builds the encoder from checkpoint tensors (after [`strip_prefix`] and the plan check).
     pub(crate) fn from_tensors(
@@ -137,18 +146,21 @@ impl Bert {
             let ffn_out_b = t("output.dense.bias")?;
             let ln2_w = t("output.LayerNorm.weight")?;
             let ln2_b = t("output.LayerNorm.bias")?;
+            // Weights are stored transposed (`[in, out]`, contiguous): the matrix kernel runs
+            // faster on them than on a transposed view.
+            let tr = |w: Tensor| -> Result<Tensor> { Ok(w.t()?.contiguous()?) };
             layers.push(Layer {
-                qkv_w,
+                qkv_w: tr(qkv_w)?,
                 qkv_b,
-                out_w: t("attention.output.dense.weight")?,
+                out_w: tr(t("attention.output.dense.weight")?)?,
                 post_attn: Tensor::stack(&[&out_b, &ln1_w, &ln1_b], 0)?,
                 post_ffn: Tensor::stack(&[&ffn_out_b, &ln2_w, &ln2_b], 0)?,
                 out_b,
                 ln1_w,
                 ln1_b,
-                inter_w: t("intermediate.dense.weight")?,
+                inter_w: tr(t("intermediate.dense.weight")?)?,
                 inter_b: t("intermediate.dense.bias")?,
-                ffn_out_w: t("output.dense.weight")?,
+                ffn_out_w: tr(t("output.dense.weight")?)?,
                 ffn_out_b,
                 ln2_w,
                 ln2_b,
@@ -215,12 +227,12 @@ impl Bert {
         let positions = self.position.index_select(&pos, 0)?;
         let mut x = kernels::add_layer_norm(&words, &positions, &self.emb_params, eps)?;
         for layer in &self.layers {
-            let qkv = x.matmul(&layer.qkv_w.t()?)?;
+            let qkv = x.matmul(&layer.qkv_w)?;
             let ctx = kernels::packed_attention(&qkv, &layer.qkv_b, spans.clone(), nh, d / nh)?;
-            let a = ctx.matmul(&layer.out_w.t()?)?;
+            let a = ctx.matmul(&layer.out_w)?;
             x = kernels::add_layer_norm(&a, &x, &layer.post_attn, eps)?;
-            let h = kernels::bias_gelu(&x.matmul(&layer.inter_w.t()?)?, &layer.inter_b)?;
-            let o = h.matmul(&layer.ffn_out_w.t()?)?;
+            let h = kernels::bias_gelu(&x.matmul(&layer.inter_w)?, &layer.inter_b)?;
+            let o = h.matmul(&layer.ffn_out_w)?;
             x = kernels::add_layer_norm(&o, &x, &layer.post_ffn, eps)?;
         }
         Ok((x, spans))
@@ -246,19 +258,15 @@ impl Bert {
             .reshape((b, l, d))?;
         let pos = self.position.narrow(0, 0, l)?;
         let x = x.broadcast_add(&pos)?.broadcast_add(&self.token_type0)?;
-        let mut x = candle_nn::ops::layer_norm(
-            &x.reshape((b * l, d))?,
-            &self.emb_ln_w,
-            &self.emb_ln_b,
-            eps,
-        )?;
+        let mut x = ln(&x.reshape((b * l, d))?, &self.emb_ln_w, &self.emb_ln_b, eps)?;
         let bias = mask
             .to_dtype(DType::F32)?
             .affine(f64::from(f32::MAX), -f64::from(f32::MAX))?
+            .to_dtype(x.dtype())?
             .reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in &self.layers {
-            let qkv = x.matmul(&layer.qkv_w.t()?)?.broadcast_add(&layer.qkv_b)?;
+            let qkv = x.matmul(&layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
             let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, l, hd]
             let q = (qkv.get(0)? * scale)?.contiguous()?;
             let k = qkv.get(1)?.contiguous()?;
@@ -266,16 +274,16 @@ impl Bert {
             let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
             let a = p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?;
-            let a = a.matmul(&layer.out_w.t()?)?.broadcast_add(&layer.out_b)?;
-            x = candle_nn::ops::layer_norm(&(a + x)?, &layer.ln1_w, &layer.ln1_b, eps)?;
+            let a = a.matmul(&layer.out_w)?.broadcast_add(&layer.out_b)?;
+            x = ln(&(a + x)?, &layer.ln1_w, &layer.ln1_b, eps)?;
             let h = x
-                .matmul(&layer.inter_w.t()?)?
+                .matmul(&layer.inter_w)?
                 .broadcast_add(&layer.inter_b)?
                 .gelu_erf()?;
             let h = h
-                .matmul(&layer.ffn_out_w.t()?)?
+                .matmul(&layer.ffn_out_w)?
                 .broadcast_add(&layer.ffn_out_b)?;
-            x = candle_nn::ops::layer_norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b, eps)?;
+            x = ln(&(h + x)?, &layer.ln2_w, &layer.ln2_b, eps)?;
         }
         Ok(x.reshape((b, l, d))?)
     }

@@ -97,14 +97,16 @@ impl MistralConfig {
     fn validate(&self) -> Result<()> {
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return Err(Error::InvalidConfig(format!(
                 "text_config: {} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.hidden_size == 0 || self.head_dim() == 0 || self.head_dim() % 2 != 0 {
+        if self.hidden_size == 0 || self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) {
             return Err(Error::InvalidConfig(format!(
                 "text_config: invalid hidden_size {} / head_dim {}",
                 self.hidden_size,
@@ -326,7 +328,9 @@ fn default_ln_eps() -> f64 {
 
 impl BertConfig {
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(Error::InvalidConfig(format!(
                 "bert: hidden_size {} is not a multiple of {} heads",
                 self.hidden_size, self.num_attention_heads

@@ -14,20 +14,23 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// `exp(x)` for f32 by range reduction and a degree-6 polynomial (relative error ~2e-7);
-/// branch-free so loops over it vectorize.
+/// `exp(x)` for f32 by range reduction and a degree-6 polynomial (relative error < 2e-7);
+/// only adds, multiplies and bit operations, so loops over it vectorize on the baseline target.
 #[inline(always)]
 fn fast_exp(x: f32) -> f32 {
+    // Round to nearest by the 1.5 * 2^23 trick; the integer then sits in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let bits = ((n as i32 + 127) << 23) as u32;
-    p * f32::from_bits(bits)
+    let scale = t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
+    p * f32::from_bits(scale)
 }
 
 /// `erf(x)` (Abramowitz-Stegun 7.1.26, absolute error < 1.5e-7).
@@ -45,23 +48,6 @@ fn erf(x: f32) -> f32 {
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() - a.len() % 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
 }
 
 struct BiasGelu;
@@ -218,17 +204,27 @@ impl CustomOp2 for PackedAttention {
                     m
                 };
                 let q = gather(0, scale);
-                let k = gather(1, 1.0);
                 let v = gather(2, 1.0);
+                // Keys transposed ([hd, len]) so both products below are axpy loops over
+                // contiguous memory, which vectorize.
+                let mut kt = vec![0f32; hd * len];
+                let koff = d + h * hd;
+                for j in 0..len {
+                    let row = &qkv[(start + j) * 3 * d + koff..][..hd];
+                    for (c, (x, b)) in row.iter().zip(&bias[koff..koff + hd]).enumerate() {
+                        kt[c * len + j] = x + b;
+                    }
+                }
                 let mut out = vec![0f32; len * hd];
                 let mut p = vec![0f32; len];
                 for i in 0..len {
-                    let qi = &q[i * hd..(i + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, pj) in p.iter_mut().enumerate() {
-                        *pj = dot(qi, &k[j * hd..(j + 1) * hd]);
-                        max = max.max(*pj);
+                    p.fill(0.0);
+                    for (c, &qc) in q[i * hd..(i + 1) * hd].iter().enumerate() {
+                        for (pj, kj) in p.iter_mut().zip(&kt[c * len..(c + 1) * len]) {
+                            *pj += qc * kj;
+                        }
                     }
+                    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0f32;
                     for pj in p.iter_mut() {
                         *pj = fast_exp(*pj - max);

@@ -178,9 +178,14 @@ impl LatentAttention {
 
 /// LayerNorm over the last dimension written with differentiable elementary ops.
 pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    layer_norm_eps(x, w, b, LN_EPS)
+}
+
+/// [`layer_norm`] with a given epsilon.
+pub(crate) fn layer_norm_eps(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
     Ok(xn.broadcast_mul(w)?.broadcast_add(b)?)
 }

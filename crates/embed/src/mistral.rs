@@ -32,6 +32,15 @@ pub struct BidirectionalMistral {
     dtype: DType,
 }
 
+/// RMSNorm: candle's fused kernel where it supports the dtype.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    if x.dtype() == DType::F64 {
+        candle_nn::ops::rms_norm_slow(x, w, eps)
+    } else {
+        candle_nn::ops::rms_norm(x, w, eps)
+    }
+}
+
 impl BidirectionalMistral {
     /// Builds the model from tensors under `prefix` (e.g. `embedding_model`).
     pub(crate) fn from_tensors(
@@ -106,7 +115,7 @@ impl BidirectionalMistral {
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in &self.layers {
-            let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
+            let h = rms_norm(&x, &layer.input_norm, eps)?;
             let q = h
                 .matmul(&layer.q.t()?)?
                 .reshape((b, l, nh, hd))?
@@ -143,13 +152,13 @@ impl BidirectionalMistral {
             let a = p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, nh * hd))?;
             let a = a.matmul(&layer.o.t()?)?;
             x = (x + a)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
+            let h = rms_norm(&x, &layer.post_norm, eps)?;
             let g = candle_nn::ops::silu(&h.matmul(&layer.gate.t()?)?)?;
             let u = h.matmul(&layer.up.t()?)?;
             let m = (g * u)?.matmul(&layer.down.t()?)?;
             x = (x + m)?;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let x = rms_norm(&x, &self.norm, eps)?;
         Ok(x.reshape((b, l, d))?.to_dtype(DType::F32)?)
     }
 }

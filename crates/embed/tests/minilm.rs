@@ -182,3 +182,98 @@ fn missing_default_model_names_the_fetch_command() {
     let missing = Embedder::load(&ModelSpec::parse("/definitely/not/a/model/dir"));
     assert!(missing.is_err());
 }
+
+#[test]
+fn trained_head_embeds_the_same_from_text_and_from_cached_states() {
+    use candle_nn::Optimizer;
+    let base = plain();
+    let texts = [
+        "a trained head changes the vectors",
+        "short",
+        "and it runs on cached states too",
+    ];
+    let opts = EmbedOptions::default();
+    let states = base.token_states(&texts, &opts).expect("states");
+    let (padded, mask) = pad_token_states(&states).expect("pad");
+    // One optimiser step away from mean pooling.
+    let head = LatentHead::new_mean_pooling(HeadConfig::default_for(384, base.backbone_ref()), 11)
+        .expect("head");
+    let (varmap, trainable) = head
+        .trainable(&candle_core::Device::Cpu)
+        .expect("trainable");
+    let mut opt = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .expect("adamw");
+    let out = trainable.forward(&padded, &mask).expect("forward");
+    let loss = out.sum_all().expect("sum");
+    opt.backward_step(&loss).expect("step");
+    let dir = tempfile::tempdir().expect("tempdir");
+    trainable.save(dir.path()).expect("save");
+    let reloaded = LatentHead::load(dir.path()).expect("load");
+    assert!(!reloaded.is_identity());
+    let from_states = reloaded
+        .forward(&padded, &mask)
+        .expect("forward")
+        .to_vec2::<f32>()
+        .expect("vec");
+    let headed = plain().with_head(reloaded).expect("attach");
+    let from_text = headed.embed(&texts, &opts).expect("embed");
+    let mean = base.embed(&texts, &opts).expect("embed");
+    // A head directory is a model spec of its own (its backbone found in the model cache).
+    let by_spec = Embedder::load(&ModelSpec::Dir(dir.path().to_path_buf())).expect("load head dir");
+    assert_eq!(by_spec.identity().pooling, Pooling::LatentAttention);
+    assert_eq!(
+        by_spec.identity().head_sha256,
+        headed.identity().head_sha256
+    );
+    let from_spec = by_spec.embed(&texts, &opts).expect("embed");
+    for i in 0..texts.len() {
+        assert!(
+            max_abs_diff(&from_text[i], &from_spec[i]) <= 1e-6,
+            "row {i}"
+        );
+        assert!(
+            max_abs_diff(&from_text[i], &from_states[i]) <= 1e-5,
+            "row {i}"
+        );
+        assert!(
+            max_abs_diff(&from_text[i], &mean[i]) > 1e-4,
+            "row {i}: head had no effect"
+        );
+    }
+}
+
+#[test]
+fn generic_padded_path_agrees_with_the_packed_kernels() {
+    // f64 weights take the generic candle path (padded batches, stock ops) instead of the fused
+    // f32 CPU kernels; both must match the reference.
+    let f64_model = Embedder::from_dir(
+        model_dir(),
+        &LoadOptions {
+            dtype: candle_core::DType::F64,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("load f64");
+    let (sentences, want) = reference();
+    let texts: Vec<&str> = sentences.iter().take(40).map(|s| s.text.as_str()).collect();
+    let opts = EmbedOptions {
+        batch_size: 8,
+        ..EmbedOptions::default()
+    };
+    let generic = f64_model.embed(&texts, &opts).expect("embed");
+    let packed = plain().embed(&texts, &opts).expect("embed");
+    for i in 0..texts.len() {
+        let c = cosine(&generic[i], &want[i]);
+        assert!(c >= 0.9999, "row {i}: generic path cosine {c}");
+        assert!(
+            max_abs_diff(&generic[i], &packed[i]) <= 1e-4,
+            "row {i}: paths differ"
+        );
+    }
+}
