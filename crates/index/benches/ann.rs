@@ -3,8 +3,8 @@
 //! same data.
 //!
 //! `cargo bench -p latentdb-index --bench ann` — environment: `N` (20000), `DIM` (384),
-//! `NQ` (1000), `METRIC` (cosine), `DATA` (emb: `synth::embedding_like`; iso:
-//! isotropic clusters), `EFS` (16,32,64,128,256), `HNSW_RS` (0).
+//! `NQ` (1000), `METRIC` (cosine), `DATA` (emb: `synth::power_law_clusters` with
+//! `ALPHA` (0.5); iso: isotropic clusters), `EFS` (16,32,64,128,256), `HNSW_RS` (0).
 
 use std::time::Instant;
 
@@ -30,13 +30,11 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let iso = env("DATA", "emb".to_string()) == "iso";
-    let make = |n, seed| {
-        if iso {
-            synth::clustered_vectors(n, dim, 100, 0.35, seed)
-        } else {
-            synth::embedding_like(n, dim, seed)
-        }
+    let kind: String = env("DATA", "emb".to_string());
+    let alpha: f32 = env("ALPHA", 0.5);
+    let make = |n, seed| match kind.as_str() {
+        "iso" => synth::clustered_vectors(n, dim, 100, 0.35, seed),
+        _ => synth::power_law_clusters(n, dim, 100, alpha, seed),
     };
     let base = make(n, 42);
     let queries = make(nq, 4242);

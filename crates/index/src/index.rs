@@ -302,8 +302,8 @@ impl Index {
         matching < EXACT_SEARCH_MIN || (matching as f64) < EXACT_SEARCH_FRACTION * live as f64
     }
 
-    /// Brute-force `k` nearest among the given ids (unknown and deleted ids are skipped;
-    /// duplicates are harmless). Exact, parallel for large sets.
+    /// Brute-force `k` nearest among the given ids (unknown and deleted ids are skipped,
+    /// duplicates ignored). Exact, parallel for large sets.
     pub fn exact_search(&self, query: &[f32], k: usize, candidates: &[u32]) -> Result<Vec<Hit>> {
         Self::check_k(k)?;
         let q = self.prepare_query(query)?;
@@ -316,7 +316,11 @@ impl Index {
                 slot,
             })
         };
-        let mut best = if candidates.len() > 16_384 {
+        let mut unique = candidates.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let candidates = &unique[..];
+        let best = if candidates.len() > 16_384 {
             candidates
                 .par_chunks(4096)
                 .map(|chunk| top_k(chunk.iter().filter_map(score), k))
@@ -327,7 +331,6 @@ impl Index {
         } else {
             top_k(candidates.iter().filter_map(score), k)
         };
-        best.dedup_by_key(|c| c.slot);
         drop(nodes);
         Ok(self.hits(&graph, &best))
     }
@@ -500,7 +503,7 @@ mod tests {
         let hits = idx.search(&[2.2, 0.0, 0.0], 3, None).unwrap();
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![3, 1, 4]);
         let hits = idx
-            .exact_search(&[2.2, 0.0, 0.0], 2, &[2, 7, 8, 8, 42])
+            .exact_search(&[2.2, 0.0, 0.0], 3, &[2, 7, 8, 8, 42])
             .unwrap();
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![7, 8]);
         let hits = idx

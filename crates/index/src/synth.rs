@@ -69,13 +69,38 @@ pub fn clustered_vectors(n: usize, dim: usize, clusters: usize, noise: f32, seed
 /// gaussian noise whose variance decays along the coordinates as `1 / (j + 1)` (a power-law
 /// spectrum like the PCA spectrum of sentence embeddings, whose intrinsic dimension is far
 /// below their width; distances are rotation-invariant, so axis-aligned decay loses nothing).
-/// Deterministic in `seed`. Isotropic noise ([`clustered_vectors`]) is a harder, less
-/// realistic case.
+/// Same as [`power_law_clusters`]`(n, dim, 100, 0.5, seed)`. Deterministic in `seed`.
+/// Isotropic noise ([`clustered_vectors`]) is a harder, less realistic case.
 pub fn embedding_like(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let clusters = 100;
+    power_law_clusters(n, dim, 100, 0.5, seed)
+}
+
+/// Noise-to-centre variance ratio of [`power_law_clusters`]: within a cluster, two points
+/// have a cosine similarity of about 0.75, as related sentences do.
+const NOISE_RATIO: f64 = 0.1668;
+
+/// `n` row-major vectors around `clusters` standard-normal centres, with gaussian noise whose
+/// standard deviation on coordinate `j` is proportional to `(j + 1)^-alpha`, scaled so that
+/// the noise variance is about a sixth of the centres' (at dim 64, alpha 0.5: 1.5 / sqrt(j+1)).
+/// Larger `alpha`: lower intrinsic dimension, easier search. Deterministic in `seed`.
+pub fn power_law_clusters(
+    n: usize,
+    dim: usize,
+    clusters: usize,
+    alpha: f32,
+    seed: u64,
+) -> Vec<f32> {
+    let clusters = clusters.max(1);
     let mut rng = SplitMix64::new(seed);
     let centres: Vec<f32> = (0..clusters * dim).map(|_| rng.next_gaussian()).collect();
-    let scale: Vec<f32> = (0..dim).map(|j| 1.5 / ((j + 1) as f32).sqrt()).collect();
+    // Noise variance sums to NOISE_RATIO * dim (centres have norm^2 ~ dim), so the angular
+    // spread of a cluster does not shrink as the dimension grows.
+    let shape: Vec<f64> = (0..dim)
+        .map(|j| ((j + 1) as f64).powf(-alpha as f64))
+        .collect();
+    let total: f64 = shape.iter().map(|s| s * s).sum();
+    let k = (NOISE_RATIO * dim as f64 / total).sqrt();
+    let scale: Vec<f32> = shape.iter().map(|s| (k * s) as f32).collect();
     let mut out = Vec::with_capacity(n * dim);
     for _ in 0..n {
         let c = rng.below(clusters as u64) as usize;
