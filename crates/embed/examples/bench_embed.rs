@@ -1,5 +1,6 @@
 //! Measures embedding throughput of a model on texts of 10-60 words taken from the shared
-//! SpamAssassin corpus (each document's words, cut to a length that cycles through 10..=60).
+//! SpamAssassin corpus: sentences by default, or (`BENCH_TEXTS=slices`) each document's first
+//! 10..=60 words.
 //!
 //! `cargo run --release -p latentdb-embed --example bench_embed -- [MODEL] [N] [BATCH...]`
 //! MODEL is `default` (fetched into the model cache if absent) or a model directory.
@@ -24,27 +25,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/datasets/spamassassin-subjects/corpus.jsonl"
     ))?;
+    // Default: real sentences of 10-60 words (split at . ! ? and line breaks); with
+    // BENCH_TEXTS=slices, each document's first 10..=60 words (cycling), which are longer.
+    let slices = std::env::var("BENCH_TEXTS").is_ok_and(|v| v == "slices");
     let mut texts = Vec::new();
-    for (i, line) in corpus.lines().enumerate() {
+    'docs: for (i, line) in corpus.lines().enumerate() {
         let doc: serde_json::Value = serde_json::from_str(line)?;
-        let words: Vec<&str> = doc["text"]
-            .as_str()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let want = 10 + (i * 7) % 51;
-        if words.len() >= want {
-            texts.push(words[..want].join(" "));
+        let body = doc["text"].as_str().unwrap_or("");
+        if slices {
+            let words: Vec<&str> = body.split_whitespace().collect();
+            let want = 10 + (i * 7) % 51;
+            if words.len() >= want {
+                texts.push(words[..want].join(" "));
+            }
+        } else {
+            for sentence in body.split(['.', '!', '?', '\n']) {
+                let words: Vec<&str> = sentence.split_whitespace().collect();
+                if (10..=60).contains(&words.len()) {
+                    texts.push(words.join(" "));
+                }
+                if texts.len() == n {
+                    break 'docs;
+                }
+            }
         }
         if texts.len() == n {
             break;
         }
     }
     println!(
-        "model {} ({}), {} texts of 10-60 words, {} rayon threads",
+        "model {} ({}), {} texts of 10-60 words ({}), {} rayon threads",
         embedder.identity().name,
         embedder.identity().pooling,
         texts.len(),
+        if slices {
+            "document slices"
+        } else {
+            "sentences"
+        },
         rayon::current_num_threads()
     );
     for batch_size in batches {

@@ -50,6 +50,73 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// Sum with eight independent accumulators (a serial `+=` chain neither vectorizes nor
+/// pipelines).
+#[inline(always)]
+fn sum8(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Maximum with eight independent lanes.
+#[inline(always)]
+fn max8(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// `o = gelu(x + b)`; inlined into pulp's per-instruction-set dispatch so it vectorizes with
+/// the best SIMD the CPU has.
+#[inline(always)]
+fn gelu_row(o: &mut [f32], x: &[f32], b: &[f32]) {
+    for ((o, x), b) in o.iter_mut().zip(x).zip(b) {
+        *o = gelu(x + b);
+    }
+}
+
+/// `o = LayerNorm(x + bias + r)` with weight `w` and bias `b`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_ln_row(o: &mut [f32], x: &[f32], r: &[f32], bias: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let d = o.len();
+    for k in 0..d {
+        o[k] = x[k] + bias[k] + r[k];
+    }
+    let mean = sum8(o) / d as f32;
+    for v in o.iter_mut() {
+        *v -= mean;
+    }
+    let mut acc = [0f32; 8];
+    let chunks = o.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k] * c[k];
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + rest) / d as f32;
+    let inv = 1.0 / (var + eps).sqrt();
+    for k in 0..d {
+        o[k] = o[k] * inv * w[k] + b[k];
+    }
+}
+
 struct BiasGelu;
 
 impl CustomOp2 for BiasGelu {
@@ -70,15 +137,12 @@ impl CustomOp2 for BiasGelu {
         if f == 0 || x.len() % f != 0 {
             bail!("bias-gelu: bias of {f} does not divide {}", x.len());
         }
+        let arch = pulp::Arch::new();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(f)
             .zip(x.par_chunks(f))
             .with_min_len(8)
-            .for_each(|(o, x)| {
-                for ((o, x), b) in o.iter_mut().zip(x).zip(b) {
-                    *o = gelu(x + b);
-                }
-            });
+            .for_each(|(o, x)| arch.dispatch(|| gelu_row(o, x, b)));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -116,27 +180,12 @@ impl CustomOp3 for AddLayerNorm {
         let (bias, rest) = p.split_at(d);
         let (w, b) = rest.split_at(d);
         let eps = self.eps;
+        let arch = pulp::Arch::new();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d).zip(r.par_chunks(d)))
             .with_min_len(8)
-            .for_each(|(o, (x, r))| {
-                let mut sum = 0f32;
-                for k in 0..d {
-                    let v = x[k] + bias[k] + r[k];
-                    o[k] = v;
-                    sum += v;
-                }
-                let mean = sum / d as f32;
-                let mut var = 0f32;
-                for v in o.iter() {
-                    var += (v - mean) * (v - mean);
-                }
-                let inv = 1.0 / (var / d as f32 + eps).sqrt();
-                for k in 0..d {
-                    o[k] = (o[k] - mean) * inv * w[k] + b[k];
-                }
-            });
+            .for_each(|(o, (x, r))| arch.dispatch(|| add_ln_row(o, x, r, bias, w, b, eps)));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -150,6 +199,71 @@ pub(crate) fn add_layer_norm(
     eps: f32,
 ) -> Result<Tensor> {
     x.apply_op3_no_bwd(residual, params, &AddLayerNorm { eps })
+}
+
+/// One head of one sequence: rows `start..start + len` of `qkv` (`[rows, 3d]`, before
+/// `bias`), the head's columns from `col`; returns its context `[len, hd]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attention_head(
+    qkv: &[f32],
+    bias: &[f32],
+    start: usize,
+    len: usize,
+    col: usize,
+    d: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let h_off = col;
+    let gather = |part: usize, mul: f32| -> Vec<f32> {
+        let mut m = Vec::with_capacity(len * hd);
+        let off = part * d + h_off;
+        for i in 0..len {
+            let row = &qkv[(start + i) * 3 * d + off..][..hd];
+            m.extend(
+                row.iter()
+                    .zip(&bias[off..off + hd])
+                    .map(|(x, b)| (x + b) * mul),
+            );
+        }
+        m
+    };
+    let q = gather(0, scale);
+    let v = gather(2, 1.0);
+    // Keys transposed ([hd, len]) so both products below are axpy loops over
+    // contiguous memory, which vectorize.
+    let mut kt = vec![0f32; hd * len];
+    let koff = d + h_off;
+    for j in 0..len {
+        let row = &qkv[(start + j) * 3 * d + koff..][..hd];
+        for (c, (x, b)) in row.iter().zip(&bias[koff..koff + hd]).enumerate() {
+            kt[c * len + j] = x + b;
+        }
+    }
+    let mut out = vec![0f32; len * hd];
+    let mut p = vec![0f32; len];
+    for i in 0..len {
+        p.fill(0.0);
+        for (c, &qc) in q[i * hd..(i + 1) * hd].iter().enumerate() {
+            for (pj, kj) in p.iter_mut().zip(&kt[c * len..(c + 1) * len]) {
+                *pj += qc * kj;
+            }
+        }
+        let max = max8(&p);
+        for pj in p.iter_mut() {
+            *pj = fast_exp(*pj - max);
+        }
+        let inv = 1.0 / sum8(&p);
+        let oi = &mut out[i * hd..(i + 1) * hd];
+        for (j, pj) in p.iter().enumerate() {
+            let w = pj * inv;
+            for (o, vv) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                *o += w * vv;
+            }
+        }
+    }
+    out
 }
 
 struct PackedAttention {
@@ -183,6 +297,7 @@ impl CustomOp2 for PackedAttention {
             bail!("packed-attention: spans exceed the rows");
         }
         let scale = 1.0 / (hd as f32).sqrt();
+        let arch = pulp::Arch::new();
         let jobs: Vec<(usize, usize)> = (0..self.spans.len())
             .flat_map(|s| (0..hn).map(move |h| (s, h)))
             .collect();
@@ -190,56 +305,7 @@ impl CustomOp2 for PackedAttention {
             .par_iter()
             .map(|&(s, h)| {
                 let (start, len) = self.spans[s];
-                let gather = |part: usize, mul: f32| -> Vec<f32> {
-                    let mut m = Vec::with_capacity(len * hd);
-                    let off = part * d + h * hd;
-                    for i in 0..len {
-                        let row = &qkv[(start + i) * 3 * d + off..][..hd];
-                        m.extend(
-                            row.iter()
-                                .zip(&bias[off..off + hd])
-                                .map(|(x, b)| (x + b) * mul),
-                        );
-                    }
-                    m
-                };
-                let q = gather(0, scale);
-                let v = gather(2, 1.0);
-                // Keys transposed ([hd, len]) so both products below are axpy loops over
-                // contiguous memory, which vectorize.
-                let mut kt = vec![0f32; hd * len];
-                let koff = d + h * hd;
-                for j in 0..len {
-                    let row = &qkv[(start + j) * 3 * d + koff..][..hd];
-                    for (c, (x, b)) in row.iter().zip(&bias[koff..koff + hd]).enumerate() {
-                        kt[c * len + j] = x + b;
-                    }
-                }
-                let mut out = vec![0f32; len * hd];
-                let mut p = vec![0f32; len];
-                for i in 0..len {
-                    p.fill(0.0);
-                    for (c, &qc) in q[i * hd..(i + 1) * hd].iter().enumerate() {
-                        for (pj, kj) in p.iter_mut().zip(&kt[c * len..(c + 1) * len]) {
-                            *pj += qc * kj;
-                        }
-                    }
-                    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for pj in p.iter_mut() {
-                        *pj = fast_exp(*pj - max);
-                        sum += *pj;
-                    }
-                    let inv = 1.0 / sum;
-                    let oi = &mut out[i * hd..(i + 1) * hd];
-                    for (j, pj) in p.iter().enumerate() {
-                        let w = pj * inv;
-                        for (o, vv) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
-                            *o += w * vv;
-                        }
-                    }
-                }
-                out
+                arch.dispatch(|| attention_head(qkv, bias, start, len, h * hd, d, hd, scale))
             })
             .collect();
         let mut out = vec![0f32; rows * d];
