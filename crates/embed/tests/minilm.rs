@@ -46,6 +46,7 @@ fn plain() -> Embedder {
 
 #[test]
 fn identity_describes_the_default_model() {
+    let _ = model_dir(); // fetched first
     let e = Embedder::load_with(
         &ModelSpec::Default,
         &LoadOptions {
@@ -54,7 +55,6 @@ fn identity_describes_the_default_model() {
         },
     )
     .expect("load default");
-    let _ = model_dir();
     let id = e.identity();
     assert_eq!(id.name, "all-MiniLM-L6-v2");
     assert_eq!(id.model_type, "bert");
@@ -64,6 +64,9 @@ fn identity_describes_the_default_model() {
     assert_eq!(id.pooling, Pooling::LatentAttention);
     assert!(id.head_sha256.is_some());
     assert!(e.head().expect("default has a head").is_identity());
+    // The identity is stable across loads (the fresh head is seeded).
+    let again = Embedder::load(&ModelSpec::Default).expect("load default again");
+    assert_eq!(again.identity(), e.identity());
     let p = plain();
     assert_eq!(p.identity().pooling, Pooling::Mean);
     assert!(p.identity().head_sha256.is_none());
@@ -276,4 +279,26 @@ fn generic_padded_path_agrees_with_the_packed_kernels() {
             "row {i}: paths differ"
         );
     }
+}
+
+#[test]
+fn one_embedder_serves_many_threads() {
+    let e = plain();
+    let texts = [
+        "shared across threads",
+        "same vectors from every thread",
+        "x",
+    ];
+    let want = e.embed(&texts, &EmbedOptions::default()).expect("embed");
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| e.embed(&texts, &EmbedOptions::default()).expect("embed")))
+            .collect();
+        for h in handles {
+            let got = h.join().expect("thread");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(max_abs_diff(g, w) <= 1e-6);
+            }
+        }
+    });
 }
