@@ -1,1 +1,35 @@
-//! latentdb facade
+//! latentdb: an embedded vector database with a built-in text embedder.
+//!
+//! [`Database`] is the in-process API: open a directory, create collections, upsert documents
+//! (an id, optional text, JSON metadata and a vector), get, delete, count and scroll them.
+//! Everything is synchronous and thread-safe; writes are atomic per batch and durable when they
+//! return. See `docs/ARCHITECTURE.md` for how the crates fit together.
+//!
+//! ```
+//! use latentdb::{CollectionSpec, Database, Document, Metric};
+//! use serde_json::json;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Database::open(dir.path())?;
+//! db.create_collection(CollectionSpec::new("articles", 3, Metric::Cosine))?;
+//! db.upsert("articles", vec![
+//!     Document::new("a1", vec![0.1, 0.2, 0.3]).with_text("first").with_metadata(json!({"year": 2024})),
+//!     Document::new("a2", vec![0.3, 0.2, 0.1]),
+//! ])?;
+//! assert_eq!(db.count("articles")?, 2);
+//! let docs = db.get("articles", &["a1"])?;
+//! assert_eq!(docs[0].as_ref().unwrap().metadata["year"], 2024);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod database;
+mod error;
+
+pub use database::{Database, DatabaseOptions, UpsertResult};
+pub use error::{Error, Result};
+pub use latentdb_storage::{
+    CollectionInfo, CollectionSpec, Document, Durability, MAX_ID_BYTES, Metric, Record, ScrollPage,
+};
+
+/// The storage engine, for callers that need its lower-level API.
+pub use latentdb_storage as storage;

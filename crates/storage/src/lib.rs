@@ -1,1 +1,43 @@
-//! latentdb storage
+//! latentdb's storage engine: collections and documents on [sled].
+//!
+//! A database directory holds a lock file and one sled database. Each collection is a sled tree
+//! that maps document ids to dense `u32` point ids, point ids to document records, and keeps a
+//! change log that the index replays after a restart. Writes to one collection are serialised
+//! and atomic; with the default [`Durability::Sync`] they are on disk when they return.
+//! The on-disk layout is described in `docs/FORMAT.md`.
+//!
+//! ```
+//! use latentdb_storage::{CollectionSpec, Document, Metric, Storage, StorageOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let storage = Storage::open(dir.path(), StorageOptions::default())?;
+//! storage.create_collection(CollectionSpec::new("notes", 2, Metric::Cosine))?;
+//! storage.upsert("notes", vec![Document::new("a", vec![0.5, 0.5]).with_text("hello")], None)?;
+//! let got = storage.get("notes", &["a", "missing"])?;
+//! assert_eq!(got[0].as_ref().map(|r| r.text.as_deref()), Some(Some("hello")));
+//! assert!(got[1].is_none());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [sled]: https://docs.rs/sled/0.34
+
+mod collection;
+mod document;
+mod error;
+pub mod key;
+mod options;
+pub mod record;
+mod store;
+
+pub use collection::{
+    CollectionConfig, CollectionInfo, CollectionSpec, MAX_DIMENSION, MAX_NAME_LEN, Metric,
+    validate_dimension, validate_name,
+};
+pub use document::{Document, MAX_ID_BYTES, Record, json_kind, validate_id};
+pub use error::{Error, Result};
+pub use options::{Durability, StorageOptions};
+pub use record::Change;
+pub use store::{
+    DeleteOutcome, FORMAT_VERSION, LOCK_FILE, MAX_SCROLL_PAGE, SLED_DIR, ScrollPage, Storage,
+    UpsertOutcome,
+};

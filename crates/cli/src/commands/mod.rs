@@ -1,0 +1,34 @@
+//! Subcommand implementations.
+
+mod collection;
+mod documents;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command};
+use crate::output::Out;
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut out = Out::new(cli.global.json);
+    let data = cli.global.data.clone();
+    let open = move || -> anyhow::Result<latentdb::Database> {
+        let dir = data.context("no database directory: pass --data DIR or set LATENTDB_DATA")?;
+        latentdb::Database::open(&dir).with_context(|| format!("cannot open {}", dir.display()))
+    };
+    match cli.command {
+        Command::Collection(c) => collection::run(c, &open()?, &mut out),
+        Command::Upsert(a) => documents::upsert(a, &open()?, &mut out),
+        Command::Get(a) => documents::get(a, &open()?, &mut out),
+        Command::Delete(a) => documents::delete(a, &open()?, &mut out),
+        Command::Count(a) => documents::count(a, &open()?, &mut out),
+        Command::Scroll(a) => documents::scroll(a, &open()?, &mut out),
+        Command::Flush => {
+            open()?.flush()?;
+            out.either(&serde_json::json!({"flushed": true}), || "flushed".into())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

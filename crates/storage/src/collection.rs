@@ -1,0 +1,185 @@
+//! Collections: their names, metrics and stored configuration.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The largest vector dimension a collection may have.
+pub const MAX_DIMENSION: usize = 65_536;
+
+/// The longest collection name, in characters.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// How vectors are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity (vectors are normalised by the index).
+    Cosine,
+    /// Inner product.
+    Dot,
+    /// Euclidean distance.
+    L2,
+}
+
+impl Metric {
+    /// The lowercase name used in the CLI, the API and on disk.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::Dot => "dot",
+            Metric::L2 => "l2",
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cosine" => Ok(Metric::Cosine),
+            "dot" | "ip" => Ok(Metric::Dot),
+            "l2" | "euclidean" => Ok(Metric::L2),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown metric {s:?} (expected cosine, dot or l2)"
+            ))),
+        }
+    }
+}
+
+/// What a caller asks for when creating a collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionSpec {
+    /// The name: 1-128 characters of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// The vector dimension.
+    pub dimension: usize,
+    /// The similarity metric.
+    pub metric: Metric,
+    /// Embedder settings (model identity, templates), stored as given for the embedding layer.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub embedder: Value,
+    /// Index settings (HNSW parameters), stored as given for the index layer.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub index: Value,
+}
+
+impl CollectionSpec {
+    /// A spec with no embedder or index settings.
+    pub fn new(name: impl Into<String>, dimension: usize, metric: Metric) -> Self {
+        CollectionSpec {
+            name: name.into(),
+            dimension,
+            metric,
+            embedder: Value::Null,
+            index: Value::Null,
+        }
+    }
+}
+
+/// A collection's stored configuration (one JSON value in the registry tree).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionConfig {
+    /// Internal numeric id; names the collection's sled tree.
+    pub cid: u64,
+    /// The caller's spec.
+    #[serde(flatten)]
+    pub spec: CollectionSpec,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The storage format version the collection was written with.
+    pub format_version: u32,
+}
+
+/// What `info` and `list` report about a collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionInfo {
+    /// The name.
+    pub name: String,
+    /// The number of live documents.
+    pub count: u64,
+    /// The vector dimension.
+    pub dimension: usize,
+    /// The metric.
+    pub metric: Metric,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The storage format version.
+    pub format_version: u32,
+    /// Embedder settings, if any.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub embedder: Value,
+    /// Index settings, if any.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub index: Value,
+}
+
+/// Checks a collection name: 1-128 characters of `[A-Za-z0-9_.-]`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("names must not be empty")
+    } else if name.chars().count() > MAX_NAME_LEN {
+        Some("names are at most 128 characters")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        Some("names may only use A-Z, a-z, 0-9, '_', '.' and '-'")
+    } else if name == "." || name == ".." {
+        Some("'.' and '..' are reserved")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidCollectionName {
+            name: name.chars().take(160).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a dimension.
+pub fn validate_dimension(dim: usize) -> Result<()> {
+    if dim == 0 || dim > MAX_DIMENSION {
+        Err(Error::InvalidDimension {
+            dim,
+            max: MAX_DIMENSION,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "docs_v1.2-x", &"a".repeat(128)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "é", "a/b", &"a".repeat(129), "..", "."] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metrics_parse() {
+        assert_eq!("cosine".parse::<Metric>().unwrap(), Metric::Cosine);
+        assert_eq!("L2".parse::<Metric>().unwrap(), Metric::L2);
+        assert!("hamming".parse::<Metric>().is_err());
+        assert_eq!(Metric::Dot.to_string(), "dot");
+    }
+}

@@ -1,0 +1,38 @@
+//! Storage options.
+
+/// When an upsert is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every write is flushed (fsync) before it returns: a crash never loses an acknowledged
+    /// write. The default.
+    #[default]
+    Sync,
+    /// Writes return once in the page cache and are flushed by a background thread every
+    /// `flush_every_ms`: much faster for bulk loads, but a crash can lose the writes of the last
+    /// interval. Call `flush` at the end of a bulk load.
+    Buffered,
+}
+
+/// Options for opening a storage directory.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Default durability of writes.
+    pub durability: Durability,
+    /// Size of sled's page cache in bytes.
+    pub cache_capacity: u64,
+    /// Background flush interval for [`Durability::Buffered`], in milliseconds.
+    pub flush_every_ms: u64,
+    /// The longest document text accepted, in bytes.
+    pub max_text_bytes: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            durability: Durability::Sync,
+            cache_capacity: 256 * 1024 * 1024,
+            flush_every_ms: 500,
+            max_text_bytes: 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The value codec for stored documents and change-log entries.
+//!
+//! A document record (value of a `p` key), version 1:
+//!
+//! ```text
+//! u8      record version (1)
+//! u16 BE  id length, then the id bytes (UTF-8)
+//! u32 BE  dimension d, then d × f32 little-endian
+//! u8      1 if a text follows, else 0; if 1: u32 BE length, then the text bytes (UTF-8)
+//! rest    the metadata, a JSON object (UTF-8)
+//! ```
+
+use serde_json::{Map, Value};
+
+use crate::document::Record;
+use crate::error::{Error, Result};
+
+const RECORD_VERSION: u8 = 1;
+
+/// Encodes one document. `metadata` must already be a validated object.
+pub fn encode_record(
+    id: &str,
+    vector: &[f32],
+    text: Option<&str>,
+    metadata: &Map<String, Value>,
+) -> Result<Vec<u8>> {
+    let meta = serde_json::to_vec(metadata)
+        .map_err(|e| Error::Corrupt(format!("metadata does not serialise: {e}")))?;
+    let id_len = u16::try_from(id.len())
+        .map_err(|_| Error::Corrupt("document id longer than 65535 bytes".into()))?;
+    let dim = u32::try_from(vector.len())
+        .map_err(|_| Error::Corrupt("vector longer than 2^32".into()))?;
+    let text_len = match text {
+        Some(t) => Some(
+            u32::try_from(t.len()).map_err(|_| Error::Corrupt("text longer than 4 GiB".into()))?,
+        ),
+        None => None,
+    };
+    let mut out = Vec::with_capacity(
+        1 + 2 + id.len() + 4 + 4 * vector.len() + 5 + text.map_or(0, str::len) + meta.len(),
+    );
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&id_len.to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(&dim.to_be_bytes());
+    for x in vector {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    match (text, text_len) {
+        (Some(t), Some(n)) => {
+            out.push(1);
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(t.as_bytes());
+        }
+        _ => out.push(0),
+    }
+    out.extend_from_slice(&meta);
+    Ok(out)
+}
+
+/// A cursor over a byte slice that reports truncation as corruption.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(Error::Corrupt("document record is truncated".into()));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn str(&mut self, n: usize) -> Result<&'a str> {
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| Error::Corrupt("document record holds invalid UTF-8".into()))
+    }
+}
+
+/// Only the document id of a record (cheap: no vector or metadata decoding).
+pub fn decode_record_id(bytes: &[u8]) -> Result<&str> {
+    let mut r = Reader { buf: bytes };
+    check_version(r.u8()?)?;
+    let n = r.u16()? as usize;
+    r.str(n)
+}
+
+/// Only the vector of a record, appended to `out` (no allocation when `out` has capacity).
+pub fn decode_record_vector(bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
+    let mut r = Reader { buf: bytes };
+    check_version(r.u8()?)?;
+    let n = r.u16()? as usize;
+    r.take(n)?;
+    let dim = r.u32()? as usize;
+    let raw = r.take(
+        dim.checked_mul(4)
+            .ok_or_else(|| Error::Corrupt("bad dimension".into()))?,
+    )?;
+    out.extend(
+        raw.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    Ok(())
+}
+
+/// Decodes a whole record.
+pub fn decode_record(bytes: &[u8]) -> Result<Record> {
+    let mut r = Reader { buf: bytes };
+    check_version(r.u8()?)?;
+    let n = r.u16()? as usize;
+    let id = r.str(n)?.to_owned();
+    let dim = r.u32()? as usize;
+    let raw = r.take(
+        dim.checked_mul(4)
+            .ok_or_else(|| Error::Corrupt("bad dimension".into()))?,
+    )?;
+    let vector = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let text = match r.u8()? {
+        0 => None,
+        1 => {
+            let n = r.u32()? as usize;
+            Some(r.str(n)?.to_owned())
+        }
+        other => return Err(Error::Corrupt(format!("bad text flag {other}"))),
+    };
+    let metadata = if r.buf.is_empty() {
+        Map::new()
+    } else {
+        match serde_json::from_slice(r.buf) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(Error::Corrupt("stored metadata is not an object".into())),
+            Err(e) => return Err(Error::Corrupt(format!("stored metadata: {e}"))),
+        }
+    };
+    Ok(Record {
+        id,
+        text,
+        metadata,
+        vector,
+    })
+}
+
+fn check_version(v: u8) -> Result<()> {
+    if v == RECORD_VERSION {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!(
+            "unknown document record version {v}"
+        )))
+    }
+}
+
+/// One entry of a collection's change log, replayed by the index after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A point was written (a new document, or the new version of a replaced one).
+    Insert {
+        /// The sequence of this change.
+        seq: u64,
+        /// The point id.
+        point: u32,
+    },
+    /// A point was removed (a deleted document, or the old version of a replaced one).
+    Remove {
+        /// The sequence of this change.
+        seq: u64,
+        /// The point id.
+        point: u32,
+    },
+}
+
+impl Change {
+    /// The change's sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Change::Insert { seq, .. } | Change::Remove { seq, .. } => *seq,
+        }
+    }
+
+    /// The value bytes of this change in the log: op (1 insert, 2 remove) + point u32 BE.
+    pub fn encode_value(&self) -> [u8; 5] {
+        let (op, point) = match self {
+            Change::Insert { point, .. } => (1u8, *point),
+            Change::Remove { point, .. } => (2u8, *point),
+        };
+        let p = point.to_be_bytes();
+        [op, p[0], p[1], p[2], p[3]]
+    }
+
+    /// Decodes a change from its log value and sequence.
+    pub fn decode(seq: u64, value: &[u8]) -> Result<Change> {
+        match value {
+            [op, a, b, c, d] => {
+                let point = u32::from_be_bytes([*a, *b, *c, *d]);
+                match op {
+                    1 => Ok(Change::Insert { seq, point }),
+                    2 => Ok(Change::Remove { seq, point }),
+                    _ => Err(Error::Corrupt(format!("unknown change op {op}"))),
+                }
+            }
+            _ => Err(Error::Corrupt("bad change-log entry".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn record_round_trips() {
+        let meta = json!({"a": 1, "b": [true, null]})
+            .as_object()
+            .unwrap()
+            .clone();
+        let v = vec![1.0, -2.5, f32::MIN_POSITIVE];
+        let bytes = encode_record("doc-1", &v, Some("héllo"), &meta).unwrap();
+        let r = decode_record(&bytes).unwrap();
+        assert_eq!(r.id, "doc-1");
+        assert_eq!(r.text.as_deref(), Some("héllo"));
+        assert_eq!(r.metadata, meta);
+        assert_eq!(r.vector.len(), 3);
+        for (a, b) in r.vector.iter().zip(&v) {
+            assert!((a - b).abs() <= f32::EPSILON * b.abs());
+        }
+        assert_eq!(decode_record_id(&bytes).unwrap(), "doc-1");
+        let mut out = Vec::new();
+        decode_record_vector(&bytes, &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        let no_text = encode_record("x", &v, None, &Map::new()).unwrap();
+        assert!(decode_record(&no_text).unwrap().text.is_none());
+    }
+
+    #[test]
+    fn truncated_or_foreign_records_are_corrupt_not_panics() {
+        let bytes = encode_record("doc", &[1.0; 8], Some("t"), &Map::new()).unwrap();
+        for cut in 0..bytes.len() - 1 {
+            let _ = decode_record(&bytes[..cut]); // must not panic
+        }
+        assert!(decode_record(&bytes[..10]).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(matches!(decode_record(&bad), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn changes_round_trip() {
+        for c in [
+            Change::Insert { seq: 3, point: 9 },
+            Change::Remove {
+                seq: 4,
+                point: 1 << 31,
+            },
+        ] {
+            assert_eq!(Change::decode(c.seq(), &c.encode_value()).unwrap(), c);
+        }
+        assert!(Change::decode(1, &[7, 0, 0, 0, 0]).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! The facade's error type.
+
+/// Everything the latentdb library can fail with.
+///
+/// [`Error::is_caller_fault`] tells whether the request was wrong (bad input, unknown
+/// collection, ...) or the system failed; the gRPC server maps each variant to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error from the storage engine.
+    #[error(transparent)]
+    Storage(#[from] latentdb_storage::Error),
+    /// A request argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// True when the request itself was wrong; false when the system failed.
+    pub fn is_caller_fault(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_caller_fault(),
+            Error::InvalidArgument(_) => true,
+        }
+    }
+}
+
+/// The facade's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
