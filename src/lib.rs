@@ -33,3 +33,7 @@ pub use latentdb_storage::{
 
 /// The storage engine, for callers that need its lower-level API.
 pub use latentdb_storage as storage;
+/// The vector index, for callers that need its lower-level API.
+pub use latentdb_index as index;
+/// The built-in embedder, for callers that need its lower-level API.
+pub use latentdb_embed as embed;

@@ -1,2 +1,1 @@
-//! latentdb's gRPC service. The tonic server over the `latentdb` facade lands with the gRPC issue;
-//! this crate is the seam it fills.
+//! latentdb's gRPC service.
