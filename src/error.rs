@@ -12,6 +12,12 @@ pub enum Error {
     /// A request argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A metadata filter is malformed, uses an unknown operator or mixes types.
+    #[error("{0}")]
+    InvalidFilter(String),
+    /// An error from the vector index.
+    #[error(transparent)]
+    Index(#[from] latentdb_index::Error),
 }
 
 impl Error {
@@ -19,7 +25,8 @@ impl Error {
     pub fn is_caller_fault(&self) -> bool {
         match self {
             Error::Storage(e) => e.is_caller_fault(),
-            Error::InvalidArgument(_) => true,
+            Error::InvalidArgument(_) | Error::InvalidFilter(_) => true,
+            Error::Index(e) => e.is_caller_fault(),
         }
     }
 }

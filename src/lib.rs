@@ -22,18 +22,26 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod collection;
 mod database;
 mod error;
+pub mod eval;
+pub mod ingest;
+mod payload;
+mod search;
 
+pub use collection::{CompactReport, INDEX_DIR, IndexInfo};
 pub use database::{Database, DatabaseOptions, UpsertResult};
 pub use error::{Error, Result};
+pub use latentdb_index::IndexParams;
 pub use latentdb_storage::{
     CollectionInfo, CollectionSpec, Document, Durability, MAX_ID_BYTES, Metric, Record, ScrollPage,
 };
+pub use search::{MAX_EF, MAX_K, SearchHit, SearchRequest};
 
-/// The storage engine, for callers that need its lower-level API.
-pub use latentdb_storage as storage;
-/// The vector index, for callers that need its lower-level API.
-pub use latentdb_index as index;
 /// The built-in embedder, for callers that need its lower-level API.
 pub use latentdb_embed as embed;
+/// The vector index, for callers that need its lower-level API.
+pub use latentdb_index as index;
+/// The storage engine, for callers that need its lower-level API.
+pub use latentdb_storage as storage;

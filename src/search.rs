@@ -1,0 +1,202 @@
+//! Vector search requests and results, and the filter planner.
+//!
+//! The planner: a filter is first bounded by the payload index's postings (equality and `$in`
+//! on top-level fields, combined through `$and`/`$or`); the fraction of that candidate set (or
+//! of all points) that matches is estimated on a sample. When few points match, they are
+//! listed exactly and searched by brute force (exact results, one distance per match); when
+//! many match, the HNSW graph is walked with the filter applied during traversal and a
+//! candidate list widened in proportion to the filter's selectivity, which keeps recall.
+
+use latentdb_index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Filter, Hit, Index};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::collection::Collection;
+use crate::error::{Error, Result};
+use crate::payload::Payload;
+
+/// The largest `k` a search accepts.
+pub const MAX_K: usize = 10_000;
+
+/// The largest `ef` a search accepts.
+pub const MAX_EF: usize = 100_000;
+
+/// Points sampled to estimate a filter's selectivity.
+const SAMPLE: usize = 2_048;
+
+/// A k-nearest-neighbour query.
+///
+/// ```
+/// use latentdb::SearchRequest;
+/// let req = SearchRequest { k: 5, ..SearchRequest::vector(vec![0.1, 0.2, 0.3]) };
+/// assert!(req.with_text && req.with_metadata && !req.with_vectors);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchRequest {
+    /// The query vector (required today; text queries come with the embedder integration).
+    pub vector: Option<Vec<f32>>,
+    /// How many results, 1..=10000.
+    pub k: usize,
+    /// The candidate list size (>= k); `None`: the collection's default `ef_search`.
+    pub ef: Option<usize>,
+    /// A metadata filter (see [`latentdb_index::filter`] for the syntax).
+    pub filter: Option<Value>,
+    /// Brute-force search instead of the graph (exact, slower).
+    pub exact: bool,
+    /// Return each hit's vector.
+    pub with_vectors: bool,
+    /// Return each hit's text (default true).
+    pub with_text: bool,
+    /// Return each hit's metadata (default true).
+    pub with_metadata: bool,
+}
+
+impl Default for SearchRequest {
+    fn default() -> Self {
+        SearchRequest {
+            vector: None,
+            k: 10,
+            ef: None,
+            filter: None,
+            exact: false,
+            with_vectors: false,
+            with_text: true,
+            with_metadata: true,
+        }
+    }
+}
+
+impl SearchRequest {
+    /// A request for the 10 nearest neighbours of `v`, with text and metadata.
+    pub fn vector(v: Vec<f32>) -> Self {
+        SearchRequest {
+            vector: Some(v),
+            ..Default::default()
+        }
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The document id.
+    pub id: String,
+    /// Cosine similarity or inner product (higher is better), or Euclidean distance (lower is
+    /// better), by the collection's metric. Results come best first.
+    pub score: f32,
+    /// The text, when asked for and stored.
+    pub text: Option<String>,
+    /// The metadata, when asked for (empty otherwise).
+    pub metadata: Map<String, Value>,
+    /// The vector as stored, when asked for.
+    pub vector: Option<Vec<f32>>,
+}
+
+/// Checks a request against a collection; returns the query vector and the parsed filter.
+pub(crate) fn validate<'r>(
+    coll: &Collection,
+    req: &'r SearchRequest,
+) -> Result<(&'r [f32], Option<Filter>)> {
+    let Some(v) = req.vector.as_deref() else {
+        return Err(Error::InvalidArgument(
+            "a search needs a query vector".into(),
+        ));
+    };
+    if v.len() != coll.dim {
+        return Err(Error::InvalidArgument(format!(
+            "query vector has {} components, collection {:?} has dimension {}",
+            v.len(),
+            coll.name,
+            coll.dim
+        )));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "query vector component {i} is not a finite number"
+        )));
+    }
+    if coll.metric == latentdb_storage::Metric::Cosine {
+        let mut probe = v.to_vec();
+        if !latentdb_index::distance::normalize(&mut probe) {
+            return Err(Error::InvalidArgument(
+                "a zero-length query vector has no cosine similarity".into(),
+            ));
+        }
+    }
+    if !(1..=MAX_K).contains(&req.k) {
+        return Err(Error::InvalidArgument(format!(
+            "k must be between 1 and {MAX_K}, got {}",
+            req.k
+        )));
+    }
+    if let Some(ef) = req.ef
+        && (ef < req.k || ef > MAX_EF)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "ef must be between k ({}) and {MAX_EF}, got {ef}",
+            req.k
+        )));
+    }
+    let filter = match &req.filter {
+        None | Some(Value::Null) => None,
+        Some(doc) => {
+            let f = Filter::parse(doc).map_err(|e| Error::InvalidFilter(e.to_string()))?;
+            (!f.is_all()).then_some(f)
+        }
+    };
+    Ok((v, filter))
+}
+
+/// Below this many matching points, search them exactly.
+fn exact_threshold(live: usize) -> usize {
+    EXACT_SEARCH_MIN.max((EXACT_SEARCH_FRACTION * live as f64) as usize)
+}
+
+/// Runs the search on the index with the planner; returns index hits, best first.
+pub(crate) fn run(
+    coll: &Collection,
+    payload: &Payload,
+    q: &[f32],
+    req: &SearchRequest,
+    filter: Option<&Filter>,
+) -> Result<Vec<Hit>> {
+    let index: &Index = &coll.index;
+    let k = req.k;
+    let Some(filter) = filter else {
+        return Ok(if req.exact {
+            index.exact_search_filtered(q, k, &|_| true)?
+        } else {
+            index.search(q, k, req.ef)?
+        });
+    };
+    let live = payload.len().max(1);
+    let universe = payload.candidates(filter);
+    let universe_len = universe.as_ref().map_or(live, Vec::len);
+    let (fraction, whole) = payload.sample_fraction(filter, universe.as_deref(), SAMPLE);
+    let estimate = (fraction * universe_len as f64).ceil() as usize;
+    let threshold = exact_threshold(live);
+    if req.exact || whole || estimate < 2 * threshold {
+        let matching = payload.matching(filter, universe.as_deref());
+        if req.exact || matching.len() < threshold {
+            return Ok(index.exact_search(q, k, &matching)?);
+        }
+        let ef = widened_ef(index, req, matching.len() as f64 / live as f64);
+        return Ok(index.search_filtered(q, k, Some(ef), &|p| matching.binary_search(&p).is_ok())?);
+    }
+    let ef = widened_ef(index, req, estimate as f64 / live as f64);
+    match universe {
+        Some(u) => Ok(index.search_filtered(q, k, Some(ef), &|p| {
+            u.binary_search(&p).is_ok() && payload.matches(p, filter)
+        })?),
+        None => Ok(index.search_filtered(q, k, Some(ef), &|p| payload.matches(p, filter))?),
+    }
+}
+
+/// The candidate list for a filtered graph walk: the asked `ef` grown by `1/sqrt(fraction)`
+/// (at most 4x), since only that fraction of the visited points can fill it.
+fn widened_ef(index: &Index, req: &SearchRequest, fraction: f64) -> usize {
+    let base = req.ef.unwrap_or(index.params().ef_search).max(req.k);
+    let grow = (1.0 / fraction.clamp(1e-6, 1.0).sqrt()).min(4.0);
+    ((base as f64 * grow).ceil() as usize).min(MAX_EF)
+}
