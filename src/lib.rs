@@ -27,6 +27,8 @@ mod database;
 mod error;
 pub mod eval;
 pub mod ingest;
+pub mod eval;
+pub mod ingest;
 mod payload;
 mod search;
 

@@ -1,0 +1,8 @@
+//! Retrieval evaluation: reading BEIR-format datasets ([`beir`]) and computing nDCG@10,
+//! MRR@10, recall@10 and recall@100 as BEIR and `pytrec_eval` define them ([`metrics`]).
+
+pub mod beir;
+pub mod metrics;
+
+pub use beir::{BeirDataset, BeirError, CorpusDoc};
+pub use metrics::{Hits, Metrics, Qrels, evaluate};
