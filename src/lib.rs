@@ -27,8 +27,6 @@ mod database;
 mod error;
 pub mod eval;
 pub mod ingest;
-pub mod eval;
-pub mod ingest;
 mod payload;
 mod search;
 
