@@ -24,6 +24,7 @@ use crate::search::{self, SearchHit, SearchRequest};
 #[derive(Debug, Clone, Default)]
 pub struct DatabaseOptions {
     storage: StorageOptions,
+    models_dir: Option<PathBuf>,
 }
 
 impl DatabaseOptions {
@@ -56,6 +57,12 @@ impl DatabaseOptions {
         self.storage.max_text_bytes = bytes;
         self
     }
+
+    /// Sets the model cache where `default` is found (default: [`crate::embed::models_dir`]).
+    pub fn models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.models_dir = Some(dir.into());
+        self
+    }
 }
 
 /// The result of an upsert.
@@ -75,6 +82,7 @@ pub struct Database {
     path: PathBuf,
     storage: Storage,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+    embedders: crate::embedding::Embedders,
 }
 
 impl std::fmt::Debug for Database {
@@ -109,6 +117,7 @@ impl Database {
             path,
             storage,
             collections: RwLock::new(map),
+            embedders: crate::embedding::Embedders::new(options.models_dir.clone()),
         })
     }
 
@@ -164,7 +173,11 @@ impl Database {
 
     /// Inserts or replaces documents, atomically; durable on return unless the database was
     /// opened with [`Durability::Buffered`]. The documents are searchable when it returns.
-    pub fn upsert(&self, collection: &str, docs: Vec<Document>) -> Result<UpsertResult> {
+    ///
+    /// In a collection with an embedder, a document with text and no vector is embedded (all
+    /// such documents of the call in batches, before any lock is taken).
+    pub fn upsert(&self, collection: &str, mut docs: Vec<Document>) -> Result<UpsertResult> {
+        self.embed_documents(collection, &mut docs)?;
         self.write_docs(collection, docs, None)
     }
 
@@ -172,9 +185,10 @@ impl Database {
     pub fn upsert_with(
         &self,
         collection: &str,
-        docs: Vec<Document>,
+        mut docs: Vec<Document>,
         durability: Durability,
     ) -> Result<UpsertResult> {
+        self.embed_documents(collection, &mut docs)?;
         self.write_docs(collection, docs, Some(durability))
     }
 
@@ -225,16 +239,20 @@ impl Database {
     }
 
     /// Deletes documents by id; returns the ids that existed. Deleted documents are never
-    /// returned by a search that starts after this returns.
+    /// returned by a search that starts after this returns. Deleting a parent document (one
+    /// that was ingested in chunks) deletes its chunks `{id}#{n}` too.
     pub fn delete(&self, collection: &str, ids: &[impl AsRef<str>]) -> Result<Vec<String>> {
         let coll = self.coll(collection)?;
+        let parents: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+        let mut ids: Vec<String> = parents.iter().map(|s| s.to_string()).collect();
+        ids.extend(self.chunk_ids_of(collection, &parents)?);
         let mut w = coll.writer.lock();
         if w.dropped {
             return Err(latentdb_storage::Error::CollectionNotFound(collection.to_owned()).into());
         }
         let DeleteOutcome {
             deleted, removed, ..
-        } = self.storage.delete(collection, ids, None)?;
+        } = self.storage.delete(collection, &ids, None)?;
         coll.apply(&removed, &[], Vec::new());
         coll.maintain(&self.storage, &mut w, removed.len() as u64);
         Ok(deleted)
@@ -270,9 +288,13 @@ impl Database {
 
     /// The `k` nearest documents to `req.vector`, best first, among those matching
     /// `req.filter`. Never blocks on writers; never returns a deleted or replaced version.
+    ///
+    /// In a collection with an embedder, `req.text` is embedded with the collection's query
+    /// template (and `req.task` or `req.instruction`) instead of giving `req.vector`.
     pub fn search(&self, collection: &str, req: &SearchRequest) -> Result<Vec<SearchHit>> {
         let coll = self.coll(collection)?;
-        self.search_in(&coll, req)
+        let req = self.embed_queries(collection, std::slice::from_ref(req))?;
+        self.search_in(&coll, &req[0])
     }
 
     fn search_in(&self, coll: &Collection, req: &SearchRequest) -> Result<Vec<SearchHit>> {
@@ -331,6 +353,12 @@ impl Database {
         reqs: &[SearchRequest],
     ) -> Result<Vec<Vec<SearchHit>>> {
         let coll = self.coll(collection)?;
+        let reqs: Vec<SearchRequest> = self
+            .embed_queries(collection, reqs)?
+            .into_iter()
+            .map(std::borrow::Cow::into_owned)
+            .collect();
+        let reqs = reqs.as_slice();
         for r in reqs {
             search::validate(&coll, r)?;
         }
@@ -408,6 +436,17 @@ impl Database {
                 coll.persist(&self.storage, &mut w)?;
             }
         }
+        Ok(())
+    }
+
+    pub(crate) fn embedders(&self) -> &crate::embedding::Embedders {
+        &self.embedders
+    }
+
+    pub(crate) fn update_embedder_settings(&self, collection: &str, embedder: Value) -> Result<()> {
+        let info = self.storage.collection_info(collection)?;
+        self.storage
+            .update_collection_settings(collection, embedder, info.index)?;
         Ok(())
     }
 

@@ -18,6 +18,23 @@ pub enum Error {
     /// An error from the vector index.
     #[error(transparent)]
     Index(#[from] latentdb_index::Error),
+    /// An error from the embedder (loading a model, tokenizing, running it).
+    #[error(transparent)]
+    Embed(#[from] latentdb_embed::Error),
+    /// A collection's stored model differs from the model offered or found at its path.
+    #[error("collection {collection:?}: {reason}")]
+    ModelMismatch {
+        /// The collection.
+        collection: String,
+        /// What differs, naming both models.
+        reason: String,
+    },
+    /// A source file or line for ingestion cannot be read.
+    #[error(transparent)]
+    Source(#[from] crate::ingest::SourceError),
+    /// An evaluation dataset cannot be read.
+    #[error(transparent)]
+    Dataset(#[from] crate::eval::BeirError),
 }
 
 impl Error {
@@ -27,6 +44,15 @@ impl Error {
             Error::Storage(e) => e.is_caller_fault(),
             Error::InvalidArgument(_) | Error::InvalidFilter(_) => true,
             Error::Index(e) => e.is_caller_fault(),
+            Error::Embed(e) => matches!(
+                e,
+                latentdb_embed::Error::ModelNotFound { .. }
+                    | latentdb_embed::Error::MissingFile(_)
+                    | latentdb_embed::Error::InvalidArgument(_)
+                    | latentdb_embed::Error::InvalidConfig(_)
+            ),
+            Error::ModelMismatch { .. } | Error::Dataset(_) => true,
+            Error::Source(e) => e.is_caller_fault(),
         }
     }
 }

@@ -24,6 +24,7 @@
 
 mod collection;
 mod database;
+mod embedding;
 mod error;
 pub mod eval;
 pub mod ingest;
@@ -32,6 +33,7 @@ mod search;
 
 pub use collection::{CompactReport, INDEX_DIR, IndexInfo};
 pub use database::{Database, DatabaseOptions, UpsertResult};
+pub use embedding::{DEFAULT_QUERY_INSTRUCTION, EmbedderSettings};
 pub use error::{Error, Result};
 pub use latentdb_index::IndexParams;
 pub use latentdb_storage::{

@@ -34,8 +34,17 @@ const SAMPLE: usize = 2_048;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SearchRequest {
-    /// The query vector (required today; text queries come with the embedder integration).
+    /// The query vector; or give `text` instead, in a collection with an embedder.
     pub vector: Option<Vec<f32>>,
+    /// A text query, embedded with the collection's model and query template (collections
+    /// with an embedder only; exclusive with `vector`).
+    pub text: Option<String>,
+    /// A task naming the query instruction: one stored with the collection or a built-in one
+    /// such as `NQ` or `MSMARCO` (instruction models only; others ignore it).
+    pub task: Option<String>,
+    /// An instruction sentence for the query, e.g. "Given a question, retrieve passages that
+    /// answer the question" (exclusive with `task`; models without instructions ignore it).
+    pub instruction: Option<String>,
     /// How many results, 1..=10000.
     pub k: usize,
     /// The candidate list size (>= k); `None`: the collection's default `ef_search`.
@@ -56,6 +65,9 @@ impl Default for SearchRequest {
     fn default() -> Self {
         SearchRequest {
             vector: None,
+            text: None,
+            task: None,
+            instruction: None,
             k: 10,
             ef: None,
             filter: None,
@@ -72,6 +84,15 @@ impl SearchRequest {
     pub fn vector(v: Vec<f32>) -> Self {
         SearchRequest {
             vector: Some(v),
+            ..Default::default()
+        }
+    }
+
+    /// A request for the 10 documents nearest to the text query `q` (collections with an
+    /// embedder), with text and metadata.
+    pub fn text(q: impl Into<String>) -> Self {
+        SearchRequest {
+            text: Some(q.into()),
             ..Default::default()
         }
     }
@@ -100,7 +121,7 @@ pub(crate) fn validate<'r>(
 ) -> Result<(&'r [f32], Option<Filter>)> {
     let Some(v) = req.vector.as_deref() else {
         return Err(Error::InvalidArgument(
-            "a search needs a query vector".into(),
+            "a search needs a query vector or a query text".into(),
         ));
     };
     if v.len() != coll.dim {

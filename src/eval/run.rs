@@ -1,0 +1,206 @@
+//! [`Database::evaluate_beir`]: ingest a BEIR corpus into a collection with an embedder (when
+//! the collection is empty), run every query of a split and score the results.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use latentdb_storage::{Document, Durability};
+use serde::{Deserialize, Serialize};
+
+use super::beir::BeirDataset;
+use super::metrics::{self, Hits, Metrics};
+use crate::database::Database;
+use crate::error::{Error, Result};
+use crate::search::SearchRequest;
+
+/// Documents per upsert while loading a corpus.
+const LOAD_BATCH: usize = 256;
+
+/// Queries per batched search.
+const QUERY_BATCH: usize = 256;
+
+/// Options of [`Database::evaluate_beir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// The qrels split (`test`, `dev`, `train`).
+    pub split: String,
+    /// A task naming the query instruction (instruction models only).
+    pub task: Option<String>,
+    /// A query instruction sentence (instruction models only).
+    pub instruction: Option<String>,
+    /// Hits retrieved per query (at least 100, for recall@100); also the cutoff of the
+    /// extra `@k` metrics.
+    pub k: usize,
+    /// Brute-force search instead of the graph.
+    pub exact: bool,
+    /// The graph's candidate list size (`None`: the collection's default).
+    pub ef: Option<usize>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            split: "test".into(),
+            task: None,
+            instruction: None,
+            k: 10,
+            exact: false,
+            ef: None,
+        }
+    }
+}
+
+/// The result of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// nDCG@10, MRR@10, recall@10, recall@100 and the number of queries.
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// nDCG at the requested `k`.
+    pub ndcg_at_k: f64,
+    /// Recall at the requested `k`.
+    pub recall_at_k: f64,
+    /// The requested `k`.
+    pub k: usize,
+    /// Queries per second, query embedding included.
+    pub qps: f64,
+    /// Seconds spent embedding and searching the queries.
+    pub search_seconds: f64,
+    /// Corpus documents loaded by this run (0 when the collection was not empty).
+    pub ingested: u64,
+    /// Seconds spent loading the corpus.
+    pub ingest_seconds: f64,
+    /// Whether the search was exact.
+    pub exact: bool,
+    /// The split.
+    pub split: String,
+}
+
+impl Database {
+    /// Loads a BEIR corpus into `collection` (document id = corpus id, text = BEIR's
+    /// `title + " " + text`), embedding it with the collection's model. Returns the number of
+    /// documents loaded; `progress` is called with the running count.
+    pub fn load_beir_corpus(
+        &self,
+        collection: &str,
+        dataset: &BeirDataset,
+        progress: &dyn Fn(u64),
+    ) -> Result<u64> {
+        if self.embedder_settings(collection)?.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "collection {collection:?} has no model; create it with a model to evaluate"
+            )));
+        }
+        let mut batch = Vec::with_capacity(LOAD_BATCH);
+        let mut n = 0u64;
+        for doc in dataset.corpus()? {
+            let doc = doc?;
+            batch.push(Document {
+                id: Some(doc.id),
+                text: Some(doc.text),
+                ..Document::default()
+            });
+            if batch.len() == LOAD_BATCH {
+                n += batch.len() as u64;
+                self.upsert_with(collection, std::mem::take(&mut batch), Durability::Buffered)?;
+                progress(n);
+            }
+        }
+        if !batch.is_empty() {
+            n += batch.len() as u64;
+            self.upsert_with(collection, batch, Durability::Buffered)?;
+            progress(n);
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// Evaluates retrieval on a BEIR dataset: loads the corpus if the collection is empty,
+    /// runs every judged query of `opts.split` (embedded with the collection's query template
+    /// and the task or instruction) and scores the top `max(k, 100)` hits with
+    /// [`metrics::evaluate`].
+    pub fn evaluate_beir(
+        &self,
+        collection: &str,
+        dataset: &BeirDataset,
+        opts: &EvalOptions,
+        progress: &dyn Fn(u64),
+    ) -> Result<EvalReport> {
+        if opts.k == 0 {
+            return Err(Error::InvalidArgument("k must be at least 1".into()));
+        }
+        let qrels = dataset.qrels(&opts.split)?;
+        let queries = dataset.queries()?;
+        let (mut ingested, mut ingest_seconds) = (0, 0.0);
+        if self.count(collection)? == 0 {
+            let t = Instant::now();
+            ingested = self.load_beir_corpus(collection, dataset, progress)?;
+            ingest_seconds = t.elapsed().as_secs_f64();
+        }
+        let mut qids: Vec<&String> = qrels.keys().collect();
+        qids.sort();
+        let missing: Vec<&str> = qids
+            .iter()
+            .filter(|q| !queries.contains_key(q.as_str()))
+            .map(|q| q.as_str())
+            .take(5)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the qrels name queries missing from queries.jsonl: {}",
+                missing.join(", ")
+            )));
+        }
+        let depth = opts.k.max(100);
+        let t = Instant::now();
+        let mut run: HashMap<String, Hits> = HashMap::with_capacity(qids.len());
+        for part in qids.chunks(QUERY_BATCH) {
+            let reqs: Vec<SearchRequest> = part
+                .iter()
+                .map(|q| SearchRequest {
+                    text: Some(queries[q.as_str()].clone()),
+                    task: opts.task.clone(),
+                    instruction: opts.instruction.clone(),
+                    k: depth,
+                    ef: opts.ef,
+                    exact: opts.exact,
+                    with_text: false,
+                    with_metadata: false,
+                    ..SearchRequest::default()
+                })
+                .collect();
+            let results = self.search_batch(collection, &reqs)?;
+            for (q, hits) in part.iter().zip(results) {
+                run.insert(
+                    q.to_string(),
+                    hits.into_iter().map(|h| (h.id, h.score)).collect(),
+                );
+            }
+        }
+        let search_seconds = t.elapsed().as_secs_f64();
+        let m = metrics::evaluate(&qrels, &run);
+        let (mut ndcg_k, mut recall_k) = (0.0, 0.0);
+        for (q, judged) in &qrels {
+            let hits: Hits = run
+                .get(q)
+                .map(|h| h.iter().filter(|(d, _)| d != q).cloned().collect())
+                .unwrap_or_default();
+            let ranked = metrics::trec_order(&hits);
+            ndcg_k += metrics::ndcg_at(judged, &ranked, opts.k);
+            recall_k += metrics::recall_at(judged, &ranked, opts.k);
+        }
+        let n = qrels.len().max(1) as f64;
+        Ok(EvalReport {
+            metrics: m,
+            ndcg_at_k: ndcg_k / n,
+            recall_at_k: recall_k / n,
+            k: opts.k,
+            qps: qids.len() as f64 / search_seconds.max(1e-9),
+            search_seconds,
+            ingested,
+            ingest_seconds,
+            exact: opts.exact,
+            split: opts.split.clone(),
+        })
+    }
+}
