@@ -41,8 +41,88 @@ pub enum Command {
     Count(NameArg),
     /// Page through a collection in id order.
     Scroll(ScrollArgs),
-    /// Flush every buffered write to disk.
+    /// Flush every buffered write to disk and persist the indexes.
     Flush,
+    /// k-nearest-neighbour search, with an optional metadata filter.
+    Search(crate::commands::search::SearchArgs),
+    /// Rebuild a collection's index without its deleted points.
+    Compact(NameArg),
+    /// Embed texts (one JSON string per line on stdin) and print one JSON array per line.
+    Embed(EmbedArgs),
+    /// Install and inspect embedding models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Measure performance.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Ingest files and directories (.txt, .md, .html, .jsonl) as chunks into a collection
+    /// with a model.
+    Ingest(crate::commands::ingest::IngestArgs),
+    /// Evaluate retrieval on a BEIR-format dataset: nDCG@10, MRR@10, recall@10/100, QPS.
+    Eval(crate::commands::eval::EvalArgs),
+}
+
+/// `latentdb model ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Install the default model (all-MiniLM-L6-v2) into the model cache.
+    Fetch,
+    /// Show a model's identity: name, type, weights hash, pooling, dimension.
+    Info(ModelArg),
+}
+
+/// A model: `default` or a model directory.
+#[derive(Debug, Args)]
+pub struct ModelArg {
+    /// `default` (all-MiniLM-L6-v2 from the model cache) or a model directory.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+}
+
+/// Arguments of `embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// An instruction for every line: a task name (NQ, MSMARCO, ...) or a sentence.
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// Token limit per text (default: the model's).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+/// `latentdb bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Embedding throughput: texts/s, tokens/s and peak memory.
+    Embed(BenchEmbedArgs),
+    /// ANN index build rate, recall@k, QPS and latency per ef, through the database.
+    Ann(crate::commands::bench_ann::BenchAnnArgs),
+    /// Write seeded clustered base/query vectors (and ground truth) as .npy files.
+    GenData(crate::commands::bench_ann::GenDataArgs),
+}
+
+/// Arguments of `bench embed`.
+#[derive(Debug, Args)]
+pub struct BenchEmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Texts, one per line (a JSON string, a JSON object with "text", or plain text).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Embed at most this many texts.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 /// `latentdb collection ...`
@@ -63,9 +143,13 @@ pub enum CollectionCommand {
 pub struct CreateArgs {
     /// The collection name (1-128 characters of A-Z a-z 0-9 _ . -).
     pub name: String,
-    /// The vector dimension.
+    /// The vector dimension (taken from the model with `--model`).
+    #[arg(long, required_unless_present = "model")]
+    pub dim: Option<usize>,
+    /// Embed documents and queries with this model: `default` (all-MiniLM-L6-v2, fetched
+    /// if absent) or a model directory. Its identity is stored with the collection.
     #[arg(long)]
-    pub dim: usize,
+    pub model: Option<String>,
     /// The similarity metric.
     #[arg(long, value_enum, default_value_t = MetricArg::Cosine)]
     pub metric: MetricArg,

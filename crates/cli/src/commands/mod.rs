@@ -2,12 +2,17 @@
 
 mod collection;
 mod documents;
+pub mod bench_ann;
+pub mod search;
+mod embed;
+pub mod eval;
+pub mod ingest;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BenchCommand, Cli, Command};
 use crate::output::Out;
 
 /// Runs a parsed command line.
@@ -25,10 +30,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => documents::delete(a, &open()?, &mut out),
         Command::Count(a) => documents::count(a, &open()?, &mut out),
         Command::Scroll(a) => documents::scroll(a, &open()?, &mut out),
+        Command::Search(a) => search::search(a, &open()?, &mut out),
+        Command::Compact(a) => search::compact(a, &open()?, &mut out),
         Command::Flush => {
             open()?.flush()?;
             out.either(&serde_json::json!({"flushed": true}), || "flushed".into())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Embed(a) => embed::embed(a, &mut out),
+        Command::Model(c) => embed::model(c, &mut out),
+        Command::Bench(BenchCommand::Embed(a)) => embed::bench(a, &mut out),
+        Command::Bench(BenchCommand::Ann(a)) => bench_ann::ann(a, &mut out),
+        Command::Bench(BenchCommand::GenData(a)) => bench_ann::gen_data(a, &mut out),
+        Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
+        Command::Eval(a) => eval::run(a, &open()?, &mut out),
     }
 }
