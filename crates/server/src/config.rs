@@ -1,0 +1,99 @@
+//! [`ServerConfig`] and [`Limits`]: what `latentdb serve` is configured with.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use latentdb::embed::Embedder;
+
+/// Server limits. Requests beyond them fail with `RESOURCE_EXHAUSTED` (messages larger than
+/// [`Limits::max_message_bytes`] fail in the transport with `OUT_OF_RANGE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request or response message, in bytes (default 64 MiB).
+    pub max_message_bytes: usize,
+    /// Most documents per upsert batch, ids per get/delete, texts per embed call
+    /// (default 10 000).
+    pub max_batch_docs: usize,
+    /// Largest `k` of a search (default 1000).
+    pub max_k: usize,
+    /// Most queries per `SearchBatch` (default 1024).
+    pub max_batch_queries: usize,
+    /// Longest query or embed text, in bytes (default 64 KiB).
+    pub max_text_bytes: usize,
+    /// Embedding calls running at once; more wait their turn (default 2).
+    pub embed_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024 * 1024,
+            max_batch_docs: 10_000,
+            max_k: 1000,
+            max_batch_queries: 1024,
+            max_text_bytes: 64 * 1024,
+            embed_concurrency: 2,
+        }
+    }
+}
+
+/// How [`crate::serve`] runs: address, API key, limits, the embedder for `Embed`.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Where to listen (default `127.0.0.1:50051`; loopback unless asked otherwise).
+    pub addr: SocketAddr,
+    /// When set, every call but health needs `authorization: Bearer KEY` or `x-api-key: KEY`.
+    pub api_key: Option<String>,
+    /// The limits.
+    pub limits: Limits,
+    /// The embedder behind the `Embed` RPC (none: `Embed` fails with `FAILED_PRECONDITION`).
+    pub embedder: Option<Arc<Embedder>>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("addr", &self.addr)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
+            .field("embedder", &self.embedder.as_ref().map(|e| e.dimension()))
+            .finish()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            api_key: None,
+            limits: Limits::default(),
+            embedder: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Sets the listen address.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Requires this API key on every call but health.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sets the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the embedder behind the `Embed` RPC.
+    pub fn embedder(mut self, embedder: Arc<Embedder>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
+}
