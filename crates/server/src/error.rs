@@ -158,3 +158,61 @@ pub enum ServeError {
     #[error("flush at shutdown failed: {0}")]
     Flush(#[source] latentdb::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(e: latentdb::storage::Error) -> Status {
+        ServiceError::Db(latentdb::Error::Storage(e)).into_status()
+    }
+
+    #[test]
+    fn codes() {
+        use latentdb::storage::Error as S;
+        assert_eq!(
+            storage(S::CollectionNotFound("c".into())).code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            storage(S::CollectionExists("c".into())).code(),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            storage(S::InvalidArgument("x".into())).code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            storage(S::TextTooLong {
+                id: "a".into(),
+                len: 2,
+                limit: 1
+            })
+            .code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            limit("k", 2, 1).into_status().code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            ServiceError::Db(latentdb::Error::InvalidFilter("f".into()))
+                .into_status()
+                .code(),
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let s = storage(latentdb::storage::Error::Corrupt(
+            "/secret/path/db key 0xdeadbeef".into(),
+        ));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("secret"));
+        assert!(!s.message().contains("deadbeef"));
+        let s = ServiceError::Worker("panicked at src/x.rs".into()).into_status();
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("src/x.rs"));
+    }
+}
