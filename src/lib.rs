@@ -30,6 +30,7 @@ pub mod eval;
 pub mod ingest;
 mod payload;
 mod search;
+pub mod tune;
 
 pub use collection::{CompactReport, INDEX_DIR, IndexInfo};
 pub use database::{Database, DatabaseOptions, UpsertResult};

@@ -1,0 +1,212 @@
+//! Training pairs for tuning: (query text, positive document id), read from a JSONL file, from
+//! a BEIR split, or made from the collection's own text (inverse cloze), and the held-out split.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::eval::BeirDataset;
+
+use super::rng::SplitMix64;
+
+/// One training example: a query and the id of a document that answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainPair {
+    /// The query text.
+    pub query: String,
+    /// The id of a relevant document in the collection.
+    pub positive: String,
+    /// The positive's text to train on instead of the stored document's (inverse cloze: the
+    /// chunk without the sentence taken out as the query).
+    pub positive_text: Option<String>,
+}
+
+/// Reads pairs from JSONL: one object per line with `query` and `positive` (a document id;
+/// `doc_id`, `pos` and `positive_id` are accepted too). Blank lines are skipped.
+pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<TrainPair>> {
+    #[derive(Deserialize)]
+    struct Raw {
+        query: String,
+        #[serde(alias = "doc_id", alias = "pos", alias = "positive_id")]
+        positive: String,
+    }
+    let file = std::fs::File::open(path).map_err(|e| {
+        Error::InvalidArgument(format!("cannot read pairs {}: {e}", path.display()))
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| {
+            Error::InvalidArgument(format!("cannot read pairs {}: {e}", path.display()))
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let raw: Raw = serde_json::from_str(&line).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{}:{}: expected {{\"query\": ..., \"positive\": DOC_ID}}: {e}",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        out.push(TrainPair {
+            query: raw.query,
+            positive: raw.positive,
+            positive_text: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Pairs from a BEIR split: every judged (query, document) with a positive grade, in query
+/// id order.
+pub fn beir_pairs(dataset: &BeirDataset, split: &str) -> Result<Vec<TrainPair>> {
+    let qrels = dataset.qrels(split)?;
+    let queries = dataset.queries()?;
+    let sorted: BTreeMap<_, _> = qrels.iter().collect();
+    let mut out = Vec::new();
+    for (qid, judged) in sorted {
+        let Some(text) = queries.get(qid) else {
+            return Err(Error::InvalidArgument(format!(
+                "the {split} qrels name query {qid:?}, missing from queries.jsonl"
+            )));
+        };
+        let mut docs: Vec<_> = judged.iter().filter(|(_, g)| **g > 0).collect();
+        docs.sort();
+        for (doc, _) in docs {
+            out.push(TrainPair {
+                query: text.clone(),
+                positive: doc.clone(),
+                positive_text: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Inverse-cloze pairs from documents `(id, text)`: one sentence of each document with at
+/// least two sentences becomes the query, the rest of the document its positive text.
+pub fn inverse_cloze(docs: &[(String, String)], seed: u64) -> Vec<TrainPair> {
+    let mut rng = SplitMix64::new(seed);
+    let mut out = Vec::new();
+    for (id, text) in docs {
+        let sentences = split_sentences(text);
+        if sentences.len() < 2 {
+            continue;
+        }
+        let pick = rng.below(sentences.len());
+        let rest: Vec<&str> = sentences
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != pick)
+            .map(|(_, s)| *s)
+            .collect();
+        out.push(TrainPair {
+            query: sentences[pick].to_string(),
+            positive: id.clone(),
+            positive_text: Some(rest.join(" ")),
+        });
+    }
+    out
+}
+
+/// Sentences of at least three words, cut after `.`, `!`, `?` or a line break.
+fn split_sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if matches!(c, '.' | '!' | '?' | '\n') {
+            let end = i + c.len_utf8();
+            let s = text[start..end].trim();
+            if s.split_whitespace().count() >= 3 {
+                out.push(s);
+            }
+            start = end;
+        }
+    }
+    let s = text[start..].trim();
+    if s.split_whitespace().count() >= 3 {
+        out.push(s);
+    }
+    out
+}
+
+/// Splits pairs into (train, held out): a fraction `holdout` of the distinct queries, chosen
+/// by `seed`, is held out with all its pairs, so no held-out query is ever trained on.
+pub fn split_holdout(
+    pairs: Vec<TrainPair>,
+    holdout: f64,
+    seed: u64,
+) -> Result<(Vec<TrainPair>, Vec<TrainPair>)> {
+    if !(0.0..1.0).contains(&holdout) {
+        return Err(Error::InvalidArgument(format!(
+            "--holdout must be in [0, 1), not {holdout}"
+        )));
+    }
+    let mut queries: Vec<&str> = pairs.iter().map(|p| p.query.as_str()).collect();
+    queries.sort_unstable();
+    queries.dedup();
+    let mut rng = SplitMix64::new(seed);
+    let mut order: Vec<usize> = (0..queries.len()).collect();
+    rng.shuffle(&mut order);
+    let n_held = ((queries.len() as f64) * holdout).round() as usize;
+    let held: HashSet<String> = order[..n_held]
+        .iter()
+        .map(|&i| queries[i].to_string())
+        .collect();
+    let (eval, train) = pairs.into_iter().partition(|p| held.contains(&p.query));
+    Ok((train, eval))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(q: &str, d: &str) -> TrainPair {
+        TrainPair {
+            query: q.into(),
+            positive: d.into(),
+            positive_text: None,
+        }
+    }
+
+    #[test]
+    fn holdout_keeps_queries_apart() {
+        let pairs: Vec<TrainPair> = (0..50)
+            .flat_map(|i| vec![pair(&format!("q{i}"), "a"), pair(&format!("q{i}"), "b")])
+            .collect();
+        let (train, eval) = split_holdout(pairs, 0.2, 3).unwrap();
+        assert_eq!(eval.len(), 20);
+        assert_eq!(train.len(), 80);
+        let held: HashSet<&str> = eval.iter().map(|p| p.query.as_str()).collect();
+        assert!(train.iter().all(|p| !held.contains(p.query.as_str())));
+        assert!(split_holdout(Vec::new(), 1.5, 0).is_err());
+    }
+
+    #[test]
+    fn inverse_cloze_takes_a_sentence_out() {
+        let docs = vec![(
+            "d1".to_string(),
+            "The cat sat on the mat. It was a sunny day outside. Birds were singing loudly."
+                .to_string(),
+        )];
+        let pairs = inverse_cloze(&docs, 1);
+        assert_eq!(pairs.len(), 1);
+        let p = &pairs[0];
+        let rest = p.positive_text.as_deref().unwrap();
+        assert!(!rest.contains(&p.query));
+        assert_eq!(p.positive, "d1");
+    }
+
+    #[test]
+    fn jsonl_pairs_are_read_and_bad_lines_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pairs.jsonl");
+        std::fs::write(&p, "{\"query\": \"q\", \"positive\": \"d\"}\n\n").unwrap();
+        assert_eq!(read_pairs_jsonl(&p).unwrap(), vec![pair("q", "d")]);
+        std::fs::write(&p, "{\"query\": \"q\"}\n").unwrap();
+        assert!(read_pairs_jsonl(&p).is_err());
+    }
+}
