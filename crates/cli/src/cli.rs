@@ -60,6 +60,9 @@ pub enum Command {
     Ingest(crate::commands::ingest::IngestArgs),
     /// Evaluate retrieval on a BEIR-format dataset: nDCG@10, MRR@10, recall@10/100, QPS.
     Eval(crate::commands::eval::EvalArgs),
+    /// Serve the database over gRPC (latentdb.v1, with health and reflection) until
+    /// SIGINT or SIGTERM.
+    Serve(crate::commands::serve::ServeArgs),
 }
 
 /// `latentdb model ...`

@@ -4,6 +4,7 @@ mod collection;
 mod documents;
 pub mod bench_ann;
 pub mod search;
+pub mod serve;
 mod embed;
 pub mod eval;
 pub mod ingest;
@@ -44,5 +45,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::GenData(a)) => bench_ann::gen_data(a, &mut out),
         Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
         Command::Eval(a) => eval::run(a, &open()?, &mut out),
+        Command::Serve(a) => serve::serve(a, cli.global.data.as_deref(), &mut out),
     }
 }
