@@ -63,6 +63,9 @@ pub enum Command {
     /// Serve the database over gRPC (latentdb.v1, with health and reflection) until
     /// SIGINT or SIGTERM.
     Serve(crate::commands::serve::ServeArgs),
+    /// Tune the collection's embedder on its own corpus (two-stage contrastive tuning with
+    /// hard negatives mined from its index); the new version goes live only if better.
+    Tune(crate::commands::tune::TuneArgs),
 }
 
 /// `latentdb model ...`
@@ -72,6 +75,8 @@ pub enum ModelCommand {
     Fetch,
     /// Show a model's identity: name, type, weights hash, pooling, dimension.
     Info(ModelArg),
+    /// Return a collection to its previous model version (re-embeds its documents).
+    Rollback(crate::commands::tune::RollbackArgs),
 }
 
 /// A model: `default` or a model directory.

@@ -70,6 +70,7 @@ pub fn model(cmd: ModelCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
                 format!("installed all-MiniLM-L6-v2 at {}", path.display())
             })?;
         }
+        ModelCommand::Rollback(_) => anyhow::bail!("model rollback needs a database (--data DIR)"),
         ModelCommand::Info(m) => {
             let embedder = load(&m)?;
             let id = embedder.identity();

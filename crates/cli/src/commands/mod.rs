@@ -8,6 +8,7 @@ pub mod serve;
 mod embed;
 pub mod eval;
 pub mod ingest;
+pub mod tune;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed(a) => embed::embed(a, &mut out),
+        Command::Model(crate::cli::ModelCommand::Rollback(a)) => {
+            tune::rollback(a, &open()?, &mut out)
+        }
         Command::Model(c) => embed::model(c, &mut out),
         Command::Bench(BenchCommand::Embed(a)) => embed::bench(a, &mut out),
         Command::Bench(BenchCommand::Ann(a)) => bench_ann::ann(a, &mut out),
@@ -46,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
         Command::Eval(a) => eval::run(a, &open()?, &mut out),
         Command::Serve(a) => serve::serve(a, cli.global.data.as_deref(), &mut out),
+        Command::Tune(a) => tune::run(a, &open()?, &mut out),
     }
 }

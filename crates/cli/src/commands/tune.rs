@@ -1,0 +1,204 @@
+//! `latentdb tune NAME`: adapt a collection's embedder to its corpus (NV-Embed's two-stage
+//! contrastive tuning with positive-aware hard negatives), and `latentdb model rollback NAME`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use latentdb::Database;
+use latentdb::eval::BeirDataset;
+use latentdb::tune::{
+    PairSource, TrainTarget, TuneOptions, TuneProgress, beir_pairs, read_pairs_jsonl,
+};
+
+use crate::output::Out;
+
+/// What `tune` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrainArg {
+    /// The latent-attention head on the frozen backbone.
+    Head,
+    /// The head and LoRA adapters on the backbone's attention (not available yet).
+    #[value(name = "head+lora")]
+    HeadLora,
+}
+
+/// Arguments of `tune`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["pairs", "beir", "self_supervised"])))]
+pub struct TuneArgs {
+    /// The collection (created with a model).
+    pub name: String,
+    /// Training pairs: JSONL lines `{"query": TEXT, "positive": DOC_ID}`.
+    #[arg(long, value_name = "PAIRS.jsonl")]
+    pub pairs: Option<PathBuf>,
+    /// A BEIR-format dataset whose qrels split gives the pairs.
+    #[arg(long, value_name = "DIR")]
+    pub beir: Option<PathBuf>,
+    /// The BEIR qrels split to train on.
+    #[arg(long, default_value = "train", requires = "beir")]
+    pub split: String,
+    /// A BEIR qrels split held out for evaluation instead of `--holdout` (e.g. `test`).
+    #[arg(long, requires = "beir")]
+    pub eval_split: Option<String>,
+    /// Pairs from the collection's own text (inverse cloze: a sentence is the query, the rest
+    /// of its document the positive).
+    #[arg(long)]
+    pub self_supervised: bool,
+    /// Fraction of the queries held out for evaluation (never trained on).
+    #[arg(long, default_value_t = 0.2)]
+    pub holdout: f64,
+    /// What is trained.
+    #[arg(long, value_enum, default_value_t = TrainArg::Head)]
+    pub train: TrainArg,
+    /// Steps of stage 1 (in-batch and hard negatives).
+    #[arg(long, default_value_t = 200)]
+    pub stage1_steps: usize,
+    /// Steps of stage 2 (hard negatives only, task instruction on queries).
+    #[arg(long, default_value_t = 100)]
+    pub stage2_steps: usize,
+    /// Hard negatives per query, mined from the collection's index.
+    #[arg(long, default_value_t = 7)]
+    pub hard_negatives: usize,
+    /// Positive-aware margin: a candidate is a negative only below margin x positive score.
+    #[arg(long, default_value_t = 0.95)]
+    pub margin: f32,
+    /// InfoNCE temperature.
+    #[arg(long, default_value_t = 0.05)]
+    pub temperature: f64,
+    /// Queries per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Peak AdamW learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Tokens of each document sampled per step (0: all).
+    #[arg(long, default_value_t = 48)]
+    pub train_tokens: usize,
+    /// Seed of the holdout split, sampling and initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Make the new version live even if it is not better on the held-out queries.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `model rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The collection.
+    pub name: String,
+}
+
+pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
+    if a.train == TrainArg::HeadLora {
+        bail!(
+            "--train head+lora is not available yet: LoRA needs a differentiable BERT forward \
+             (the backbone's kernels are forward-only); use --train head"
+        );
+    }
+    let mut eval_pairs = None;
+    let source = if let Some(p) = &a.pairs {
+        PairSource::Pairs(read_pairs_jsonl(p)?)
+    } else if let Some(dir) = &a.beir {
+        let ds = BeirDataset::open(dir)?;
+        if let Some(split) = &a.eval_split {
+            eval_pairs = Some(beir_pairs(&ds, split)?);
+        }
+        PairSource::Pairs(beir_pairs(&ds, &a.split)?)
+    } else {
+        PairSource::SelfSupervised
+    };
+    let opts = TuneOptions {
+        holdout: a.holdout,
+        eval_pairs,
+        train: TrainTarget::Head,
+        stage1_steps: a.stage1_steps,
+        stage2_steps: a.stage2_steps,
+        hard_negatives: a.hard_negatives,
+        margin: a.margin,
+        temperature: a.temperature,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        seed: a.seed,
+        train_tokens: a.train_tokens,
+        force: a.force,
+    };
+    let quiet = out.is_json();
+    let progress = |p: TuneProgress| {
+        if quiet {
+            return;
+        }
+        match p {
+            TuneProgress::Phase(s) => eprintln!("{s}"),
+            TuneProgress::Step {
+                stage,
+                step,
+                of,
+                loss,
+                pairs_per_second,
+            } => {
+                if step == 1 || step == of || step % 10 == 0 {
+                    eprint!(
+                        "\rstage {stage}: step {step}/{of}  loss {loss:.4}  {pairs_per_second:.1} pairs/s   "
+                    );
+                    if step == of {
+                        eprintln!();
+                    }
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        }
+    };
+    let report = db.tune(&a.name, source, &opts, &progress)?;
+    let value = serde_json::to_value(&report)?;
+    out.either(&value, || {
+        format!(
+            "{} training pairs, {} held out; {:.1} hard negatives per pair ({} likely false \
+             negatives dropped)\nheld-out nDCG@10 {:.4} -> {:.4}, recall@10 {:.4} -> {:.4}\n\
+             stage 1: {} steps in {:.1}s ({:.1} pairs/s), loss {:.3} -> {:.3}\n\
+             stage 2: {} steps in {:.1}s ({:.1} pairs/s), loss {:.3} -> {:.3}\n\
+             version {} at {}\n{} ({:.1}s in total)",
+            report.train_pairs,
+            report.eval_pairs,
+            report.hard_negatives_per_pair,
+            report.dropped_false_negatives,
+            report.before.ndcg_at_10,
+            report.after.ndcg_at_10,
+            report.before.recall_at_10,
+            report.after.recall_at_10,
+            report.stage1.steps,
+            report.stage1.seconds,
+            report.stage1.pairs_per_second,
+            report.stage1.first_loss,
+            report.stage1.last_loss,
+            report.stage2.steps,
+            report.stage2.seconds,
+            report.stage2.pairs_per_second,
+            report.stage2.first_loss,
+            report.stage2.last_loss,
+            report.version,
+            report.path.display(),
+            report.decision,
+            report.seconds,
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rollback(a: RollbackArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let quiet = out.is_json();
+    let version = db.rollback_model(&a.name, &|s| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    })?;
+    out.either(&json!({"collection": a.name, "version": version}), || {
+        format!("collection {} is back on model version {version}", a.name)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
