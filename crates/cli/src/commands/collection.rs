@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
+use anyhow::Context;
+use latentdb::embed::{ModelSpec, fetch_default, models_dir};
 use latentdb::{CollectionSpec, Database, Metric};
 
 use crate::cli::{CollectionCommand, MetricArg};
@@ -17,7 +19,20 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
                 MetricArg::Dot => Metric::Dot,
                 MetricArg::L2 => Metric::L2,
             };
-            let info = db.create_collection(CollectionSpec::new(a.name, a.dim, metric))?;
+            let spec = CollectionSpec::new(a.name, a.dim.unwrap_or(0), metric);
+            let info = match a.model.as_deref() {
+                Some(model) => {
+                    let spec_model = ModelSpec::parse(model);
+                    if spec_model == ModelSpec::Default && spec_model.resolve().is_err() {
+                        fetch_default(&models_dir()).context("cannot fetch the default model")?;
+                    }
+                    db.create_collection_with_model(spec, &spec_model)
+                        .with_context(|| {
+                            format!("cannot create a collection with model {model:?}")
+                        })?
+                }
+                None => db.create_collection(spec)?,
+            };
             out.either(&collection_json(&info), || {
                 format!("created {}", collection_text(&info))
             })?;
