@@ -373,10 +373,8 @@ impl Collection {
 
     /// True when the dump is behind the index.
     pub fn needs_persist(&self, storage: &Storage, w: &WriterState) -> bool {
-        w.dirty
-            || storage
-                .last_seq(&self.name)
-                .map_or(true, |s| s != w.persisted_seq)
+        let current = storage.last_seq(&self.name).ok();
+        w.dirty || current != Some(w.persisted_seq)
     }
 
     /// Writes the index dump with the storage sequence it reflects, then trims the change log

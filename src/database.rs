@@ -202,7 +202,13 @@ impl Database {
         // What the index would reject must be rejected before storage accepts it.
         if coll.metric == Metric::Cosine {
             for d in &docs {
+                // Only when storage would accept the document otherwise, so that its own
+                // (earlier) checks keep reporting first.
                 if let Some(v) = &d.vector
+                    && d.id
+                        .as_deref()
+                        .is_none_or(|id| latentdb_storage::validate_id(id).is_ok())
+                    && matches!(d.metadata, Value::Null | Value::Object(_))
                     && v.len() == coll.dim
                     && v.iter().all(|x| x.is_finite())
                     && !latentdb_index::distance::normalize(&mut v.clone())

@@ -89,7 +89,8 @@ fn recall_unfiltered_and_filtered_at_1_10_50_percent() {
     let r = recall_for(&db, base, queries, &every, None);
     assert!(r >= 0.95, "unfiltered recall@10 {r}");
 
-    let cases: Vec<(Value, Box<dyn Fn(usize) -> bool>)> = vec![
+    type Case = (Value, Box<dyn Fn(usize) -> bool>);
+    let cases: Vec<Case> = vec![
         // 1%: equality (postings, exact search over the matches)
         (json!({"g": 7}), Box::new(|i| i % 100 == 7)),
         // 1%: a range (no postings: sampled estimate, then exact)
