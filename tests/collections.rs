@@ -112,7 +112,7 @@ fn replace_delete_get_and_scroll() {
             "c",
             vec![
                 Document {
-                    vector: Some(vec![0.0; 4]),
+                    vector: Some(vec![0.5; 4]),
                     ..Default::default()
                 };
                 3
