@@ -63,7 +63,10 @@ fn recall_for(
         })
         .collect();
     let r = bench::recall(&results, &truth, 10);
-    eprintln!("recall@10 {r:.4} over {} allowed, filter {filter:?}", allowed.len());
+    eprintln!(
+        "recall@10 {r:.4} over {} allowed, filter {filter:?}",
+        allowed.len()
+    );
     r
 }
 

@@ -1,13 +1,13 @@
 //! Subcommand implementations.
 
+pub mod bench_ann;
 mod collection;
 mod documents;
-pub mod bench_ann;
-pub mod search;
-pub mod serve;
 mod embed;
 pub mod eval;
 pub mod ingest;
+pub mod search;
+pub mod serve;
 pub mod tune;
 
 use std::process::ExitCode;
