@@ -211,7 +211,7 @@ impl Database {
                     && matches!(d.metadata, Value::Null | Value::Object(_))
                     && v.len() == coll.dim
                     && v.iter().all(|x| x.is_finite())
-                    && !latentdb_index::distance::normalize(&mut v.clone())
+                    && !latentdb_index::distance::has_direction(v)
                 {
                     return Err(Error::InvalidArgument(format!(
                         "document {:?}: a zero-length vector has no cosine similarity",

@@ -108,11 +108,20 @@ pub fn l2_sq_scalar(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
+/// True when `v` can be normalised: its norm is finite and not zero. Allocates nothing.
+pub fn has_direction(v: &[f32]) -> bool {
+    usable_norm(dot(v, v).sqrt())
+}
+
+fn usable_norm(norm: f32) -> bool {
+    norm != 0.0 && norm.is_finite()
+}
+
 /// Scales `v` to unit length in place; returns false (and leaves `v` as is) when its norm is
 /// zero or not finite.
 pub fn normalize(v: &mut [f32]) -> bool {
     let norm = dot(v, v).sqrt();
-    if norm == 0.0 || !norm.is_finite() {
+    if !usable_norm(norm) {
         return false;
     }
     let inv = 1.0 / norm;
