@@ -158,9 +158,6 @@ fn vec_of(seed: u64) -> Vec<f32> {
 }
 
 #[test]
-#[ignore = "known bug, open in issue 3: after deletes, replaces and the compaction they trigger, \
-            an exact search by a live document's own vector sometimes returns another document \
-            first (about half of the runs); run with --ignored to reproduce"]
 fn deleted_and_replaced_documents_never_appear() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path()).unwrap();

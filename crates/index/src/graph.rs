@@ -13,7 +13,9 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
@@ -66,6 +68,9 @@ pub(crate) struct Nodes {
     pub(crate) upper: Vec<Box<[AtomicU32]>>,
     pub(crate) locks: Vec<Mutex<()>>,
     pub(crate) deleted: Vec<AtomicBool>,
+    /// True once a node's link lists are complete (its [`Graph::link`] returned): only such
+    /// nodes serve as starting points while linking others.
+    pub(crate) linked: Vec<AtomicBool>,
     pub(crate) slot_of: HashMap<u32, u32>,
 }
 
@@ -83,6 +88,7 @@ impl Nodes {
             upper: Vec::with_capacity(cap),
             locks: Vec::with_capacity(cap),
             deleted: Vec::with_capacity(cap),
+            linked: Vec::with_capacity(cap),
             slot_of: HashMap::with_capacity(cap),
         }
     }
@@ -149,7 +155,13 @@ impl Nodes {
         );
         self.locks.push(Mutex::new(()));
         self.deleted.push(AtomicBool::new(false));
+        self.linked.push(AtomicBool::new(false));
         self.slot_of.insert(id, slot);
+    }
+
+    #[inline]
+    pub(crate) fn is_linked(&self, slot: u32) -> bool {
+        self.linked[slot as usize].load(Acquire)
     }
 
     #[inline]
@@ -283,6 +295,7 @@ impl Graph {
                     slot: start as u32,
                     level: nodes.levels[start],
                 });
+                nodes.linked[start].store(true, Release);
                 first += 1;
             }
         }
@@ -301,7 +314,7 @@ impl Graph {
         }
     }
 
-    /// Greedy walk on one upper layer towards `q`.
+    /// Greedy walk on one upper layer towards `q`, moving only to nodes `usable` accepts.
     fn greedy(
         &self,
         nodes: &Nodes,
@@ -309,13 +322,14 @@ impl Graph {
         mut cur: Cand,
         layer: u8,
         nbuf: &mut Vec<u32>,
+        usable: impl Fn(u32) -> bool,
     ) -> Cand {
         loop {
             let mut changed = false;
             nodes.neighbors(cur.slot, layer, nbuf);
             for &n in nbuf.iter() {
                 let d = self.dist(q, nodes.vector(n));
-                if d < cur.d {
+                if d < cur.d && usable(n) {
                     cur = Cand { d, slot: n };
                     changed = true;
                 }
@@ -404,8 +418,12 @@ impl Graph {
             slot: ep.slot,
         };
         let mut layer = ep.level;
+        // A node still being linked by another thread may have empty lists on the layers
+        // below: starting a descent or a layer search there would strand `q` with one
+        // neighbour. Only completely linked nodes serve as starting points.
+        let linked = |s: u32| nodes.is_linked(s);
         while layer > level {
-            cur = self.greedy(nodes, vq, cur, layer, &mut nbuf);
+            cur = self.greedy(nodes, vq, cur, layer, &mut nbuf, linked);
             layer -= 1;
         }
         scratch.nbuf = nbuf;
@@ -424,28 +442,66 @@ impl Graph {
             sorted.clear();
             sorted.extend(scratch.results.drain().filter(|c| c.slot != q));
             sorted.sort_unstable();
-            if let Some(best) = sorted.first() {
+            if let Some(best) = sorted.iter().find(|c| linked(c.slot)) {
                 cur = *best;
             }
             let mut selected = std::mem::take(&mut scratch.selected);
             self.select(nodes, &sorted, self.params.m, &mut selected);
-            {
-                let _g = nodes.locks[q as usize].lock();
-                nodes.set_neighbors(q, layer, selected.iter().map(|c| c.slot));
-            }
             let mmax = if layer == 0 { nodes.m0 } else { nodes.m };
+            self.set_own(nodes, q, layer, mmax, &selected, scratch, &mut sorted);
             for s in &selected {
                 self.connect(nodes, s.slot, q, s.d, layer, mmax, scratch, &mut sorted);
             }
             scratch.selected = selected;
             scratch.sorted = sorted;
         }
+        nodes.linked[q as usize].store(true, Release);
         if level > ep.level {
             let mut entry = self.entry.write();
             if entry.is_none_or(|e| level > e.level) {
                 *entry = Some(Entry { slot: q, level });
             }
         }
+    }
+
+    /// Writes the new node `q`'s own list on `layer`: the `selected` neighbours, merged with
+    /// any links that other threads added to `q` meanwhile (they found it through a layer
+    /// above), pruned with the heuristic to `mmax` when the union is larger. Overwriting
+    /// would silently drop those reverse edges.
+    #[allow(clippy::too_many_arguments)]
+    fn set_own(
+        &self,
+        nodes: &Nodes,
+        q: u32,
+        layer: u8,
+        mmax: usize,
+        selected: &[Cand],
+        scratch: &mut Scratch,
+        buf: &mut Vec<Cand>,
+    ) {
+        let _g = nodes.locks[q as usize].lock();
+        let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        nodes.neighbors(q, layer, &mut nbuf);
+        nbuf.retain(|s| !selected.iter().any(|c| c.slot == *s));
+        if nbuf.is_empty() {
+            nodes.set_neighbors(q, layer, selected.iter().map(|c| c.slot));
+        } else if selected.len() + nbuf.len() <= mmax {
+            nbuf.splice(0..0, selected.iter().map(|c| c.slot));
+            nodes.set_neighbors(q, layer, nbuf.iter().copied());
+        } else {
+            let vq = nodes.vector(q);
+            buf.clear();
+            buf.extend(selected.iter().copied());
+            buf.extend(nbuf.iter().map(|&s| Cand {
+                d: self.dist(vq, nodes.vector(s)),
+                slot: s,
+            }));
+            buf.sort_unstable();
+            let mut kept = Vec::with_capacity(mmax);
+            self.select(nodes, buf, mmax, &mut kept);
+            nodes.set_neighbors(q, layer, kept.iter().map(|c| c.slot));
+        }
+        scratch.nbuf = nbuf;
     }
 
     /// Adds `q` to the neighbours of `n` on `layer`, pruning with the heuristic when full.
@@ -507,7 +563,8 @@ impl Graph {
             slot: ep.slot,
         };
         for layer in (1..=ep.level).rev() {
-            cur = self.greedy(nodes, q, cur, layer, &mut nbuf);
+            // As in `link`: never descend into a node whose lower lists are still being written.
+            cur = self.greedy(nodes, q, cur, layer, &mut nbuf, |s| nodes.is_linked(s));
         }
         scratch.nbuf = nbuf;
         let ef = ef.max(k);

@@ -432,5 +432,6 @@ fn parse_graph(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8]) -> Result
         return Err(bad("trailing bytes"));
     }
     nodes.locks = (0..n).map(|_| Mutex::new(())).collect();
+    nodes.linked = (0..n).map(|_| AtomicBool::new(true)).collect();
     Ok(nodes)
 }
