@@ -191,6 +191,22 @@ fn errors_are_one_line_on_stderr_with_a_non_zero_exit() {
         "collection \"nope\" does not exist",
     );
     fails_with(
+        &latentdb(
+            d,
+            &[
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            None,
+        ),
+        "cannot read TLS certificate /nonexistent/cert.pem",
+    );
+    fails_with(
         &latentdb(d, &["collection", "create", "c", "--dim", "2"], None),
         "already exists",
     );

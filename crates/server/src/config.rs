@@ -48,6 +48,36 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The embedder behind the `Embed` RPC (none: `Embed` fails with `FAILED_PRECONDITION`).
     pub embedder: Option<Arc<Embedder>>,
+    /// Serve over TLS with this identity (none: plaintext HTTP/2).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server's TLS identity: its certificate chain and private key, both PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_pem: Vec<u8>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl TlsIdentity {
+    /// An identity from PEM bytes (checked when the server starts).
+    pub fn from_pem(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        TlsIdentity {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -57,6 +87,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
             .field("embedder", &self.embedder.as_ref().map(|e| e.dimension()))
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -68,6 +99,7 @@ impl Default for ServerConfig {
             api_key: None,
             limits: Limits::default(),
             embedder: None,
+            tls: None,
         }
     }
 }
@@ -88,6 +120,12 @@ impl ServerConfig {
     /// Sets the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves over TLS with this identity.
+    pub fn tls(mut self, identity: TlsIdentity) -> Self {
+        self.tls = Some(identity);
         self
     }
 

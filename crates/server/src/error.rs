@@ -157,6 +157,9 @@ pub enum ServeError {
     /// Flushing the database at shutdown failed.
     #[error("flush at shutdown failed: {0}")]
     Flush(#[source] latentdb::Error),
+    /// The TLS certificate or key is unusable (caller fault: not PEM, no key, mismatched).
+    #[error("invalid TLS certificate or key: {0}")]
+    Tls(String),
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ mod server;
 mod service;
 
 pub use auth::ApiKeyAuth;
-pub use config::{Limits, ServerConfig};
+pub use config::{Limits, ServerConfig, TlsIdentity};
 pub use error::{ServeError, ServiceError};
 pub use server::{serve, serve_with_listener, shutdown_signal};
 pub use service::LatentDbService;

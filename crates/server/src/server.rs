@@ -7,8 +7,8 @@ use std::time::Duration;
 use latentdb::Database;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::ApiKeyAuth;
 use crate::config::ServerConfig;
@@ -35,7 +35,9 @@ pub async fn serve(
 /// v1alpha) on `listener` (its address wins over `config.addr`) until `shutdown` completes.
 ///
 /// Then it stops accepting connections, lets the calls in flight finish, and flushes the
-/// database. With `config.api_key`, every service but health needs the key.
+/// database. With `config.api_key`, every service but health needs the key. With
+/// `config.tls`, every connection is TLS (HTTP/2 negotiated by ALPN); a bad certificate or
+/// key fails here, before anything is served ([`ServeError::Tls`]).
 pub async fn serve_with_listener(
     db: Arc<Database>,
     config: ServerConfig,
@@ -67,8 +69,21 @@ pub async fn serve_with_listener(
         .build_v1alpha()
         .map_err(|e| ServeError::Setup(e.to_string()))?;
 
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServeError::Tls(error_chain(&e)))?;
+    }
+
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(%addr, auth = config.api_key.is_some(), "latentdb gRPC server listening");
+    tracing::info!(
+        %addr,
+        auth = config.api_key.is_some(),
+        tls = config.tls.is_some(),
+        "latentdb gRPC server listening"
+    );
 
     let reporter = health_reporter.clone();
     let shutdown = async move {
@@ -78,7 +93,7 @@ pub async fn serve_with_listener(
             .set_not_serving::<LatentDbServer<LatentDbService>>()
             .await;
     };
-    Server::builder()
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health)
         .add_service(InterceptedService::new(latentdb, auth.clone()))
@@ -94,6 +109,18 @@ pub async fn serve_with_listener(
     }
     tracing::info!("flushed; server stopped");
     Ok(())
+}
+
+/// An error and its sources, joined with `: ` (tonic's transport errors say little alone).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

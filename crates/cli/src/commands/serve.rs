@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use latentdb_server::{Limits, ServerConfig};
+use latentdb_server::{Limits, ServerConfig, TlsIdentity};
 
 use crate::output::Out;
 
@@ -55,12 +55,15 @@ pub struct ServeArgs {
 /// exits 0.
 pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Result<ExitCode> {
     let dir = data.context("no database directory: pass --data DIR or set LATENTDB_DATA")?;
-    if args.tls_cert.is_some() || args.tls_key.is_some() {
-        bail!(
-            "this build of latentdb has no TLS support; terminate TLS in a proxy in front of \
-             the server"
-        );
-    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::from_pem(
+            std::fs::read(cert)
+                .with_context(|| format!("cannot read TLS certificate {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("cannot read TLS key {}", key.display()))?,
+        )),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
     let db =
         latentdb::Database::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     let embedder = match &args.model {
@@ -82,6 +85,7 @@ pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Res
             embed_concurrency: args.embed_concurrency,
         },
         embedder,
+        tls,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -93,8 +97,15 @@ pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Res
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         let addr = listener.local_addr().context("no local address")?;
         out.either(
-            &serde_json::json!({"listening": addr.to_string(), "auth": config.api_key.is_some()}),
-            || format!("latentdb serving on {addr}"),
+            &serde_json::json!({
+                "listening": addr.to_string(),
+                "auth": config.api_key.is_some(),
+                "tls": config.tls.is_some(),
+            }),
+            || {
+                let tls = if config.tls.is_some() { " TLS" } else { "" };
+                format!("latentdb serving{tls} on {addr}")
+            },
         )?;
         latentdb_server::serve_with_listener(
             Arc::new(db),
