@@ -308,15 +308,18 @@ impl Database {
         let hits = {
             let payload = coll.payload.read();
             let hits = search::run(coll, &payload, q, req, filter.as_ref())?;
-            // Resolve ids and metadata from memory; a point removed meanwhile is skipped.
+            // Resolve ids and metadata from memory; a point removed meanwhile is skipped. The
+            // lookups go first, all together, so that their cache misses overlap.
+            let entries: Vec<_> = hits.iter().map(|h| payload.get(h.id)).collect();
             hits.into_iter()
-                .filter_map(|h| {
-                    payload.get(h.id).map(|e| {
+                .zip(entries)
+                .filter_map(|(h, e)| {
+                    e.map(|e| {
                         let metadata = match (&e.metadata, req.with_metadata) {
                             (Value::Object(m), true) => m.clone(),
                             _ => Map::new(),
                         };
-                        (h, e.id.to_string(), metadata)
+                        (h, String::from(&*e.id), metadata)
                     })
                 })
                 .collect::<Vec<_>>()

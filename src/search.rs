@@ -137,13 +137,12 @@ pub(crate) fn validate<'r>(
             "query vector component {i} is not a finite number"
         )));
     }
-    if coll.metric == latentdb_storage::Metric::Cosine {
-        let mut probe = v.to_vec();
-        if !latentdb_index::distance::normalize(&mut probe) {
-            return Err(Error::InvalidArgument(
-                "a zero-length query vector has no cosine similarity".into(),
-            ));
-        }
+    if coll.metric == latentdb_storage::Metric::Cosine
+        && !latentdb_index::distance::has_direction(v)
+    {
+        return Err(Error::InvalidArgument(
+            "a zero-length query vector has no cosine similarity".into(),
+        ));
     }
     if !(1..=MAX_K).contains(&req.k) {
         return Err(Error::InvalidArgument(format!(

@@ -3,12 +3,14 @@
 //! same data.
 //!
 //! `cargo bench -p latentdb-index --bench ann` — environment: `N` (20000), `DIM` (384),
-//! `NQ` (1000), `METRIC` (cosine), `DATA` (emb: `synth::power_law_clusters` with
+//! `NQ` (1000), `BATCH` (all: points per insert call), `METRIC` (cosine), `DATA` (emb: `synth::power_law_clusters` with
 //! `ALPHA` (0.5); iso: isotropic clusters), `EFS` (16,32,64,128,256), `HNSW_RS` (0).
+//! `NPY=DIR` reads `DIR/base.npy`, `DIR/queries.npy` and `DIR/gt.npy` instead (the files of
+//! `latentdb bench gen-data`, which `scripts/ann_hnswlib.py` also reads).
 
 use std::time::Instant;
 
-use latentdb_index::{Index, IndexParams, Metric, bench, synth};
+use latentdb_index::{Index, IndexParams, Metric, bench, npy, synth};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -36,11 +38,31 @@ fn main() {
         "iso" => synth::clustered_vectors(n, dim, 100, 0.35, seed),
         _ => synth::power_law_clusters(n, dim, 100, alpha, seed),
     };
-    let base = make(n, 42);
-    let queries = make(nq, 4242);
-    let t = Instant::now();
-    let truth = bench::ground_truth(metric, dim, &base, &queries, 10);
-    eprintln!("ground truth: {:.2}s", t.elapsed().as_secs_f64());
+    let (n, dim, nq, base, queries, truth) = match std::env::var("NPY") {
+        Ok(dir) => {
+            let dir = std::path::Path::new(&dir);
+            let base = npy::read_f32(&dir.join("base.npy")).unwrap();
+            let queries = npy::read_f32(&dir.join("queries.npy")).unwrap();
+            let gt = npy::read_ids(&dir.join("gt.npy")).unwrap();
+            let truth = (0..gt.rows).map(|i| gt.row(i)[..10].to_vec()).collect();
+            (
+                base.rows,
+                base.cols,
+                queries.rows,
+                base.data,
+                queries.data,
+                truth,
+            )
+        }
+        Err(_) => {
+            let base = make(n, 42);
+            let queries = make(nq, 4242);
+            let t = Instant::now();
+            let truth = bench::ground_truth(metric, dim, &base, &queries, 10);
+            eprintln!("ground truth: {:.2}s", t.elapsed().as_secs_f64());
+            (n, dim, nq, base, queries, truth)
+        }
+    };
 
     let idx = Index::new(metric, dim, IndexParams::default()).unwrap();
     let pts: Vec<(u32, &[f32])> = base
@@ -49,7 +71,9 @@ fn main() {
         .map(|(i, v)| (i as u32, v))
         .collect();
     let t = Instant::now();
-    idx.insert_batch(&pts).unwrap();
+    for batch in pts.chunks(env("BATCH", pts.len()).max(1)) {
+        idx.insert_batch(batch).unwrap();
+    }
     let secs = t.elapsed().as_secs_f64();
     println!(
         "latentdb n={n} dim={dim} metric={metric} threads={} build {secs:.2}s = {:.0} vectors/s",

@@ -27,6 +27,25 @@ use crate::synth::mix64;
 /// Highest layer a node may get (layers 0..=MAX_LEVEL).
 pub(crate) const MAX_LEVEL: u8 = 15;
 
+/// Asks the CPU to start loading the cache line at `p`, so that the distance computations of
+/// a node's neighbours overlap their memory latency instead of paying it one after another
+/// (on an index larger than the caches the walk is bound by these misses; hnswlib does the
+/// same). A hint only: results never depend on it. Measured with
+/// `NPY=DIR cargo bench -p latentdb-index --bench ann` on 100k x 384 (cosine, 2 threads):
+/// build 3,690 -> 4,225 vectors/s, one-thread QPS at ef 32 10,410 -> 12,291 (recall 0.99).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetch` never faults and reads no memory into the program: any address is
+    // allowed, and SSE (its target feature) is part of the x86-64 baseline.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A slot with its distance to the current query; ordered by distance, then slot.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Cand {
@@ -366,10 +385,16 @@ impl Graph {
                 break;
             }
             nodes.neighbors(c.slot, layer, &mut nbuf);
-            for &n in &nbuf {
-                if !scratch.visit(n) {
-                    continue;
+            // First mark the unvisited neighbours and start loading their vectors, then
+            // compute: the loads overlap instead of stalling one distance at a time.
+            nbuf.retain(|&n| {
+                let fresh = scratch.visit(n);
+                if fresh {
+                    prefetch(nodes.vector(n).as_ptr());
                 }
+                fresh
+            });
+            for &n in &nbuf {
                 let d = self.dist(q, nodes.vector(n));
                 if scratch.results.len() < ef || d < bound {
                     let cand = Cand { d, slot: n };
