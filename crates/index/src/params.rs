@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// Parameters of one HNSW index, chosen per collection.
 ///
-/// The defaults (M = 16, ef_construction = 200, ef_search = 160) reach recall@10 >= 0.95
+/// The defaults (M = 16, ef_construction = 200, ef_search = 128) reach recall@10 >= 0.95
 /// for cosine and L2 on the crate's 64-d embedding-like test data (`synth::embedding_like`,
 /// 20k points: 0.97-0.99). Data of higher intrinsic dimension needs a larger per-query `ef`
 /// (100k x 384 `power_law_clusters` at alpha 0.5: ef ~600 for 0.95), and inner product
