@@ -174,6 +174,10 @@ impl Database {
     /// Inserts or replaces documents, atomically; durable on return unless the database was
     /// opened with [`Durability::Buffered`]. The documents are searchable when it returns.
     ///
+    /// Concurrent upserts share their disk flushes (group commit): each batch is applied under
+    /// the collection's writer lock, then flushed outside it, so a search may see a batch a
+    /// few milliseconds before its writer is acknowledged; no acknowledged batch is lost.
+    ///
     /// In a collection with an embedder, a document with text and no vector is embedded (all
     /// such documents of the call in batches, before any lock is taken).
     pub fn upsert(&self, collection: &str, mut docs: Vec<Document>) -> Result<UpsertResult> {
@@ -227,15 +231,27 @@ impl Database {
                 _ => Map::new(),
             })
             .collect();
-        let mut w = coll.writer.lock();
-        if w.dropped {
-            return Err(latentdb_storage::Error::CollectionNotFound(name.to_owned()).into());
+        let sync = durability.unwrap_or(self.storage.options().durability) == Durability::Sync;
+        let out = {
+            let mut w = coll.writer.lock();
+            if w.dropped {
+                return Err(latentdb_storage::Error::CollectionNotFound(name.to_owned()).into());
+            }
+            // Written without the flush: it comes below, once the writer lock is released.
+            let out = self
+                .storage
+                .upsert(name, docs, Some(Durability::Buffered))?;
+            let changes = (out.inserted.len() + out.removed.len()) as u64;
+            let docs = out.ids.iter().cloned().zip(metas).collect();
+            coll.apply(&out.removed, &out.inserted, docs);
+            coll.maintain(&self.storage, &mut w, changes);
+            out
+        };
+        // Group commit: writers that queued behind this one flush concurrently, and one sled
+        // flush makes all their batches durable. The batch is acknowledged only after it.
+        if sync {
+            self.storage.flush()?;
         }
-        let out = self.storage.upsert(name, docs, durability)?;
-        let changes = (out.inserted.len() + out.removed.len()) as u64;
-        let docs = out.ids.iter().cloned().zip(metas).collect();
-        coll.apply(&out.removed, &out.inserted, docs);
-        coll.maintain(&self.storage, &mut w, changes);
         Ok(UpsertResult { ids: out.ids })
     }
 
