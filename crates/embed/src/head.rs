@@ -175,17 +175,7 @@ impl LatentHead {
     /// sha256 (hex) over the head's tensors: each name, then its f32 values little-endian, in
     /// name order.
     pub fn tensors_sha256(&self) -> Result<String> {
-        use sha2::{Digest, Sha256};
-        let mut named = self.layer.named_tensors(PREFIX);
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut hasher = Sha256::new();
-        for (name, t) in named {
-            hasher.update(name.as_bytes());
-            for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
-                hasher.update(v.to_le_bytes());
-            }
-        }
-        Ok(crate::fetch::hex(&hasher.finalize()))
+        named_tensors_sha256(self.layer.named_tensors(PREFIX))
     }
 
     /// The head's configuration.
@@ -263,8 +253,23 @@ impl LatentHead {
     }
 }
 
-/// A small deterministic generator (SplitMix64) for reproducible initialisation.
-struct SplitMix64(u64);
+/// sha256 (hex) over named tensors: each name, then its f32 values little-endian, in name
+/// order.
+pub(crate) fn named_tensors_sha256(mut named: Vec<(String, Tensor)>) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = Sha256::new();
+    for (name, t) in named {
+        hasher.update(name.as_bytes());
+        for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    Ok(crate::fetch::hex(&hasher.finalize()))
+}
+
+/// A small deterministic generator (SplitMix64) for reproducible initialisation and dropout.
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
@@ -276,12 +281,12 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
