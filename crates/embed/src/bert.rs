@@ -6,6 +6,7 @@ use candle_core::{D, DType, Tensor};
 
 use crate::config::BertConfig;
 use crate::error::{Error, Result};
+use crate::frozen::frozen_matmul;
 use crate::head::SplitMix64;
 use crate::kernels;
 use crate::lora::{LoraAdapters, LoraTarget};
@@ -288,7 +289,15 @@ impl Bert {
             Some((a, r)) => (Some(a), r),
             None => (None, None),
         };
-        // The trainable path needs ops with a backward pass.
+        // The trainable path needs ops with a backward pass, and no gradients for the frozen
+        // base weights.
+        let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            if adapters.is_some() {
+                frozen_matmul(x, w)
+            } else {
+                Ok(x.matmul(w)?)
+            }
+        };
         let norm = |x: &Tensor, w: &Tensor, bias: &Tensor| -> Result<Tensor> {
             if adapters.is_some() {
                 crate::latent_attention::layer_norm_eps(x, w, bias, f64::from(eps))
@@ -310,7 +319,7 @@ impl Bert {
             .reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut qkv = x.matmul(&layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
+            let mut qkv = mm(&x, &layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
             if let Some(delta) = adapters
                 .map(|a| a.apply_qkv(&x, i, rng.as_deref_mut()))
                 .transpose()?
@@ -329,7 +338,7 @@ impl Bert {
                 candle_nn::ops::softmax_last_dim(&scores)?
             };
             let ctx = p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?;
-            let mut a = ctx.matmul(&layer.out_w)?.broadcast_add(&layer.out_b)?;
+            let mut a = mm(&ctx, &layer.out_w)?.broadcast_add(&layer.out_b)?;
             if let Some(delta) = adapters
                 .map(|ad| ad.apply(&ctx, i, LoraTarget::Output, rng.as_deref_mut()))
                 .transpose()?
@@ -338,13 +347,10 @@ impl Bert {
                 a = (a + delta)?;
             }
             x = norm(&(a + x)?, &layer.ln1_w, &layer.ln1_b)?;
-            let h = x
-                .matmul(&layer.inter_w)?
+            let h = mm(&x, &layer.inter_w)?
                 .broadcast_add(&layer.inter_b)?
                 .gelu_erf()?;
-            let h = h
-                .matmul(&layer.ffn_out_w)?
-                .broadcast_add(&layer.ffn_out_b)?;
+            let h = mm(&h, &layer.ffn_out_w)?.broadcast_add(&layer.ffn_out_b)?;
             x = norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b)?;
         }
         Ok(x.reshape((b, l, d))?)

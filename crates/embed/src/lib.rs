@@ -35,6 +35,7 @@ pub mod config;
 pub mod embedder;
 mod error;
 pub mod fetch;
+mod frozen;
 pub mod head;
 pub mod head_train;
 mod kernels;
