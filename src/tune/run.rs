@@ -440,7 +440,7 @@ impl Database {
         };
         let mut training = match prepared {
             Prepared::States(inputs) => Training::Head {
-                trainer: HeadTrainer::new(&head0, config)?,
+                trainer: Box::new(HeadTrainer::new(&head0, config)?),
                 inputs,
             },
             Prepared::Ids(inputs) => {

@@ -54,7 +54,7 @@ pub(super) struct Inputs<T> {
 pub(super) enum Training {
     /// The head on cached token states (documents subsampled to `train_tokens` tokens).
     Head {
-        trainer: HeadTrainer,
+        trainer: Box<HeadTrainer>,
         inputs: Inputs<TokenStates>,
     },
     /// The head and LoRA adapters on token ids (documents already cut to `train_tokens`).

@@ -179,7 +179,7 @@ enum Model {
         /// The backbone that runs (adapters merged in, if any).
         model: Bert,
         /// The backbone without adapters, and the adapters, when adapters are attached.
-        lora: Option<(Bert, LoraAdapters)>,
+        lora: Option<Box<(Bert, LoraAdapters)>>,
         pooling: Pooling,
         normalize: bool,
         pad: u32,
@@ -386,12 +386,12 @@ impl Embedder {
         match &mut self.model {
             Model::Bert { model, lora, .. } => {
                 let base = match lora.take() {
-                    Some((base, _)) => base,
+                    Some(pair) => pair.0,
                     None => model.clone(),
                 };
                 *model = adapters.merge_into(&base)?;
                 self.identity.lora_sha256 = Some(adapters.tensors_sha256()?);
-                *lora = Some((base, adapters));
+                *lora = Some(Box::new((base, adapters)));
                 Ok(self)
             }
             Model::NvEmbed { .. } => Err(Error::InvalidArgument(
@@ -404,9 +404,8 @@ impl Embedder {
     pub fn base_bert(&self) -> Option<&Bert> {
         match &self.model {
             Model::Bert {
-                lora: Some((base, _)),
-                ..
-            } => Some(base),
+                lora: Some(pair), ..
+            } => Some(&pair.0),
             Model::Bert { model, .. } => Some(model),
             Model::NvEmbed { .. } => None,
         }
@@ -416,9 +415,8 @@ impl Embedder {
     pub fn lora(&self) -> Option<&LoraAdapters> {
         match &self.model {
             Model::Bert {
-                lora: Some((_, adapters)),
-                ..
-            } => Some(adapters),
+                lora: Some(pair), ..
+            } => Some(&pair.1),
             _ => None,
         }
     }
