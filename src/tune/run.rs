@@ -351,7 +351,8 @@ impl Database {
                 let doc_vecs0 = embed_texts(&embedder, &texts, &embed_opts(false, None), &phase)?;
                 let q_vecs0 = embed_texts(&embedder, &q_refs, &embed_opts(true, None), &phase)?;
                 // Documents are cut to their first `train_tokens` tokens for training.
-                let cut = (opts.train_tokens > 0).then(|| opts.train_tokens.max(2));
+                let cut = (opts.train_tokens > 0)
+                    .then(|| opts.train_tokens.clamp(2, identity.max_length.max(2)));
                 let ids_of = |t: &[&str], instr: bool, max_length: Option<usize>| {
                     Ok::<_, Error>(embedder.tokenize(t, &embed_opts(instr, max_length))?.0)
                 };

@@ -12,14 +12,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::Bert;
 use crate::error::{Error, Result, read_json};
 use crate::head::{BackboneRef, SplitMix64};
-use crate::weights::{check_plan, take};
+use crate::weights::{check_plan, load_f32_file, save_with_config, take, to_varmap};
 
 /// File name of the adapters' configuration.
 pub const LORA_CONFIG_FILE: &str = "lora.json";
@@ -234,33 +234,19 @@ impl LoraAdapters {
     /// Loads adapters from a directory holding `lora.json` and `lora.safetensors`.
     pub fn load(dir: &Path) -> Result<Self> {
         let config: LoraConfig = read_json(&dir.join(LORA_CONFIG_FILE))?;
-        let wpath = dir.join(LORA_WEIGHTS_FILE);
-        if !wpath.exists() {
-            return Err(Error::MissingFile(wpath));
-        }
-        let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu)
-            .map_err(|e| Error::Weights(format!("{}: {e}", wpath.display())))?
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
+        let tensors = load_f32_file(&dir.join(LORA_WEIGHTS_FILE))?;
         Self::from_tensors(config, tensors)
     }
 
     /// Writes `lora.json` and `lora.safetensors` into `dir` (created if needed).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let map: HashMap<String, Tensor> = self
-            .named_tensors()
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.detach().to_device(&Device::Cpu)?)))
-            .collect::<Result<_>>()?;
-        candle_core::safetensors::save(&map, dir.join(LORA_WEIGHTS_FILE))?;
-        let cpath = dir.join(LORA_CONFIG_FILE);
-        let json = serde_json::to_vec_pretty(&self.config).map_err(|source| Error::Json {
-            path: cpath.clone(),
-            source,
-        })?;
-        std::fs::write(&cpath, json).map_err(|e| Error::io(&cpath, e))
+        save_with_config(
+            dir,
+            LORA_WEIGHTS_FILE,
+            self.named_tensors(),
+            LORA_CONFIG_FILE,
+            &self.config,
+        )
     }
 
     /// sha256 (hex) over the adapters' tensors: each name, then its f32 values little-endian,
@@ -277,18 +263,7 @@ impl LoraAdapters {
     /// A copy whose tensors are trainable variables held by the returned [`VarMap`] (names as
     /// in `lora.safetensors`).
     pub fn trainable(&self, device: &Device) -> Result<(VarMap, LoraAdapters)> {
-        let varmap = VarMap::new();
-        let mut tensors = HashMap::new();
-        {
-            let mut data = varmap.data().lock().map_err(|_| {
-                Error::InvalidArgument("the variable map's lock is poisoned".into())
-            })?;
-            for (name, t) in self.named_tensors() {
-                let var = Var::from_tensor(&t.to_device(device)?.to_dtype(DType::F32)?)?;
-                tensors.insert(name.clone(), var.as_tensor().clone());
-                data.insert(name, var);
-            }
-        }
+        let (varmap, tensors) = to_varmap(self.named_tensors(), device)?;
         Ok((varmap, Self::from_tensors(self.config.clone(), tensors)?))
     }
 
