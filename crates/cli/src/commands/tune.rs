@@ -10,7 +10,9 @@ use serde_json::json;
 
 use latentdb::Database;
 use latentdb::eval::BeirDataset;
-use latentdb::tune::{PairSource, TuneOptions, TuneProgress, beir_pairs, read_pairs_jsonl};
+use latentdb::tune::{
+    PairSource, TrainPair, TuneOptions, TuneProgress, beir_pairs, read_pairs_jsonl,
+};
 
 use crate::output::Out;
 
@@ -103,24 +105,14 @@ pub struct RollbackArgs {
     pub name: String,
 }
 
-pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let mut eval_pairs = None;
-    let source = if let Some(p) = &a.pairs {
-        PairSource::Pairs(read_pairs_jsonl(p)?)
-    } else if let Some(dir) = &a.beir {
-        let ds = BeirDataset::open(dir)?;
-        if let Some(split) = &a.eval_split {
-            eval_pairs = Some(beir_pairs(&ds, split)?);
-        }
-        PairSource::Pairs(beir_pairs(&ds, &a.split)?)
-    } else {
-        PairSource::SelfSupervised
-    };
+/// The tuning options the arguments ask for: flags left unset take the defaults of the
+/// training target ([`TuneOptions::default`] or [`TuneOptions::head_lora`]).
+fn tune_options(a: &TuneArgs, eval_pairs: Option<Vec<TrainPair>>) -> TuneOptions {
     let defaults = match a.train {
         TrainArg::Head => TuneOptions::default(),
         TrainArg::HeadLora => TuneOptions::head_lora(),
     };
-    let opts = TuneOptions {
+    TuneOptions {
         holdout: a.holdout,
         eval_pairs,
         train: defaults.train,
@@ -137,7 +129,23 @@ pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
         lora_alpha: a.lora_alpha,
         lora_dropout: a.lora_dropout,
         force: a.force,
+    }
+}
+
+pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let mut eval_pairs = None;
+    let source = if let Some(p) = &a.pairs {
+        PairSource::Pairs(read_pairs_jsonl(p)?)
+    } else if let Some(dir) = &a.beir {
+        let ds = BeirDataset::open(dir)?;
+        if let Some(split) = &a.eval_split {
+            eval_pairs = Some(beir_pairs(&ds, split)?);
+        }
+        PairSource::Pairs(beir_pairs(&ds, &a.split)?)
+    } else {
+        PairSource::SelfSupervised
     };
+    let opts = tune_options(&a, eval_pairs);
     let quiet = out.is_json();
     let progress = |p: TuneProgress| {
         if quiet {
@@ -211,4 +219,59 @@ pub fn rollback(a: RollbackArgs, db: &Database, out: &mut Out) -> anyhow::Result
         format!("collection {} is back on model version {version}", a.name)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use latentdb::tune::TrainTarget;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: TuneArgs,
+    }
+
+    fn options(argv: &[&str]) -> TuneOptions {
+        let mut full = vec!["tune", "docs", "--self-supervised"];
+        full.extend_from_slice(argv);
+        let cmd = Cmd::try_parse_from(full).expect("arguments parse");
+        tune_options(&cmd.args, None)
+    }
+
+    #[test]
+    fn each_target_takes_its_own_defaults_unless_a_flag_is_given() {
+        let head = options(&[]);
+        assert_eq!(head, TuneOptions::default());
+        let lora = options(&["--train", "head+lora"]);
+        assert_eq!(lora, TuneOptions::head_lora());
+        assert_eq!(lora.train, TrainTarget::HeadLora);
+        let set = options(&[
+            "--train",
+            "head+lora",
+            "--batch-size",
+            "4",
+            "--stage1-steps",
+            "7",
+            "--train-tokens",
+            "32",
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lora-dropout",
+            "0",
+        ]);
+        assert_eq!(
+            (set.batch_size, set.stage1_steps, set.train_tokens),
+            (4, 7, 32)
+        );
+        assert_eq!(set.stage2_steps, TuneOptions::head_lora().stage2_steps);
+        assert_eq!(set.lora_rank, 8);
+        assert!((set.lora_alpha - 16.0).abs() < 1e-12 && set.lora_dropout.abs() < 1e-12);
+        assert!(
+            Cmd::try_parse_from(["tune", "docs", "--self-supervised", "--train", "lora"]).is_err()
+        );
+    }
 }
