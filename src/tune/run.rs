@@ -62,21 +62,7 @@ pub(crate) fn all_documents(db: &Database, collection: &str) -> Result<Vec<Docum
 fn validate(opts: &TuneOptions) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
     if opts.train == TrainTarget::HeadLora {
-        if opts.lora_rank == 0 {
-            return bad("the LoRA rank must be at least 1".into());
-        }
-        if !(opts.lora_alpha.is_finite() && opts.lora_alpha > 0.0) {
-            return bad(format!(
-                "the LoRA alpha must be positive, not {}",
-                opts.lora_alpha
-            ));
-        }
-        if !(0.0..1.0).contains(&opts.lora_dropout) {
-            return bad(format!(
-                "the LoRA dropout must be in [0, 1), not {}",
-                opts.lora_dropout
-            ));
-        }
+        LoraConfig::check_hyperparameters(opts.lora_rank, opts.lora_alpha, opts.lora_dropout)?;
     }
     if opts.batch_size < 2 {
         return bad(format!(

@@ -122,27 +122,32 @@ impl LoraConfig {
                 self.format_version
             ));
         }
-        if self.rank == 0 || self.rank > self.hidden_size {
+        if self.rank > self.hidden_size {
             return bad(format!(
-                "the LoRA rank must be in 1..={}, not {}",
+                "the LoRA rank must be at most the width {}, not {}",
                 self.hidden_size, self.rank
             ));
         }
-        if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return bad(format!(
-                "the LoRA alpha must be positive, not {}",
-                self.alpha
-            ));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return bad(format!(
-                "the LoRA dropout must be in [0, 1), not {}",
-                self.dropout
-            ));
-        }
+        Self::check_hyperparameters(self.rank, self.alpha, self.dropout)?;
         let mut seen = std::collections::HashSet::new();
         if self.targets.is_empty() || !self.targets.iter().all(|t| seen.insert(*t)) {
             return bad("LoRA targets must be non-empty and distinct".into());
+        }
+        Ok(())
+    }
+
+    /// Checks a rank, alpha and dropout without a backbone at hand (the rank's upper bound,
+    /// the backbone's width, is checked by [`LoraConfig::validate`]).
+    pub fn check_hyperparameters(rank: usize, alpha: f64, dropout: f64) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if rank == 0 {
+            return bad("the LoRA rank must be at least 1".into());
+        }
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return bad(format!("the LoRA alpha must be positive, not {alpha}"));
+        }
+        if !(0.0..1.0).contains(&dropout) {
+            return bad(format!("the LoRA dropout must be in [0, 1), not {dropout}"));
         }
         Ok(())
     }
