@@ -138,6 +138,12 @@ pub fn identity_difference(stored: &ModelIdentity, found: &ModelIdentity) -> Opt
             stored.head_sha256.as_deref().map_or("none", short),
             found.head_sha256.as_deref().map_or("none", short)
         )
+    } else if stored.lora_sha256 != found.lora_sha256 {
+        format!(
+            "LoRA sha256 {} vs {}",
+            stored.lora_sha256.as_deref().map_or("none", short),
+            found.lora_sha256.as_deref().map_or("none", short)
+        )
     } else if stored.model_type != found.model_type {
         format!("type {} vs {}", stored.model_type, found.model_type)
     } else if stored.pooling != found.pooling {

@@ -1,23 +1,24 @@
-//! [`Database::tune`]: encode once, mine hard negatives, train the head in two stages,
-//! evaluate before and after on held-out queries, store the version and switch if better.
+//! [`Database::tune`]: encode once, mine hard negatives, train the head (and LoRA adapters) in
+//! two stages, evaluate before and after on held-out queries, store the version and switch if
+//! better.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use latentdb_embed::head_train::{
-    ContrastiveBatch, HeadTrainer, TrainConfig, embed_cached, select_tokens, token_count,
+use latentdb_embed::head_train::{HeadTrainer, TrainConfig, embed_cached};
+use latentdb_embed::lora_train::LoraTrainer;
+use latentdb_embed::{
+    EmbedOptions, Embedder, HeadConfig, LatentHead, LoraAdapters, LoraConfig, ModelSpec, Pooling,
+    TokenStates,
 };
-use latentdb_embed::{EmbedOptions, HeadConfig, LatentHead, ModelSpec, Pooling, TokenStates};
 use latentdb_storage::{Document, Metric};
 
 use super::negatives::positive_aware;
 use super::pairs::{TrainPair, inverse_cloze, split_holdout};
-use super::rng::SplitMix64;
+use super::train::{DocKey, Example, Examples, Inputs, Training};
 use super::versions::{ModelVersion, collection_dir, now_unix};
-use super::{
-    HeldOutMetrics, PairSource, StageReport, TrainTarget, TuneOptions, TuneProgress, TuneReport,
-};
+use super::{HeldOutMetrics, PairSource, TrainTarget, TuneOptions, TuneProgress, TuneReport};
 use crate::database::Database;
 use crate::embedding::{EMBED_BATCH, EmbedderSettings};
 use crate::error::{Error, Result};
@@ -61,11 +62,7 @@ pub(crate) fn all_documents(db: &Database, collection: &str) -> Result<Vec<Docum
 fn validate(opts: &TuneOptions) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
     if opts.train == TrainTarget::HeadLora {
-        return bad(
-            "--train head+lora is not available: LoRA needs a differentiable backbone forward \
-             (the BERT kernels are forward-only); use --train head"
-                .into(),
-        );
+        LoraConfig::check_hyperparameters(opts.lora_rank, opts.lora_alpha, opts.lora_dropout)?;
     }
     if opts.batch_size < 2 {
         return bad(format!(
@@ -92,6 +89,34 @@ fn validate(opts: &TuneOptions) -> Result<()> {
         return bad("at least one training step is needed".into());
     }
     Ok(())
+}
+
+/// The training inputs, before a trainer is built for them.
+enum Prepared {
+    /// Cached token states (head).
+    States(Inputs<TokenStates>),
+    /// Token ids (head+lora).
+    Ids(Inputs<Vec<u32>>),
+}
+
+/// Inputs of the inverse-cloze positives (`overrides`, in order) keyed by pair index.
+fn by_pair<T>(overrides: &[(usize, &str)], inputs: Vec<T>) -> HashMap<usize, T> {
+    overrides.iter().map(|(i, _)| *i).zip(inputs).collect()
+}
+
+/// Vectors of `texts` with `embedder`, in chunks with progress.
+fn embed_texts(
+    embedder: &Embedder,
+    texts: &[&str],
+    opts: &EmbedOptions,
+    phase: &dyn Fn(&str),
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(ENCODE_CHUNK) {
+        out.extend(embedder.embed(chunk, opts)?);
+        phase(&format!("embedded {}/{} texts", out.len(), texts.len()));
+    }
+    Ok(out)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -132,37 +157,6 @@ fn held_out(qrels: &Qrels, qids: &[String], runs: Vec<Hits>) -> HeldOutMetrics {
         mrr_at_10: m.mrr_at_10,
         queries: m.queries,
     }
-}
-
-/// Where a training document's token states come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum DocKey {
-    /// A stored document (index into the documents).
-    Doc(usize),
-    /// A pair's own positive text (inverse cloze), by pair index.
-    Override(usize),
-}
-
-/// A training pair resolved to indices.
-struct Example {
-    query: usize,
-    positive: DocKey,
-    positive_doc: usize,
-    negatives: Vec<usize>,
-}
-
-fn sample_tokens(t: &TokenStates, n: usize, rng: &mut SplitMix64) -> Result<TokenStates> {
-    let len = token_count(t)?;
-    let avail = len.saturating_sub(t.pool_start);
-    if n == 0 || avail <= n {
-        return Ok(t.clone());
-    }
-    let positions: Vec<usize> = rng
-        .sample_sorted(avail, n)
-        .into_iter()
-        .map(|i| i + t.pool_start)
-        .collect();
-    Ok(select_tokens(t, &positions)?)
 }
 
 impl Database {
@@ -299,44 +293,64 @@ impl Database {
         eval_queries.dedup();
         let eval_keys: Vec<String> = eval_queries.iter().map(|q| format!("\u{1}q{q}")).collect();
 
-        // Backbone token states, once per text.
+        // The live model's vectors (before), and the training inputs: the backbone's token
+        // states once per text (head), or token ids (head+lora: the backbone runs in the loop).
         let t_encode = Instant::now();
         let instruction = settings.query_instruction(None, None)?;
-        let encode = |texts: &[&str], instr: bool, what: &str| -> Result<Vec<TokenStates>> {
-            let opts = EmbedOptions {
-                instruction: if instr { instruction.clone() } else { None },
-                batch_size: EMBED_BATCH,
-                ..EmbedOptions::default()
-            };
-            let mut out = Vec::with_capacity(texts.len());
-            for chunk in texts.chunks(ENCODE_CHUNK) {
-                out.extend(embedder.token_states(chunk, &opts)?);
-                phase(&format!("encoded {}/{} {what}", out.len(), texts.len()));
-            }
-            Ok(out)
+        let embed_opts = |instr: bool, max_length: Option<usize>| EmbedOptions {
+            instruction: if instr { instruction.clone() } else { None },
+            max_length,
+            batch_size: EMBED_BATCH,
         };
-        let doc_states = encode(&texts, false, "documents")?;
         let q_refs: Vec<&str> = query_texts.iter().map(String::as_str).collect();
-        let query_states = encode(&q_refs, true, "queries")?;
         let overrides: Vec<(usize, &str)> = train
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.positive_text.as_deref().map(|t| (i, t)))
             .collect();
         let override_texts: Vec<&str> = overrides.iter().map(|(_, t)| *t).collect();
-        let override_states: HashMap<usize, TokenStates> = overrides
-            .iter()
-            .map(|(i, _)| *i)
-            .zip(encode(&override_texts, false, "positives")?)
-            .collect();
+        let (prepared, doc_vecs0, q_vecs0) = match opts.train {
+            TrainTarget::Head => {
+                let encode = |texts: &[&str], instr: bool, what: &str| {
+                    let o = embed_opts(instr, None);
+                    let mut out = Vec::with_capacity(texts.len());
+                    for chunk in texts.chunks(ENCODE_CHUNK) {
+                        out.extend(embedder.token_states(chunk, &o)?);
+                        phase(&format!("encoded {}/{} {what}", out.len(), texts.len()));
+                    }
+                    Ok::<_, Error>(out)
+                };
+                let docs = encode(&texts, false, "documents")?;
+                let queries = encode(&q_refs, true, "queries")?;
+                let overrides = by_pair(&overrides, encode(&override_texts, false, "positives")?);
+                phase("evaluating the live model on the held-out queries");
+                let doc_vecs0 = embed_cached(&head0, &docs.iter().collect::<Vec<_>>())?;
+                let q_vecs0 = embed_cached(&head0, &queries.iter().collect::<Vec<_>>())?;
+                let inputs = Inputs {
+                    docs,
+                    queries,
+                    overrides,
+                };
+                (Prepared::States(inputs), doc_vecs0, q_vecs0)
+            }
+            TrainTarget::HeadLora => {
+                let doc_vecs0 = embed_texts(&embedder, &texts, &embed_opts(false, None), &phase)?;
+                let q_vecs0 = embed_texts(&embedder, &q_refs, &embed_opts(true, None), &phase)?;
+                // Documents are cut to their first `train_tokens` tokens for training.
+                let cut = (opts.train_tokens > 0)
+                    .then(|| opts.train_tokens.clamp(2, identity.max_length.max(2)));
+                let ids_of = |t: &[&str], instr: bool, max_length: Option<usize>| {
+                    Ok::<_, Error>(embedder.tokenize(t, &embed_opts(instr, max_length))?.0)
+                };
+                let inputs = Inputs {
+                    docs: ids_of(&texts, false, cut)?,
+                    queries: ids_of(&q_refs, true, None)?,
+                    overrides: by_pair(&overrides, ids_of(&override_texts, false, cut)?),
+                };
+                (Prepared::Ids(inputs), doc_vecs0, q_vecs0)
+            }
+        };
         let encode_seconds = t_encode.elapsed().as_secs_f64();
-
-        // Before: the live model on a shadow copy of the vectors.
-        phase("evaluating the live model on the held-out queries");
-        let doc_refs: Vec<&TokenStates> = doc_states.iter().collect();
-        let doc_vecs0 = embed_cached(&head0, &doc_refs)?;
-        let q_refs: Vec<&TokenStates> = query_states.iter().collect();
-        let q_vecs0 = embed_cached(&head0, &q_refs)?;
         let eval_vecs: Vec<Vec<f32>> = eval_queries.iter().map(|&q| q_vecs0[q].clone()).collect();
         let before = held_out(&qrels, &eval_keys, exact_run(&eval_vecs, &doc_vecs0, &ids));
 
@@ -368,6 +382,7 @@ impl Database {
                 candidates.insert(q, hits.into_iter().map(|h| (h.id, h.score)).collect());
             }
         }
+        let override_pairs: HashSet<usize> = overrides.iter().map(|(i, _)| *i).collect();
         let mut examples = Vec::with_capacity(train.len());
         let mut dropped_false_negatives = 0;
         let mut negatives_total = 0;
@@ -395,7 +410,7 @@ impl Database {
             negatives_total += negs.len();
             examples.push(Example {
                 query: q,
-                positive: if override_states.contains_key(&i) {
+                positive: if override_pairs.contains(&i) {
                     DocKey::Override(i)
                 } else {
                     DocKey::Doc(pos_doc)
@@ -405,83 +420,43 @@ impl Database {
             });
         }
 
-        // Two-stage training on the cached states.
-        let mut trainer = HeadTrainer::new(
-            &head0,
-            TrainConfig {
-                lr: opts.lr,
-                weight_decay: 0.01,
+        // Two-stage training.
+        let config = TrainConfig {
+            lr: opts.lr,
+            weight_decay: 0.01,
+        };
+        let mut training = match prepared {
+            Prepared::States(inputs) => Training::Head {
+                trainer: Box::new(HeadTrainer::new(&head0, config)?),
+                inputs,
             },
-        )?;
-        let mut rng = SplitMix64::new(opts.seed ^ 0x5eed);
-        let mut order: Vec<usize> = Vec::new();
-        let mut stages = Vec::new();
-        for (stage, steps) in [(1u8, opts.stage1_steps), (2u8, opts.stage2_steps)] {
-            let t = Instant::now();
-            let mut losses = Vec::with_capacity(steps);
-            let mut pairs_done = 0usize;
-            for step in 0..steps {
-                let warm = (steps / 10).max(1);
-                let lr = if step < warm {
-                    opts.lr * (step + 1) as f64 / warm as f64
-                } else {
-                    opts.lr * (0.1 + 0.9 * (steps - step) as f64 / (steps - warm + 1) as f64)
+            Prepared::Ids(inputs) => {
+                let bert = embedder.base_bert().ok_or_else(|| {
+                    Error::InvalidArgument("head+lora needs a BERT backbone".into())
+                })?;
+                let adapters = match embedder.lora() {
+                    Some(a) => a.clone(),
+                    None => {
+                        let mut c = LoraConfig::new(bert, embedder.backbone_ref());
+                        c.rank = opts.lora_rank;
+                        c.alpha = opts.lora_alpha;
+                        c.dropout = opts.lora_dropout;
+                        LoraAdapters::new(c, opts.seed)?
+                    }
                 };
-                trainer.set_lr(lr);
-                // A batch of examples with distinct queries.
-                let mut batch: Vec<usize> = Vec::with_capacity(opts.batch_size);
-                let mut seen = HashSet::new();
-                let mut tries = 0;
-                while batch.len() < opts.batch_size && tries < 4 * opts.batch_size {
-                    if order.is_empty() {
-                        order = (0..examples.len()).collect();
-                        rng.shuffle(&mut order);
-                    }
-                    if let Some(e) = order.pop()
-                        && seen.insert(examples[e].query)
-                    {
-                        batch.push(e);
-                    }
-                    tries += 1;
+                let trainer = LoraTrainer::new(bert, &head0, &adapters, config, opts.seed)?;
+                Training::Lora {
+                    trainer: Box::new(trainer),
+                    inputs,
                 }
-                let b = contrastive_batch(
-                    &examples,
-                    &batch,
-                    stage,
-                    &ids,
-                    &positives_of,
-                    (&doc_states, &query_states, &override_states),
-                    opts.train_tokens,
-                    &mut rng,
-                )?;
-                let report = trainer.step(&b, opts.temperature)?;
-                losses.push(report.loss as f64);
-                pairs_done += batch.len();
-                progress(TuneProgress::Step {
-                    stage,
-                    step: step + 1,
-                    of: steps,
-                    loss: report.loss,
-                    pairs_per_second: pairs_done as f64 / t.elapsed().as_secs_f64().max(1e-9),
-                });
             }
-            let seconds = t.elapsed().as_secs_f64();
-            let tenth = (losses.len() / 10).max(1).min(losses.len().max(1));
-            let mean = |s: &[f64]| {
-                if s.is_empty() {
-                    0.0
-                } else {
-                    s.iter().sum::<f64>() / s.len() as f64
-                }
-            };
-            stages.push(StageReport {
-                steps,
-                seconds,
-                pairs_per_second: pairs_done as f64 / seconds.max(1e-9),
-                first_loss: mean(&losses[..tenth.min(losses.len())]),
-                last_loss: mean(&losses[losses.len().saturating_sub(tenth)..]),
-            });
-        }
+        };
+        let batches = Examples {
+            examples: &examples,
+            ids: &ids,
+            positives_of: &positives_of,
+        };
+        let (stage1, stage2) = training.run_stages(&batches, opts, progress)?;
 
         // The new version.
         let mut history = self.model_history(collection)?;
@@ -498,19 +473,41 @@ impl Database {
                 Error::InvalidArgument(format!("cannot replace {}: {e}", vdir.display()))
             })?;
         }
-        let head = trainer.finish(&vdir)?;
-        set_backbone_path(&vdir, &head, &identity.path)?;
-
-        phase("re-embedding into the shadow copy");
-        let doc_vecs = embed_cached(&head, &doc_refs)?;
-        let eval_refs: Vec<&TokenStates> = eval_queries.iter().map(|&q| &query_states[q]).collect();
-        let eval_vecs = embed_cached(&head, &eval_refs)?;
+        let spec = ModelSpec::Dir(vdir.clone());
+        let eval_texts: Vec<&str> = eval_queries
+            .iter()
+            .map(|&q| query_texts[q].as_str())
+            .collect();
+        let (doc_vecs, eval_vecs, new_embedder) = match &training {
+            Training::Head { trainer, inputs } => {
+                let head = trainer.finish(&vdir)?;
+                // Adapters of the live version stay: the head was trained on their states.
+                if let Some(adapters) = embedder.lora() {
+                    adapters.save(&vdir)?;
+                }
+                set_backbone_path(&vdir, &head, &identity.path)?;
+                phase("re-embedding into the shadow copy");
+                let doc_vecs = embed_cached(&head, &inputs.docs.iter().collect::<Vec<_>>())?;
+                let eval_refs: Vec<&TokenStates> =
+                    eval_queries.iter().map(|&q| &inputs.queries[q]).collect();
+                let eval_vecs = embed_cached(&head, &eval_refs)?;
+                (doc_vecs, eval_vecs, self.embedders().load(&spec)?)
+            }
+            Training::Lora { trainer, .. } => {
+                let (head, _) = trainer.finish(&vdir)?;
+                set_backbone_path(&vdir, &head, &identity.path)?;
+                // The saved version itself (adapters merged) re-embeds everything.
+                let tuned = self.embedders().load(&spec)?;
+                phase("re-embedding into the shadow copy");
+                let doc_vecs = embed_texts(&tuned, &texts, &embed_opts(false, None), &phase)?;
+                let eval_vecs = embed_texts(&tuned, &eval_texts, &embed_opts(true, None), &phase)?;
+                (doc_vecs, eval_vecs, tuned)
+            }
+        };
         let after = held_out(&qrels, &eval_keys, exact_run(&eval_vecs, &doc_vecs, &ids));
 
         let better = after.ndcg_at_10 > before.ndcg_at_10;
         let switched = better || opts.force;
-        let spec = ModelSpec::Dir(vdir.clone());
-        let new_embedder = self.embedders().load(&spec)?;
         let new_settings = EmbedderSettings {
             model: std::fs::canonicalize(&vdir)
                 .unwrap_or_else(|_| vdir.clone())
@@ -554,7 +551,6 @@ impl Database {
                 before.ndcg_at_10, after.ndcg_at_10
             ),
         };
-        let (stage1, stage2) = (stages[0].clone(), stages[1].clone());
         Ok(TuneReport {
             collection: collection.to_string(),
             train: opts.train,
@@ -575,81 +571,6 @@ impl Database {
             decision,
         })
     }
-}
-
-/// One step's batch: the queries, the documents they are scored against (positives, hard
-/// negatives) and the candidate mask of the stage (1: in-batch + hard negatives, minus any
-/// known positive of the query; 2: hard negatives only).
-#[allow(clippy::too_many_arguments)]
-fn contrastive_batch(
-    examples: &[Example],
-    batch: &[usize],
-    stage: u8,
-    ids: &[String],
-    positives_of: &HashMap<usize, HashSet<&str>>,
-    states: (&[TokenStates], &[TokenStates], &HashMap<usize, TokenStates>),
-    train_tokens: usize,
-    rng: &mut SplitMix64,
-) -> Result<ContrastiveBatch> {
-    let (doc_states, query_states, override_states) = states;
-    let mut keys: Vec<DocKey> = Vec::new();
-    let mut slot: HashMap<DocKey, usize> = HashMap::new();
-    let mut add = |k: DocKey| -> usize {
-        *slot.entry(k).or_insert_with(|| {
-            keys.push(k);
-            keys.len() - 1
-        })
-    };
-    let mut positive = Vec::with_capacity(batch.len());
-    let mut negs = Vec::with_capacity(batch.len());
-    for &e in batch {
-        let ex = &examples[e];
-        positive.push(add(ex.positive));
-        negs.push(
-            ex.negatives
-                .iter()
-                .map(|&d| add(DocKey::Doc(d)))
-                .collect::<HashSet<usize>>(),
-        );
-    }
-    let doc_id = |k: &DocKey| -> &str {
-        match k {
-            DocKey::Doc(d) => &ids[*d],
-            DocKey::Override(p) => examples
-                .get(*p)
-                .map_or("", |e| ids[e.positive_doc].as_str()),
-        }
-    };
-    let n = keys.len();
-    let empty = HashSet::new();
-    let mut allowed = vec![0f32; batch.len() * n];
-    for (i, &e) in batch.iter().enumerate() {
-        let pos = positives_of.get(&examples[e].query).unwrap_or(&empty);
-        for (j, k) in keys.iter().enumerate() {
-            let ok = match stage {
-                1 => !pos.contains(doc_id(k)),
-                _ => negs[i].contains(&j),
-            };
-            allowed[i * n + j] = if ok { 1.0 } else { 0.0 };
-        }
-    }
-    let docs = keys
-        .iter()
-        .map(|k| {
-            let t = match k {
-                DocKey::Doc(d) => &doc_states[*d],
-                DocKey::Override(p) => override_states
-                    .get(p)
-                    .ok_or_else(|| Error::InvalidArgument("internal: missing state".into()))?,
-            };
-            sample_tokens(t, train_tokens, rng)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let queries = batch
-        .iter()
-        .map(|&e| query_states[examples[e].query].clone())
-        .collect();
-    Ok(ContrastiveBatch::new(queries, docs, positive, allowed)?)
 }
 
 /// Records where the head's backbone lives, unless it is the default model (found in the

@@ -2,8 +2,9 @@
 //! one is live, switching to one (re-embedding the collection) and rolling back.
 //!
 //! Layout: `DIR/tune/NAME/history.json` and one head directory per tuned version,
-//! `DIR/tune/NAME/vN/` (`head.json` with the backbone's reference, `head.safetensors`). Version
-//! 0 is the model the collection had before it was first tuned.
+//! `DIR/tune/NAME/vN/` (`head.json` with the backbone's reference, `head.safetensors`, and for
+//! head+lora versions `lora.json` and `lora.safetensors`, merged into the backbone on load).
+//! Version 0 is the model the collection had before it was first tuned.
 //!
 //! Switching writes every document's new vector in one atomic upsert (text and metadata kept),
 //! then points the collection's stored embedder settings at the new model. Searches run on the

@@ -2,11 +2,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::{D, DType, Tensor};
 
 use crate::config::BertConfig;
 use crate::error::{Error, Result};
+use crate::frozen::frozen_matmul;
+use crate::head::SplitMix64;
 use crate::kernels;
+use crate::lora::{LoraAdapters, LoraTarget};
 use crate::weights::take;
 
 #[derive(Debug, Clone)]
@@ -187,6 +190,11 @@ impl Bert {
         self.cfg.hidden_size
     }
 
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// The longest input the position table allows.
     pub fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings
@@ -241,6 +249,31 @@ impl Bert {
     /// Final token states `[batch, len, d]` for `ids` `[batch, len]` with padding mask `mask`
     /// `[batch, len]` (1 = real token).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        self.forward_generic(ids, mask, None)
+    }
+
+    /// [`Bert::forward`] with LoRA adapters applied unmerged, written with differentiable ops
+    /// only (elementary LayerNorm and softmax), so gradients reach the adapters when they are
+    /// variables ([`LoraAdapters::trainable`]). `dropout_seed` is `Some` in training (the
+    /// adapters' input dropout is drawn from it) and `None` for evaluation.
+    pub fn forward_lora(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        adapters: &LoraAdapters,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor> {
+        adapters.check_shape(self)?;
+        let mut rng = dropout_seed.map(SplitMix64);
+        self.forward_generic(ids, mask, Some((adapters, rng.as_mut())))
+    }
+
+    fn forward_generic(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        lora: Option<(&LoraAdapters, Option<&mut SplitMix64>)>,
+    ) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         if l > self.cfg.max_position_embeddings {
             return Err(Error::InvalidArgument(format!(
@@ -252,39 +285,149 @@ impl Bert {
         let nh = self.cfg.num_attention_heads;
         let hd = d / nh;
         let eps = self.cfg.layer_norm_eps as f32;
+        let (adapters, mut rng) = match lora {
+            Some((a, r)) => (Some(a), r),
+            None => (None, None),
+        };
+        // The trainable path needs ops with a backward pass, and no gradients for the frozen
+        // base weights.
+        let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            if adapters.is_some() {
+                frozen_matmul(x, w)
+            } else {
+                Ok(x.matmul(w)?)
+            }
+        };
+        let norm = |x: &Tensor, w: &Tensor, bias: &Tensor| -> Result<Tensor> {
+            if adapters.is_some() {
+                crate::latent_attention::layer_norm_eps(x, w, bias, f64::from(eps))
+            } else {
+                ln(x, w, bias, eps)
+            }
+        };
         let x = self
             .word
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, l, d))?;
         let pos = self.position.narrow(0, 0, l)?;
         let x = x.broadcast_add(&pos)?.broadcast_add(&self.token_type0)?;
-        let mut x = ln(&x.reshape((b * l, d))?, &self.emb_ln_w, &self.emb_ln_b, eps)?;
+        let mut x = norm(&x.reshape((b * l, d))?, &self.emb_ln_w, &self.emb_ln_b)?;
         let bias = mask
             .to_dtype(DType::F32)?
             .affine(f64::from(f32::MAX), -f64::from(f32::MAX))?
             .to_dtype(x.dtype())?
             .reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        for layer in &self.layers {
-            let qkv = x.matmul(&layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut qkv = mm(&x, &layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
+            if let Some(delta) = adapters
+                .map(|a| a.apply_qkv(&x, i, rng.as_deref_mut()))
+                .transpose()?
+                .flatten()
+            {
+                qkv = (qkv + delta)?;
+            }
             let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, l, hd]
             let q = (qkv.get(0)? * scale)?.contiguous()?;
             let k = qkv.get(1)?.contiguous()?;
             let v = qkv.get(2)?.contiguous()?;
             let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
-            let p = candle_nn::ops::softmax_last_dim(&scores)?;
-            let a = p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?;
-            let a = a.matmul(&layer.out_w)?.broadcast_add(&layer.out_b)?;
-            x = ln(&(a + x)?, &layer.ln1_w, &layer.ln1_b, eps)?;
-            let h = x
-                .matmul(&layer.inter_w)?
+            let p = if adapters.is_some() {
+                candle_nn::ops::softmax(&scores, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
+            let ctx = p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?;
+            let mut a = mm(&ctx, &layer.out_w)?.broadcast_add(&layer.out_b)?;
+            if let Some(delta) = adapters
+                .map(|ad| ad.apply(&ctx, i, LoraTarget::Output, rng.as_deref_mut()))
+                .transpose()?
+                .flatten()
+            {
+                a = (a + delta)?;
+            }
+            x = norm(&(a + x)?, &layer.ln1_w, &layer.ln1_b)?;
+            let h = mm(&x, &layer.inter_w)?
                 .broadcast_add(&layer.inter_b)?
                 .gelu_erf()?;
-            let h = h
-                .matmul(&layer.ffn_out_w)?
-                .broadcast_add(&layer.ffn_out_b)?;
-            x = ln(&(h + x)?, &layer.ln2_w, &layer.ln2_b, eps)?;
+            let h = mm(&h, &layer.ffn_out_w)?.broadcast_add(&layer.ffn_out_b)?;
+            x = norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b)?;
         }
         Ok(x.reshape((b, l, d))?)
+    }
+
+    /// A copy whose attention projections have updates added, in the stored `[in, out]`
+    /// layout: `delta(layer)` gives the stacked query/key/value update `[d, 3d]` and the output
+    /// projection's `[d, d]` (either may be absent). The other tensors are shared.
+    pub(crate) fn with_attention_deltas(
+        &self,
+        delta: impl Fn(usize) -> Result<(Option<Tensor>, Option<Tensor>)>,
+    ) -> Result<Self> {
+        let mut out = self.clone();
+        for (i, layer) in out.layers.iter_mut().enumerate() {
+            let (qkv, o) = delta(i)?;
+            let add = |w: &Tensor, u: Tensor| -> Result<Tensor> {
+                let u = u.to_device(w.device())?.to_dtype(w.dtype())?;
+                Ok((w + u)?.contiguous()?)
+            };
+            if let Some(u) = qkv {
+                layer.qkv_w = add(&layer.qkv_w, u)?;
+            }
+            if let Some(u) = o {
+                layer.out_w = add(&layer.out_w, u)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A small BERT with random weights for tests (2 layers, width 32, 4 heads, vocabulary 50).
+#[cfg(test)]
+pub(crate) fn tiny_random(seed: u64) -> Bert {
+    let cfg = BertConfig {
+        vocab_size: 50,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        hidden_act: "gelu".into(),
+        max_position_embeddings: 32,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+    };
+    let mut rng = SplitMix64(seed);
+    let mut tensors = HashMap::new();
+    for (name, shape) in tensor_plan(&cfg) {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("LayerNorm.weight") {
+            (0..n).map(|_| 1.0 + 0.1 * rng.normal() as f32).collect()
+        } else {
+            (0..n).map(|_| 0.2 * rng.normal() as f32).collect()
+        };
+        let t = Tensor::from_vec(data, shape, &candle_core::Device::Cpu).expect("tensor");
+        tensors.insert(name, t);
+    }
+    Bert::from_tensors(&cfg, &mut tensors).expect("tiny bert")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_differentiable_forward_matches_the_packed_one() -> Result<()> {
+        let bert = tiny_random(3);
+        let rows: Vec<Vec<u32>> = vec![vec![1, 5, 9, 2], vec![3, 7]];
+        let (ids, mask) = crate::lora_train::pad_ids(&rows, &candle_core::Device::Cpu)?;
+        let generic = bert.forward(&ids, &mask)?;
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (packed, spans) = bert.forward_packed(&refs)?;
+        for (row, &(start, len)) in spans.iter().enumerate() {
+            let a = generic.get(row)?.narrow(0, 0, len)?;
+            let b = packed.narrow(0, start, len)?;
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "row {row}: {diff}");
+        }
+        Ok(())
     }
 }

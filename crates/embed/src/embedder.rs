@@ -12,6 +12,7 @@ use crate::config::{ModelConfig, Pooling, SentenceTransformersConfig};
 use crate::error::{Error, Result};
 use crate::fetch::{self, DEFAULT_MODEL, ModelSpec, hex, sha256_file};
 use crate::head::{BackboneRef, HEAD_CONFIG_FILE, HeadConfig, LatentHead};
+use crate::lora::{LORA_CONFIG_FILE, LoraAdapters};
 use crate::nvembed::NvEmbed;
 use crate::pooling::{first_token, l2_normalize, masked_mean, packed_mean};
 use crate::tasks;
@@ -114,6 +115,9 @@ pub struct ModelIdentity {
     pub dimension: usize,
     /// sha256 of the head's tensors when a latent-attention head is attached.
     pub head_sha256: Option<String>,
+    /// sha256 of the LoRA adapters' tensors when adapters are merged into the backbone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_sha256: Option<String>,
 }
 
 /// One input's final backbone token states, for training a head on cached states.
@@ -172,7 +176,10 @@ enum Model {
         eos: u32,
     },
     Bert {
+        /// The backbone that runs (adapters merged in, if any).
         model: Bert,
+        /// The backbone without adapters, and the adapters, when adapters are attached.
+        lora: Option<Box<(Bert, LoraAdapters)>>,
         pooling: Pooling,
         normalize: bool,
         pad: u32,
@@ -251,6 +258,9 @@ impl Embedder {
                 };
                 let mut e = Self::from_dir(&backbone_dir, opts)?;
                 e.identity.name = head.backbone().name.clone();
+                if dir.join(LORA_CONFIG_FILE).is_file() {
+                    e = e.with_lora(LoraAdapters::load(&dir)?)?;
+                }
                 e.with_head(head)
             }
             ModelSpec::Dir(_) => Self::from_dir(&dir, opts),
@@ -282,6 +292,7 @@ impl Embedder {
                     max_length: 4096.min(cfg.text.max_position_embeddings),
                     dimension: cfg.text.hidden_size,
                     head_sha256: None,
+                    lora_sha256: None,
                 };
                 (Model::NvEmbed { model, eos }, identity)
             }
@@ -301,9 +312,11 @@ impl Embedder {
                     max_length: st.max_seq_length.min(cfg.max_position_embeddings),
                     dimension: cfg.hidden_size,
                     head_sha256: None,
+                    lora_sha256: None,
                 };
                 let model = Model::Bert {
                     model,
+                    lora: None,
                     pooling: st.pooling,
                     normalize: st.normalize,
                     pad,
@@ -357,6 +370,54 @@ impl Embedder {
                 "NV-Embed has its own latent-attention layer; heads attach to sentence encoders"
                     .into(),
             )),
+        }
+    }
+
+    /// Merges LoRA adapters into the backbone (BERT only; the adapters' backbone hash and
+    /// shape must match). Replaces adapters attached before.
+    pub fn with_lora(mut self, adapters: LoraAdapters) -> Result<Self> {
+        let backbone = &adapters.config().backbone;
+        if backbone.weights_sha256 != self.identity.weights_sha256 {
+            return Err(Error::InvalidConfig(format!(
+                "the LoRA adapters were made for backbone `{}` ({}), not this model ({})",
+                backbone.name, backbone.weights_sha256, self.identity.weights_sha256
+            )));
+        }
+        match &mut self.model {
+            Model::Bert { model, lora, .. } => {
+                let base = match lora.take() {
+                    Some(pair) => pair.0,
+                    None => model.clone(),
+                };
+                *model = adapters.merge_into(&base)?;
+                self.identity.lora_sha256 = Some(adapters.tensors_sha256()?);
+                *lora = Some(Box::new((base, adapters)));
+                Ok(self)
+            }
+            Model::NvEmbed { .. } => Err(Error::InvalidArgument(
+                "LoRA adapters attach to sentence encoders (BERT)".into(),
+            )),
+        }
+    }
+
+    /// The BERT backbone without adapters (for training), if the model is a BERT encoder.
+    pub fn base_bert(&self) -> Option<&Bert> {
+        match &self.model {
+            Model::Bert {
+                lora: Some(pair), ..
+            } => Some(&pair.0),
+            Model::Bert { model, .. } => Some(model),
+            Model::NvEmbed { .. } => None,
+        }
+    }
+
+    /// The attached LoRA adapters, if any.
+    pub fn lora(&self) -> Option<&LoraAdapters> {
+        match &self.model {
+            Model::Bert {
+                lora: Some(pair), ..
+            } => Some(&pair.1),
+            _ => None,
         }
     }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,7 @@ use crate::config::LatentAttentionConfig;
 use crate::error::{Error, Result, read_json};
 use crate::latent_attention::{LatentAttention, tensor_plan};
 use crate::pooling::{l2_normalize, masked_mean};
+use crate::weights::{load_f32_file, save_with_config, to_varmap};
 
 /// File name of a head's configuration.
 pub const HEAD_CONFIG_FILE: &str = "head.json";
@@ -140,52 +141,25 @@ impl LatentHead {
                 config.format_version
             )));
         }
-        let wpath = dir.join(HEAD_WEIGHTS_FILE);
-        if !wpath.exists() {
-            return Err(Error::MissingFile(wpath));
-        }
-        let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu)
-            .map_err(|e| Error::Weights(format!("{}: {e}", wpath.display())))?;
-        let tensors = tensors
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
+        let tensors = load_f32_file(&dir.join(HEAD_WEIGHTS_FILE))?;
         Self::from_tensors(config, tensors)
     }
 
     /// Writes `head.json` and `head.safetensors` into `dir` (created if needed).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let map: HashMap<String, Tensor> = self
-            .layer
-            .named_tensors(PREFIX)
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.detach().to_device(&Device::Cpu)?)))
-            .collect::<Result<_>>()?;
-        let wpath = dir.join(HEAD_WEIGHTS_FILE);
-        candle_core::safetensors::save(&map, &wpath)?;
-        let json = serde_json::to_vec_pretty(&self.config).map_err(|source| Error::Json {
-            path: dir.join(HEAD_CONFIG_FILE),
-            source,
-        })?;
-        let cpath = dir.join(HEAD_CONFIG_FILE);
-        std::fs::write(&cpath, json).map_err(|e| Error::io(&cpath, e))
+        save_with_config(
+            dir,
+            HEAD_WEIGHTS_FILE,
+            self.layer.named_tensors(PREFIX),
+            HEAD_CONFIG_FILE,
+            &self.config,
+        )
     }
 
     /// sha256 (hex) over the head's tensors: each name, then its f32 values little-endian, in
     /// name order.
     pub fn tensors_sha256(&self) -> Result<String> {
-        use sha2::{Digest, Sha256};
-        let mut named = self.layer.named_tensors(PREFIX);
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut hasher = Sha256::new();
-        for (name, t) in named {
-            hasher.update(name.as_bytes());
-            for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
-                hasher.update(v.to_le_bytes());
-            }
-        }
-        Ok(crate::fetch::hex(&hasher.finalize()))
+        named_tensors_sha256(self.layer.named_tensors(PREFIX))
     }
 
     /// The head's configuration.
@@ -238,18 +212,7 @@ impl LatentHead {
     /// [`VarMap`] (names as in `head.safetensors`), for `candle_nn::AdamW` and friends. After
     /// training, [`LatentHead::save`] on the returned head writes the trained weights.
     pub fn trainable(&self, device: &Device) -> Result<(VarMap, LatentHead)> {
-        let varmap = VarMap::new();
-        let mut tensors = HashMap::new();
-        {
-            let mut data = varmap.data().lock().map_err(|_| {
-                Error::InvalidArgument("the variable map's lock is poisoned".into())
-            })?;
-            for (name, t) in self.layer.named_tensors(PREFIX) {
-                let var = Var::from_tensor(&t.to_device(device)?.to_dtype(DType::F32)?)?;
-                tensors.insert(name.clone(), var.as_tensor().clone());
-                data.insert(name, var);
-            }
-        }
+        let (varmap, mut tensors) = to_varmap(self.layer.named_tensors(PREFIX), device)?;
         let layer =
             LatentAttention::from_tensors(&self.config.latent_attention, PREFIX, &mut tensors)?;
         Ok((
@@ -263,8 +226,23 @@ impl LatentHead {
     }
 }
 
-/// A small deterministic generator (SplitMix64) for reproducible initialisation.
-struct SplitMix64(u64);
+/// sha256 (hex) over named tensors: each name, then its f32 values little-endian, in name
+/// order.
+pub(crate) fn named_tensors_sha256(mut named: Vec<(String, Tensor)>) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = Sha256::new();
+    for (name, t) in named {
+        hasher.update(name.as_bytes());
+        for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    Ok(crate::fetch::hex(&hasher.finalize()))
+}
+
+/// A small deterministic generator (SplitMix64) for reproducible initialisation and dropout.
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
@@ -276,12 +254,12 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()

@@ -5,7 +5,7 @@
 //! backward, which is cheap next to the backbone. A step embeds the batch's queries and
 //! candidate documents with the head and minimises [`crate::loss::info_nce`].
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
 use crate::embedder::{TokenStates, pad_token_states};
@@ -32,15 +32,16 @@ impl Default for TrainConfig {
     }
 }
 
-/// One contrastive step's inputs: query and document token states, each query's positive
+/// One contrastive step's inputs: the queries and documents (token states for a
+/// [`HeadTrainer`], token ids for a [`crate::lora_train::LoraTrainer`]), each query's positive
 /// (a row of `docs`) and the `[queries, docs]` 0/1 candidate mask (see
 /// [`crate::loss::info_nce`]).
 #[derive(Debug, Clone)]
-pub struct ContrastiveBatch {
-    /// Token states of the queries.
-    pub queries: Vec<TokenStates>,
-    /// Token states of the candidate documents.
-    pub docs: Vec<TokenStates>,
+pub struct ContrastiveBatch<T = TokenStates> {
+    /// The queries.
+    pub queries: Vec<T>,
+    /// The candidate documents.
+    pub docs: Vec<T>,
     /// For each query, its positive's row in `docs`.
     pub positive: Vec<usize>,
     /// `[queries, docs]` f32 mask of the candidates each query is scored against.
@@ -72,16 +73,63 @@ impl std::fmt::Debug for HeadTrainer {
     }
 }
 
+/// AdamW over `vars` with the trainer settings.
+pub(crate) fn adamw(vars: Vec<Var>, config: TrainConfig) -> Result<AdamW> {
+    let params = ParamsAdamW {
+        lr: config.lr,
+        weight_decay: config.weight_decay,
+        ..ParamsAdamW::default()
+    };
+    Ok(AdamW::new(vars, params)?)
+}
+
+/// InfoNCE of a batch whose inputs `embed` turns into pooled embeddings.
+pub(crate) fn batch_loss<T>(
+    batch: &ContrastiveBatch<T>,
+    temperature: f64,
+    mut embed: impl FnMut(&[T]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if batch.queries.is_empty() || batch.docs.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a contrastive batch needs queries and documents".into(),
+        ));
+    }
+    let q = embed(&batch.queries)?;
+    let d = embed(&batch.docs)?;
+    info_nce(&q, &d, &batch.positive, &batch.allowed, temperature)
+}
+
+/// Backpropagates `loss`, records the gradient norm of every variable of `maps` and takes one
+/// optimiser step.
+pub(crate) fn optimise(maps: &[&VarMap], opt: &mut AdamW, loss: &Tensor) -> Result<StepReport> {
+    let grads = loss.backward()?;
+    let mut grad_norms = Vec::new();
+    for map in maps {
+        let data = map
+            .data()
+            .lock()
+            .map_err(|_| Error::InvalidArgument("the variable map's lock is poisoned".into()))?;
+        for (name, var) in data.iter() {
+            let norm = match grads.get(var.as_tensor()) {
+                Some(g) => g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?,
+                None => 0.0,
+            };
+            grad_norms.push((name.clone(), norm));
+        }
+    }
+    grad_norms.sort_by(|a, b| a.0.cmp(&b.0));
+    opt.step(&grads)?;
+    Ok(StepReport {
+        loss: loss.to_scalar::<f32>()?,
+        grad_norms,
+    })
+}
+
 impl HeadTrainer {
     /// A trainer starting from `head` (which is not modified).
     pub fn new(head: &LatentHead, config: TrainConfig) -> Result<Self> {
         let (varmap, head) = head.trainable(&Device::Cpu)?;
-        let params = ParamsAdamW {
-            lr: config.lr,
-            weight_decay: config.weight_decay,
-            ..ParamsAdamW::default()
-        };
-        let opt = AdamW::new(varmap.all_vars(), params)?;
+        let opt = adamw(varmap.all_vars(), config)?;
         Ok(Self {
             varmap,
             head,
@@ -113,40 +161,15 @@ impl HeadTrainer {
 
     /// The loss of a batch with the current head, without updating it.
     pub fn loss(&self, batch: &ContrastiveBatch, temperature: f64) -> Result<Tensor> {
-        if batch.queries.is_empty() || batch.docs.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a contrastive batch needs queries and documents".into(),
-            ));
-        }
-        let q = self.embed_states(&batch.queries)?;
-        let d = self.embed_states(&batch.docs)?;
-        info_nce(&q, &d, &batch.positive, &batch.allowed, temperature)
+        batch_loss(batch, temperature, |items| self.embed_states(items))
     }
 
     /// One AdamW step on a batch; returns the loss and the gradient norms.
     pub fn step(&mut self, batch: &ContrastiveBatch, temperature: f64) -> Result<StepReport> {
         let loss = self.loss(batch, temperature)?;
-        let grads = loss.backward()?;
-        let mut grad_norms = Vec::new();
-        {
-            let data = self.varmap.data().lock().map_err(|_| {
-                Error::InvalidArgument("the variable map's lock is poisoned".into())
-            })?;
-            for (name, var) in data.iter() {
-                let norm = match grads.get(var.as_tensor()) {
-                    Some(g) => g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?,
-                    None => 0.0,
-                };
-                grad_norms.push((name.clone(), norm));
-            }
-        }
-        grad_norms.sort_by(|a, b| a.0.cmp(&b.0));
-        self.opt.step(&grads)?;
+        let report = optimise(&[&self.varmap], &mut self.opt, &loss)?;
         self.steps += 1;
-        Ok(StepReport {
-            loss: loss.to_scalar::<f32>()?,
-            grad_norms,
-        })
+        Ok(report)
     }
 
     /// Saves the trained head into `dir` (see [`LatentHead::save`]) and returns it loaded
@@ -157,11 +180,11 @@ impl HeadTrainer {
     }
 }
 
-impl ContrastiveBatch {
-    /// A batch from token states, positives and a row-major `[queries, docs]` 0/1 mask.
+impl<T> ContrastiveBatch<T> {
+    /// A batch from inputs, positives and a row-major `[queries, docs]` 0/1 mask.
     pub fn new(
-        queries: Vec<TokenStates>,
-        docs: Vec<TokenStates>,
+        queries: Vec<T>,
+        docs: Vec<T>,
         positive: Vec<usize>,
         allowed: Vec<f32>,
     ) -> Result<Self> {

@@ -7,7 +7,9 @@
 //! - BERT sentence encoders (`model_type: bert`), by default all-MiniLM-L6-v2, fetched into the
 //!   model cache by [`fetch::fetch_default`];
 //! - a trainable latent-attention head ([`head::LatentHead`]) on a sentence encoder's token
-//!   states; the `default` model carries an untrained one, which is exactly mean pooling.
+//!   states; the `default` model carries an untrained one, which is exactly mean pooling;
+//! - LoRA adapters on a BERT backbone's attention projections ([`lora::LoraAdapters`]), trained
+//!   with the head by [`lora_train::LoraTrainer`] and merged into the weights for inference.
 //!
 //! Vectors are L2-normalised. [`Embedder`] is `Send + Sync` and its methods take `&self`.
 //!
@@ -33,10 +35,13 @@ pub mod config;
 pub mod embedder;
 mod error;
 pub mod fetch;
+mod frozen;
 pub mod head;
 pub mod head_train;
 mod kernels;
 pub mod latent_attention;
+pub mod lora;
+pub mod lora_train;
 pub mod loss;
 pub mod mistral;
 pub mod nvembed;
@@ -53,3 +58,4 @@ pub use embedder::{
 pub use error::{Error, Result};
 pub use fetch::{ModelSpec, fetch_default, models_dir};
 pub use head::{BackboneRef, HeadConfig, LatentHead};
+pub use lora::{LoraAdapters, LoraConfig, LoraTarget};

@@ -159,3 +159,60 @@ pub(crate) fn take(tensors: &mut HashMap<String, Tensor>, name: &str) -> Result<
         .remove(name)
         .ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))
 }
+
+/// Loads a small safetensors file of trainable tensors (a head, adapters) onto the CPU as f32.
+pub(crate) fn load_f32_file(path: &Path) -> Result<HashMap<String, Tensor>> {
+    if !path.exists() {
+        return Err(Error::MissingFile(path.to_path_buf()));
+    }
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+        .collect()
+}
+
+/// Writes named tensors (detached, on the CPU) to `dir/weights_file` and `config` as pretty
+/// JSON to `dir/config_file`, creating `dir` if needed.
+pub(crate) fn save_with_config(
+    dir: &Path,
+    weights_file: &str,
+    named: Vec<(String, Tensor)>,
+    config_file: &str,
+    config: &impl serde::Serialize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let map: HashMap<String, Tensor> = named
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.detach().to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    candle_core::safetensors::save(&map, dir.join(weights_file))?;
+    let cpath = dir.join(config_file);
+    let json = serde_json::to_vec_pretty(config).map_err(|source| Error::Json {
+        path: cpath.clone(),
+        source,
+    })?;
+    std::fs::write(&cpath, json).map_err(|e| Error::io(&cpath, e))
+}
+
+/// Trainable copies of named tensors (f32 on `device`): the [`candle_nn::VarMap`] holding
+/// them as variables, and the variables' tensors by name (to build the trainable module from).
+pub(crate) fn to_varmap(
+    named: Vec<(String, Tensor)>,
+    device: &Device,
+) -> Result<(candle_nn::VarMap, HashMap<String, Tensor>)> {
+    let varmap = candle_nn::VarMap::new();
+    let mut tensors = HashMap::new();
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::InvalidArgument("the variable map's lock is poisoned".into()))?;
+        for (name, t) in named {
+            let var = candle_core::Var::from_tensor(&t.to_device(device)?.to_dtype(DType::F32)?)?;
+            tensors.insert(name.clone(), var.as_tensor().clone());
+            data.insert(name, var);
+        }
+    }
+    Ok((varmap, tensors))
+}

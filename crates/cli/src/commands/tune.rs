@@ -5,14 +5,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use latentdb::Database;
 use latentdb::eval::BeirDataset;
 use latentdb::tune::{
-    PairSource, TrainTarget, TuneOptions, TuneProgress, beir_pairs, read_pairs_jsonl,
+    PairSource, TrainPair, TuneOptions, TuneProgress, beir_pairs, read_pairs_jsonl,
 };
 
 use crate::output::Out;
@@ -22,7 +21,8 @@ use crate::output::Out;
 pub enum TrainArg {
     /// The latent-attention head on the frozen backbone.
     Head,
-    /// The head and LoRA adapters on the backbone's attention (not available yet).
+    /// The head and LoRA adapters on the backbone's attention projections (the backbone runs
+    /// in every step: slower).
     #[value(name = "head+lora")]
     HeadLora,
 }
@@ -55,30 +55,41 @@ pub struct TuneArgs {
     /// What is trained.
     #[arg(long, value_enum, default_value_t = TrainArg::Head)]
     pub train: TrainArg,
-    /// Steps of stage 1 (in-batch and hard negatives).
-    #[arg(long, default_value_t = 200)]
-    pub stage1_steps: usize,
-    /// Steps of stage 2 (hard negatives only, task instruction on queries).
-    #[arg(long, default_value_t = 100)]
-    pub stage2_steps: usize,
-    /// Hard negatives per query, mined from the collection's index.
-    #[arg(long, default_value_t = 7)]
-    pub hard_negatives: usize,
+    /// Steps of stage 1 (in-batch and hard negatives) [default: 200; head+lora: 60].
+    #[arg(long)]
+    pub stage1_steps: Option<usize>,
+    /// Steps of stage 2 (hard negatives only, task instruction on queries) [default: 100;
+    /// head+lora: 30].
+    #[arg(long)]
+    pub stage2_steps: Option<usize>,
+    /// Hard negatives per query, mined from the collection's index [default: 7; head+lora: 3].
+    #[arg(long)]
+    pub hard_negatives: Option<usize>,
     /// Positive-aware margin: a candidate is a negative only below margin x positive score.
     #[arg(long, default_value_t = 0.95)]
     pub margin: f32,
     /// InfoNCE temperature.
     #[arg(long, default_value_t = 0.05)]
     pub temperature: f64,
-    /// Queries per step.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// Queries per step [default: 16; head+lora: 8].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Peak AdamW learning rate.
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
-    /// Tokens of each document sampled per step (0: all).
-    #[arg(long, default_value_t = 48)]
-    pub train_tokens: usize,
+    /// Tokens of each document sampled per step (0: all); with head+lora, documents are cut
+    /// to their first N tokens [default: 48; head+lora: 64].
+    #[arg(long)]
+    pub train_tokens: Option<usize>,
+    /// LoRA rank (head+lora).
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    /// LoRA alpha: updates are scaled by alpha / rank (head+lora).
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA adapters' input during training (head+lora).
+    #[arg(long, default_value_t = 0.1)]
+    pub lora_dropout: f64,
     /// Seed of the holdout split, sampling and initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -94,13 +105,34 @@ pub struct RollbackArgs {
     pub name: String,
 }
 
-pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
-    if a.train == TrainArg::HeadLora {
-        bail!(
-            "--train head+lora is not available yet: LoRA needs a differentiable BERT forward \
-             (the backbone's kernels are forward-only); use --train head"
-        );
+/// The tuning options the arguments ask for: flags left unset take the defaults of the
+/// training target ([`TuneOptions::default`] or [`TuneOptions::head_lora`]).
+fn tune_options(a: &TuneArgs, eval_pairs: Option<Vec<TrainPair>>) -> TuneOptions {
+    let defaults = match a.train {
+        TrainArg::Head => TuneOptions::default(),
+        TrainArg::HeadLora => TuneOptions::head_lora(),
+    };
+    TuneOptions {
+        holdout: a.holdout,
+        eval_pairs,
+        train: defaults.train,
+        stage1_steps: a.stage1_steps.unwrap_or(defaults.stage1_steps),
+        stage2_steps: a.stage2_steps.unwrap_or(defaults.stage2_steps),
+        hard_negatives: a.hard_negatives.unwrap_or(defaults.hard_negatives),
+        margin: a.margin,
+        temperature: a.temperature,
+        batch_size: a.batch_size.unwrap_or(defaults.batch_size),
+        lr: a.lr,
+        seed: a.seed,
+        train_tokens: a.train_tokens.unwrap_or(defaults.train_tokens),
+        lora_rank: a.lora_rank,
+        lora_alpha: a.lora_alpha,
+        lora_dropout: a.lora_dropout,
+        force: a.force,
     }
+}
+
+pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
     let mut eval_pairs = None;
     let source = if let Some(p) = &a.pairs {
         PairSource::Pairs(read_pairs_jsonl(p)?)
@@ -113,21 +145,7 @@ pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
     } else {
         PairSource::SelfSupervised
     };
-    let opts = TuneOptions {
-        holdout: a.holdout,
-        eval_pairs,
-        train: TrainTarget::Head,
-        stage1_steps: a.stage1_steps,
-        stage2_steps: a.stage2_steps,
-        hard_negatives: a.hard_negatives,
-        margin: a.margin,
-        temperature: a.temperature,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        seed: a.seed,
-        train_tokens: a.train_tokens,
-        force: a.force,
-    };
+    let opts = tune_options(&a, eval_pairs);
     let quiet = out.is_json();
     let progress = |p: TuneProgress| {
         if quiet {
@@ -201,4 +219,59 @@ pub fn rollback(a: RollbackArgs, db: &Database, out: &mut Out) -> anyhow::Result
         format!("collection {} is back on model version {version}", a.name)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use latentdb::tune::TrainTarget;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: TuneArgs,
+    }
+
+    fn options(argv: &[&str]) -> TuneOptions {
+        let mut full = vec!["tune", "docs", "--self-supervised"];
+        full.extend_from_slice(argv);
+        let cmd = Cmd::try_parse_from(full).expect("arguments parse");
+        tune_options(&cmd.args, None)
+    }
+
+    #[test]
+    fn each_target_takes_its_own_defaults_unless_a_flag_is_given() {
+        let head = options(&[]);
+        assert_eq!(head, TuneOptions::default());
+        let lora = options(&["--train", "head+lora"]);
+        assert_eq!(lora, TuneOptions::head_lora());
+        assert_eq!(lora.train, TrainTarget::HeadLora);
+        let set = options(&[
+            "--train",
+            "head+lora",
+            "--batch-size",
+            "4",
+            "--stage1-steps",
+            "7",
+            "--train-tokens",
+            "32",
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lora-dropout",
+            "0",
+        ]);
+        assert_eq!(
+            (set.batch_size, set.stage1_steps, set.train_tokens),
+            (4, 7, 32)
+        );
+        assert_eq!(set.stage2_steps, TuneOptions::head_lora().stage2_steps);
+        assert_eq!(set.lora_rank, 8);
+        assert!((set.lora_alpha - 16.0).abs() < 1e-12 && set.lora_dropout.abs() < 1e-12);
+        assert!(
+            Cmd::try_parse_from(["tune", "docs", "--self-supervised", "--train", "lora"]).is_err()
+        );
+    }
 }

@@ -1,0 +1,553 @@
+//! LoRA adapters on a BERT encoder's attention projections, as NV-Embed tunes its backbone
+//! (rank 16, alpha 32, dropout 0.1 by default).
+//!
+//! Each adapted projection `W` (`[out, in]`) gains `scale · B · A` with `A` `[rank, in]`
+//! (small seeded random values), `B` `[out, rank]` (zeros, so a fresh adapter changes nothing)
+//! and `scale = alpha / rank`; during training, dropout is applied to the adapter's input only.
+//! Stored beside a head as `lora.json` (configuration, backbone reference) and
+//! `lora.safetensors` (names as PEFT writes them, without its `base_model.model.` prefix). For
+//! inference the adapters are merged into the base weights ([`LoraAdapters::merge_into`]), so
+//! the fast packed path runs unchanged.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::bert::Bert;
+use crate::error::{Error, Result, read_json};
+use crate::head::{BackboneRef, SplitMix64};
+use crate::weights::{check_plan, load_f32_file, save_with_config, take, to_varmap};
+
+/// File name of the adapters' configuration.
+pub const LORA_CONFIG_FILE: &str = "lora.json";
+/// File name of the adapters' tensors.
+pub const LORA_WEIGHTS_FILE: &str = "lora.safetensors";
+const FORMAT_VERSION: u32 = 1;
+
+/// An attention projection of a BERT layer that can carry an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraTarget {
+    /// The query projection.
+    Query,
+    /// The key projection.
+    Key,
+    /// The value projection.
+    Value,
+    /// The attention output projection.
+    Output,
+}
+
+impl LoraTarget {
+    /// Every target, in storage order.
+    pub const ALL: [LoraTarget; 4] = [
+        LoraTarget::Query,
+        LoraTarget::Key,
+        LoraTarget::Value,
+        LoraTarget::Output,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            LoraTarget::Query => 0,
+            LoraTarget::Key => 1,
+            LoraTarget::Value => 2,
+            LoraTarget::Output => 3,
+        }
+    }
+
+    /// The projection's checkpoint name within layer `layer`.
+    fn module(self, layer: usize) -> String {
+        let p = format!("encoder.layer.{layer}.attention");
+        match self {
+            LoraTarget::Query => format!("{p}.self.query"),
+            LoraTarget::Key => format!("{p}.self.key"),
+            LoraTarget::Value => format!("{p}.self.value"),
+            LoraTarget::Output => format!("{p}.output.dense"),
+        }
+    }
+}
+
+/// A set of adapters' `lora.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// File format version.
+    pub format_version: u32,
+    /// The backbone the adapters belong to.
+    pub backbone: BackboneRef,
+    /// Rank of each adapter.
+    pub rank: usize,
+    /// Scaling numerator: the update is `alpha / rank · B · A`.
+    pub alpha: f64,
+    /// Dropout probability on the adapters' input during training.
+    pub dropout: f64,
+    /// The adapted projections of every layer.
+    pub targets: Vec<LoraTarget>,
+    /// The backbone's layer count.
+    pub num_layers: usize,
+    /// The backbone's width.
+    pub hidden_size: usize,
+}
+
+impl LoraConfig {
+    /// NV-Embed's settings (rank 16, alpha 32, dropout 0.1) on the query, key, value and output
+    /// projections of every layer of `bert`.
+    pub fn new(bert: &Bert, backbone: BackboneRef) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            backbone,
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.1,
+            targets: LoraTarget::ALL.to_vec(),
+            num_layers: bert.num_layers(),
+            hidden_size: bert.hidden_size(),
+        }
+    }
+
+    /// The factor `alpha / rank` applied to `B · A`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if self.format_version != FORMAT_VERSION {
+            return bad(format!(
+                "unsupported LoRA format_version {}",
+                self.format_version
+            ));
+        }
+        if self.rank > self.hidden_size {
+            return bad(format!(
+                "the LoRA rank must be at most the width {}, not {}",
+                self.hidden_size, self.rank
+            ));
+        }
+        Self::check_hyperparameters(self.rank, self.alpha, self.dropout)?;
+        let mut seen = std::collections::HashSet::new();
+        if self.targets.is_empty() || !self.targets.iter().all(|t| seen.insert(*t)) {
+            return bad("LoRA targets must be non-empty and distinct".into());
+        }
+        Ok(())
+    }
+
+    /// Checks a rank, alpha and dropout without a backbone at hand (the rank's upper bound,
+    /// the backbone's width, is checked by [`LoraConfig::validate`]).
+    pub fn check_hyperparameters(rank: usize, alpha: f64, dropout: f64) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if rank == 0 {
+            return bad("the LoRA rank must be at least 1".into());
+        }
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return bad(format!("the LoRA alpha must be positive, not {alpha}"));
+        }
+        if !(0.0..1.0).contains(&dropout) {
+            return bad(format!("the LoRA dropout must be in [0, 1), not {dropout}"));
+        }
+        Ok(())
+    }
+
+    /// The tensors of the adapters (names and shapes).
+    pub fn tensor_plan(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, r) = (self.hidden_size, self.rank);
+        let mut plan = Vec::new();
+        for layer in 0..self.num_layers {
+            for t in &self.targets {
+                let m = t.module(layer);
+                plan.push((format!("{m}.lora_A.weight"), vec![r, d]));
+                plan.push((format!("{m}.lora_B.weight"), vec![d, r]));
+            }
+        }
+        plan
+    }
+}
+
+/// One adapter: `A` `[rank, in]` and `B` `[out, rank]`.
+#[derive(Debug, Clone)]
+struct Adapter {
+    a: Tensor,
+    b: Tensor,
+}
+
+/// LoRA adapters for every layer of a BERT encoder.
+#[derive(Debug, Clone)]
+pub struct LoraAdapters {
+    config: LoraConfig,
+    /// Per layer, per [`LoraTarget::index`].
+    layers: Vec<[Option<Adapter>; 4]>,
+}
+
+impl LoraAdapters {
+    /// Fresh adapters: `A` uniform in ±1/sqrt(in) (PEFT's Kaiming init), seeded; `B` zero, so
+    /// the backbone computes exactly what it did without them.
+    pub fn new(config: LoraConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut rng = SplitMix64(seed);
+        let bound = 1.0 / (config.hidden_size as f64).sqrt();
+        let mut tensors = HashMap::new();
+        for (name, shape) in config.tensor_plan() {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with("lora_A.weight") {
+                (0..n)
+                    .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                    .collect()
+            } else {
+                vec![0.0; n]
+            };
+            tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        }
+        Self::from_tensors(config, tensors)
+    }
+
+    fn from_tensors(config: LoraConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+        config.validate()?;
+        check_plan(&tensors, &config.tensor_plan(), |_| false)?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for layer in 0..config.num_layers {
+            let mut slots: [Option<Adapter>; 4] = Default::default();
+            for t in &config.targets {
+                let m = t.module(layer);
+                slots[t.index()] = Some(Adapter {
+                    a: take(&mut tensors, &format!("{m}.lora_A.weight"))?,
+                    b: take(&mut tensors, &format!("{m}.lora_B.weight"))?,
+                });
+            }
+            layers.push(slots);
+        }
+        Ok(Self { config, layers })
+    }
+
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (layer, slots) in self.layers.iter().enumerate() {
+            for t in LoraTarget::ALL {
+                if let Some(ad) = &slots[t.index()] {
+                    let m = t.module(layer);
+                    out.push((format!("{m}.lora_A.weight"), ad.a.clone()));
+                    out.push((format!("{m}.lora_B.weight"), ad.b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Loads adapters from a directory holding `lora.json` and `lora.safetensors`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config: LoraConfig = read_json(&dir.join(LORA_CONFIG_FILE))?;
+        let tensors = load_f32_file(&dir.join(LORA_WEIGHTS_FILE))?;
+        Self::from_tensors(config, tensors)
+    }
+
+    /// Writes `lora.json` and `lora.safetensors` into `dir` (created if needed).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_with_config(
+            dir,
+            LORA_WEIGHTS_FILE,
+            self.named_tensors(),
+            LORA_CONFIG_FILE,
+            &self.config,
+        )
+    }
+
+    /// sha256 (hex) over the adapters' tensors: each name, then its f32 values little-endian,
+    /// in name order.
+    pub fn tensors_sha256(&self) -> Result<String> {
+        crate::head::named_tensors_sha256(self.named_tensors())
+    }
+
+    /// The adapters' configuration.
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// A copy whose tensors are trainable variables held by the returned [`VarMap`] (names as
+    /// in `lora.safetensors`).
+    pub fn trainable(&self, device: &Device) -> Result<(VarMap, LoraAdapters)> {
+        let (varmap, tensors) = to_varmap(self.named_tensors(), device)?;
+        Ok((varmap, Self::from_tensors(self.config.clone(), tensors)?))
+    }
+
+    /// The merged update `scale · B · A` of one projection, `[out, in]`.
+    fn delta(&self, layer: usize, target: LoraTarget) -> Result<Option<Tensor>> {
+        match self
+            .layers
+            .get(layer)
+            .and_then(|s| s[target.index()].as_ref())
+        {
+            Some(ad) => Ok(Some((ad.b.matmul(&ad.a)? * self.config.scale())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The backbone `bert` with every adapter merged into its weights (`W + scale · B · A`),
+    /// for the fast inference path.
+    pub fn merge_into(&self, bert: &Bert) -> Result<Bert> {
+        self.check_shape(bert)?;
+        bert.with_attention_deltas(|layer| {
+            let mut qkv = Vec::with_capacity(3);
+            let mut any = false;
+            for t in [LoraTarget::Query, LoraTarget::Key, LoraTarget::Value] {
+                let d = match self.delta(layer, t)? {
+                    Some(d) => {
+                        any = true;
+                        d
+                    }
+                    None => Tensor::zeros(
+                        (self.config.hidden_size, self.config.hidden_size),
+                        DType::F32,
+                        &Device::Cpu,
+                    )?,
+                };
+                qkv.push(d);
+            }
+            // Stored layout is `[in, out]`: transpose each `[out, in]` update.
+            let qkv = if any {
+                Some(Tensor::cat(&qkv, 0)?.t()?.detach())
+            } else {
+                None
+            };
+            let out = self
+                .delta(layer, LoraTarget::Output)?
+                .map(|d| Ok::<_, Error>(d.t()?.detach()))
+                .transpose()?;
+            Ok((qkv, out))
+        })
+    }
+
+    /// Errors unless the adapters fit `bert`'s shape.
+    pub fn check_shape(&self, bert: &Bert) -> Result<()> {
+        if self.config.num_layers != bert.num_layers()
+            || self.config.hidden_size != bert.hidden_size()
+        {
+            return Err(Error::InvalidConfig(format!(
+                "LoRA adapters for {} layers of width {} do not fit a backbone of {} layers of \
+                 width {}",
+                self.config.num_layers,
+                self.config.hidden_size,
+                bert.num_layers(),
+                bert.hidden_size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The adapter's contribution `scale · dropout(x) · Aᵀ · Bᵀ` for inputs `x` `[n, in]` of
+    /// one projection, or `None` where it has no adapter. `dropout` (training) draws the
+    /// dropout mask from the generator; `None` is evaluation.
+    pub(crate) fn apply(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        target: LoraTarget,
+        dropout: Option<&mut SplitMix64>,
+    ) -> Result<Option<Tensor>> {
+        let Some(ad) = self
+            .layers
+            .get(layer)
+            .and_then(|s| s[target.index()].as_ref())
+        else {
+            return Ok(None);
+        };
+        let p = self.config.dropout;
+        let x = match dropout {
+            Some(rng) if p > 0.0 => {
+                let keep = 1.0 / (1.0 - p);
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| if rng.uniform() < p { 0.0 } else { keep as f32 })
+                    .collect();
+                (x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?
+            }
+            _ => x.clone(),
+        };
+        let h = x.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)?;
+        Ok(Some((h * self.config.scale())?))
+    }
+
+    /// The sum of the adapters' contributions to the stacked query/key/value projection
+    /// (`[n, 3d]`), or `None` where none of the three is adapted.
+    pub(crate) fn apply_qkv(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        mut dropout: Option<&mut SplitMix64>,
+    ) -> Result<Option<Tensor>> {
+        let mut parts = Vec::with_capacity(3);
+        let mut any = false;
+        for t in [LoraTarget::Query, LoraTarget::Key, LoraTarget::Value] {
+            match self.apply(x, layer, t, dropout.as_deref_mut())? {
+                Some(h) => {
+                    any = true;
+                    parts.push(h);
+                }
+                None => parts.push(Tensor::zeros(
+                    (x.dim(0)?, self.config.hidden_size),
+                    x.dtype(),
+                    x.device(),
+                )?),
+            }
+        }
+        Ok(if any {
+            Some(Tensor::cat(&parts, 1)?)
+        } else {
+            None
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bert::tiny_random;
+    use crate::lora_train::pad_ids;
+
+    fn backbone() -> BackboneRef {
+        BackboneRef {
+            name: "tiny".into(),
+            weights_sha256: "00".into(),
+        }
+    }
+
+    /// Adapters whose `B` is random too, so they change the backbone.
+    pub(crate) fn random_adapters(bert: &Bert, seed: u64) -> LoraAdapters {
+        let mut config = LoraConfig::new(bert, backbone());
+        config.rank = 4;
+        let fresh = LoraAdapters::new(config.clone(), seed).expect("adapters");
+        let mut rng = SplitMix64(seed ^ 0xb);
+        let tensors = fresh
+            .named_tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let n = t.elem_count();
+                let data: Vec<f32> = (0..n).map(|_| 0.3 * rng.normal() as f32).collect();
+                let t = Tensor::from_vec(data, t.shape(), &Device::Cpu).expect("tensor");
+                (name, t)
+            })
+            .collect();
+        LoraAdapters::from_tensors(config, tensors).expect("adapters")
+    }
+
+    fn inputs() -> (Tensor, Tensor, Vec<Vec<u32>>) {
+        let rows = vec![vec![1, 4, 9, 16, 25, 2], vec![3, 8, 2], vec![7, 7, 11, 40]];
+        let (ids, mask) = pad_ids(&rows, &Device::Cpu).expect("pad");
+        (ids, mask, rows)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference")
+    }
+
+    /// Token states of the real positions only (padding rows differ by construction).
+    fn masked(states: &Tensor, mask: &Tensor) -> Tensor {
+        states
+            .broadcast_mul(&mask.unsqueeze(2).expect("mask"))
+            .expect("masked states")
+    }
+
+    #[test]
+    fn zero_b_leaves_the_backbone_output_unchanged() -> Result<()> {
+        let bert = tiny_random(1);
+        let adapters = LoraAdapters::new(LoraConfig::new(&bert, backbone()), 5)?;
+        let (ids, mask, _) = inputs();
+        let base = masked(&bert.forward(&ids, &mask)?, &mask);
+        for dropout in [None, Some(9)] {
+            let with = masked(&bert.forward_lora(&ids, &mask, &adapters, dropout)?, &mask);
+            let diff = max_diff(&base, &with);
+            assert!(diff < 1e-5, "dropout {dropout:?}: {diff}");
+        }
+        let merged = adapters.merge_into(&bert)?;
+        let diff = max_diff(&base, &masked(&merged.forward(&ids, &mask)?, &mask));
+        assert!(diff < 1e-6, "merged: {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn merged_inference_equals_the_unmerged_forward_in_eval_mode() -> Result<()> {
+        let bert = tiny_random(2);
+        let adapters = random_adapters(&bert, 3);
+        let (ids, mask, rows) = inputs();
+        let base = masked(&bert.forward(&ids, &mask)?, &mask);
+        let unmerged = bert.forward_lora(&ids, &mask, &adapters, None)?;
+        assert!(
+            max_diff(&base, &masked(&unmerged, &mask)) > 1e-2,
+            "the adapters must change the output"
+        );
+        let merged = adapters.merge_into(&bert)?;
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (packed, spans) = merged.forward_packed(&refs)?;
+        for (row, &(start, len)) in spans.iter().enumerate() {
+            let a = unmerged.get(row)?.narrow(0, 0, len)?;
+            let b = packed.narrow(0, start, len)?;
+            let diff = max_diff(&a, &b);
+            assert!(diff < 1e-4, "row {row}: {diff}");
+        }
+        // Training mode draws dropout: the output moves, reproducibly per seed.
+        let t1 = bert.forward_lora(&ids, &mask, &adapters, Some(1))?;
+        let t1b = bert.forward_lora(&ids, &mask, &adapters, Some(1))?;
+        assert!(max_diff(&masked(&t1, &mask), &masked(&unmerged, &mask)) > 1e-4);
+        assert!(max_diff(&t1, &t1b) < 1e-7);
+        Ok(())
+    }
+
+    #[test]
+    fn adapters_save_and_load_identically() -> Result<()> {
+        let bert = tiny_random(4);
+        let adapters = random_adapters(&bert, 6);
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        adapters.save(dir.path())?;
+        let back = LoraAdapters::load(dir.path())?;
+        assert_eq!(back.config(), adapters.config());
+        assert_eq!(back.tensors_sha256()?, adapters.tensors_sha256()?);
+        let (ids, mask, _) = inputs();
+        let a = adapters.merge_into(&bert)?.forward(&ids, &mask)?;
+        let b = back.merge_into(&bert)?.forward(&ids, &mask)?;
+        assert!(max_diff(&a, &b) == 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_configurations_and_shapes_are_errors() -> Result<()> {
+        let bert = tiny_random(5);
+        let good = LoraConfig::new(&bert, backbone());
+        assert_eq!(good.scale(), 2.0);
+        for bad in [
+            LoraConfig {
+                rank: 0,
+                ..good.clone()
+            },
+            LoraConfig {
+                alpha: -1.0,
+                ..good.clone()
+            },
+            LoraConfig {
+                dropout: 1.0,
+                ..good.clone()
+            },
+            LoraConfig {
+                targets: vec![LoraTarget::Key, LoraTarget::Key],
+                ..good.clone()
+            },
+        ] {
+            assert!(LoraAdapters::new(bad, 0).is_err());
+        }
+        let wide = LoraAdapters::new(
+            LoraConfig {
+                num_layers: 3,
+                ..good
+            },
+            0,
+        )?;
+        assert!(wide.merge_into(&bert).is_err());
+        let (ids, mask, _) = inputs();
+        assert!(bert.forward_lora(&ids, &mask, &wide, None).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! Training a [`LatentHead`] and [`LoraAdapters`] on the backbone's attention jointly, with
+//! AdamW and the same InfoNCE batches as [`crate::head_train::HeadTrainer`].
+//!
+//! The backbone is no longer frozen, so nothing can be cached: each step runs the BERT forward
+//! (with the adapters unmerged, differentiable ops only) on the batch's token ids, the head on
+//! its token states, and the backward pass through both. The base weights stay plain tensors;
+//! only the head's tensors and the adapters are variables.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, VarMap};
+
+use crate::bert::Bert;
+use crate::error::{Error, Result};
+use crate::head::LatentHead;
+use crate::head_train::{ContrastiveBatch, StepReport, TrainConfig, adamw, batch_loss, optimise};
+use crate::lora::LoraAdapters;
+
+/// Trains a head and LoRA adapters jointly: owns the trainable copies and the AdamW state.
+pub struct LoraTrainer {
+    bert: Bert,
+    head_vars: VarMap,
+    head: LatentHead,
+    lora_vars: VarMap,
+    adapters: LoraAdapters,
+    opt: AdamW,
+    steps: usize,
+    seed: u64,
+}
+
+impl std::fmt::Debug for LoraTrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoraTrainer")
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pads token ids to `[n, max_len]` (pad id 0; padding is masked out) with the mask `[n,
+/// max_len]` (f32, 1 = real token).
+pub fn pad_ids(items: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
+    let l = items.iter().map(Vec::len).max().unwrap_or(0);
+    if l == 0 {
+        return Err(Error::InvalidArgument(
+            "no token ids to embed (every input is empty)".into(),
+        ));
+    }
+    let mut ids = Vec::with_capacity(items.len() * l);
+    let mut mask = Vec::with_capacity(items.len() * l);
+    for row in items {
+        for j in 0..l {
+            ids.push(row.get(j).copied().unwrap_or(0));
+            mask.push(if j < row.len() { 1f32 } else { 0.0 });
+        }
+    }
+    Ok((
+        Tensor::from_vec(ids, (items.len(), l), device)?,
+        Tensor::from_vec(mask, (items.len(), l), device)?,
+    ))
+}
+
+impl LoraTrainer {
+    /// A trainer of `head` and `adapters` (neither is modified) on the frozen base weights of
+    /// `bert` (unmerged: without any adapters); `seed` drives the adapters' dropout.
+    pub fn new(
+        bert: &Bert,
+        head: &LatentHead,
+        adapters: &LoraAdapters,
+        config: TrainConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        adapters.check_shape(bert)?;
+        if head.config().latent_attention.latent_dim != bert.hidden_size() {
+            return Err(Error::InvalidConfig(format!(
+                "the head's width {} differs from the backbone's {}",
+                head.config().latent_attention.latent_dim,
+                bert.hidden_size()
+            )));
+        }
+        let device = Device::Cpu;
+        let (head_vars, head) = head.trainable(&device)?;
+        let (lora_vars, adapters) = adapters.trainable(&device)?;
+        let mut vars = head_vars.all_vars();
+        vars.extend(lora_vars.all_vars());
+        let opt = adamw(vars, config)?;
+        Ok(Self {
+            bert: bert.clone(),
+            head_vars,
+            head,
+            lora_vars,
+            adapters,
+            opt,
+            steps: 0,
+            seed,
+        })
+    }
+
+    /// Sets the learning rate (for a schedule).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.opt.set_learning_rate(lr);
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The head being trained.
+    pub fn head(&self) -> &LatentHead {
+        &self.head
+    }
+
+    /// The adapters being trained.
+    pub fn adapters(&self) -> &LoraAdapters {
+        &self.adapters
+    }
+
+    /// Pooled embeddings `[n, d]` of token ids (every position pooled) through the backbone
+    /// with the adapters and the head (differentiable). `dropout_seed`: `Some` in training.
+    fn embed_with(&self, items: &[Vec<u32>], dropout_seed: Option<u64>) -> Result<Tensor> {
+        let (ids, mask) = pad_ids(items, &Device::Cpu)?;
+        let states = self
+            .bert
+            .forward_lora(&ids, &mask, &self.adapters, dropout_seed)?;
+        self.head.forward(&states, &mask)
+    }
+
+    /// Pooled embeddings `[n, d]` of token ids in evaluation mode (no dropout).
+    pub fn embed_ids(&self, items: &[Vec<u32>]) -> Result<Tensor> {
+        self.embed_with(items, None)
+    }
+
+    /// The loss of a batch in evaluation mode, without updating anything.
+    pub fn loss(&self, batch: &ContrastiveBatch<Vec<u32>>, temperature: f64) -> Result<Tensor> {
+        batch_loss(batch, temperature, |items| self.embed_ids(items))
+    }
+
+    /// One AdamW step on a batch (adapter dropout on); returns the loss and the gradient norms
+    /// of the head's tensors and the adapters.
+    pub fn step(
+        &mut self,
+        batch: &ContrastiveBatch<Vec<u32>>,
+        temperature: f64,
+    ) -> Result<StepReport> {
+        let mut calls = 0u64;
+        let base = self
+            .seed
+            .wrapping_add((self.steps as u64).wrapping_mul(0x9E37_79B9));
+        let loss = batch_loss(batch, temperature, |items| {
+            calls += 1;
+            self.embed_with(items, Some(base.wrapping_add(calls)))
+        })?;
+        let report = optimise(&[&self.head_vars, &self.lora_vars], &mut self.opt, &loss)?;
+        self.steps += 1;
+        Ok(report)
+    }
+
+    /// Saves the head and the adapters into `dir` and returns both loaded back from there.
+    pub fn finish(&self, dir: &Path) -> Result<(LatentHead, LoraAdapters)> {
+        self.head.save(dir)?;
+        self.adapters.save(dir)?;
+        Ok((LatentHead::load(dir)?, LoraAdapters::load(dir)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bert::tiny_random;
+    use crate::embedder::TokenStates;
+    use crate::head::{BackboneRef, HeadConfig};
+    use crate::head_train::embed_cached;
+    use crate::lora::LoraConfig;
+
+    fn parts(seed: u64) -> (Bert, LatentHead, LoraAdapters) {
+        let bert = tiny_random(seed);
+        let backbone = BackboneRef {
+            name: "tiny".into(),
+            weights_sha256: "00".into(),
+        };
+        let mut cfg = HeadConfig::default_for(bert.hidden_size(), backbone.clone());
+        cfg.latent_attention.num_latents_value = 8;
+        let head = LatentHead::new_mean_pooling(cfg, seed).expect("head");
+        let adapters = LoraAdapters::new(LoraConfig::new(&bert, backbone), seed).expect("lora");
+        (bert, head, adapters)
+    }
+
+    fn batch() -> ContrastiveBatch<Vec<u32>> {
+        let queries = vec![vec![1, 5, 2], vec![1, 9, 12, 2], vec![1, 30, 2]];
+        let docs = vec![
+            vec![1, 5, 6, 7, 8, 2],
+            vec![1, 9, 12, 13, 2],
+            vec![1, 30, 31, 32, 33, 34, 2],
+            vec![1, 40, 41, 2],
+        ];
+        ContrastiveBatch::new(queries, docs, vec![0, 1, 2], vec![1.0; 12]).expect("batch")
+    }
+
+    fn config() -> TrainConfig {
+        TrainConfig {
+            lr: 1e-2,
+            weight_decay: 0.0,
+        }
+    }
+
+    #[test]
+    fn gradients_reach_the_adapters_and_the_loss_falls() -> Result<()> {
+        let (bert, head, adapters) = parts(11);
+        let mut trainer = LoraTrainer::new(&bert, &head, &adapters, config(), 1)?;
+        let b = batch();
+        let start = trainer.loss(&b, 0.05)?.to_scalar::<f32>()?;
+        // With B = 0 only B receives a gradient at first (as the head's zero output
+        // projections block the layers before them); after one update every tensor must.
+        let first = trainer.step(&b, 0.05)?;
+        let lora_b: Vec<_> = first
+            .grad_norms
+            .iter()
+            .filter(|(n, _)| n.contains("lora_B"))
+            .collect();
+        assert_eq!(lora_b.len(), 8);
+        assert!(lora_b.iter().all(|(_, g)| *g > 0.0), "{lora_b:?}");
+        let second = trainer.step(&b, 0.05)?;
+        assert_eq!(second.grad_norms.len(), 14 + 16);
+        for (name, g) in &second.grad_norms {
+            assert!(*g > 0.0 && g.is_finite(), "{name}: gradient norm {g}");
+        }
+        for _ in 0..20 {
+            trainer.step(&b, 0.05)?;
+        }
+        let end = trainer.loss(&b, 0.05)?.to_scalar::<f32>()?;
+        assert!(end < start, "loss {start} -> {end}");
+        assert_eq!(trainer.steps(), 22);
+        Ok(())
+    }
+
+    #[test]
+    fn training_moves_the_backbone_states() -> Result<()> {
+        let (bert, head, adapters) = parts(12);
+        let mut trainer = LoraTrainer::new(&bert, &head, &adapters, config(), 2)?;
+        let b = batch();
+        let before = trainer.adapters().tensors_sha256()?;
+        trainer.step(&b, 0.05)?;
+        trainer.step(&b, 0.05)?;
+        assert_ne!(trainer.adapters().tensors_sha256()?, before);
+        let (ids, mask) = pad_ids(&b.docs, &Device::Cpu)?;
+        let base = bert.forward(&ids, &mask)?;
+        let tuned = bert.forward_lora(&ids, &mask, trainer.adapters(), None)?;
+        let moved = (base - tuned)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(moved > 1e-4, "the backbone's states did not move: {moved}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_saved_and_reloaded_version_embeds_identically() -> Result<()> {
+        let (bert, head, adapters) = parts(13);
+        let mut trainer = LoraTrainer::new(&bert, &head, &adapters, config(), 3)?;
+        let b = batch();
+        for _ in 0..3 {
+            trainer.step(&b, 0.05)?;
+        }
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let (head, adapters) = trainer.finish(dir.path())?;
+        let want = trainer.embed_ids(&b.docs)?.to_vec2::<f32>()?;
+        // The inference path: adapters merged, packed kernels, head on the packed states.
+        let merged = adapters.merge_into(&bert)?;
+        let refs: Vec<&[u32]> = b.docs.iter().map(Vec::as_slice).collect();
+        let (states, spans) = merged.forward_packed(&refs)?;
+        let items = spans
+            .iter()
+            .map(|&(start, len)| {
+                Ok(TokenStates {
+                    states: states.narrow(0, start, len)?,
+                    pool_start: 0,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let got = embed_cached(&head, &items.iter().collect::<Vec<_>>())?;
+        for (a, c) in want.iter().flatten().zip(got.iter().flatten()) {
+            assert!((a - c).abs() < 1e-4, "{a} vs {c}");
+        }
+        Ok(())
+    }
+}
