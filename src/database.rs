@@ -321,53 +321,52 @@ impl Database {
 
     fn search_in(&self, coll: &Collection, req: &SearchRequest) -> Result<Vec<SearchHit>> {
         let (q, filter) = search::validate(coll, req)?;
-        let hits = {
+        let with_records = req.with_text || req.with_vectors;
+        let mut points = Vec::new();
+        let mut out = {
             let payload = coll.payload.read();
             let hits = search::run(coll, &payload, q, req, filter.as_ref())?;
-            // Resolve ids and metadata from memory; a point removed meanwhile is skipped. The
-            // lookups go first, all together, so that their cache misses overlap.
-            let entries: Vec<_> = hits.iter().map(|h| payload.get(h.id)).collect();
-            hits.into_iter()
-                .zip(entries)
-                .filter_map(|(h, e)| {
-                    e.map(|e| {
-                        let metadata = match (&e.metadata, req.with_metadata) {
-                            (Value::Object(m), true) => m.clone(),
-                            _ => Map::new(),
-                        };
-                        (h, String::from(&*e.id), metadata)
-                    })
-                })
-                .collect::<Vec<_>>()
-        };
-        if !(req.with_text || req.with_vectors) {
-            return Ok(hits
-                .into_iter()
-                .map(|(h, id, metadata)| SearchHit {
-                    id,
+            // Resolve ids and metadata from memory; a point removed meanwhile is skipped.
+            let mut out = Vec::with_capacity(hits.len());
+            if with_records {
+                points.reserve_exact(hits.len());
+            }
+            for h in hits {
+                let Some(e) = payload.get(h.id) else { continue };
+                let metadata = match (&e.metadata, req.with_metadata) {
+                    (Value::Object(m), true) => m.clone(),
+                    _ => Map::new(),
+                };
+                out.push(SearchHit {
+                    id: String::from(&*e.id),
                     score: h.score,
                     text: None,
                     metadata,
                     vector: None,
-                })
-                .collect());
+                });
+                if with_records {
+                    points.push(h.id);
+                }
+            }
+            out
+        };
+        if with_records {
+            // Text and vectors from storage; a record removed meanwhile drops its hit.
+            let mut records = self.storage.get_points(&coll.name, &points)?.into_iter();
+            out.retain_mut(|hit| match records.next().flatten() {
+                Some(r) => {
+                    if req.with_text {
+                        hit.text = r.text;
+                    }
+                    if req.with_vectors {
+                        hit.vector = Some(r.vector);
+                    }
+                    true
+                }
+                None => false,
+            });
         }
-        let points: Vec<u32> = hits.iter().map(|(h, _, _)| h.id).collect();
-        let records = self.storage.get_points(&coll.name, &points)?;
-        Ok(hits
-            .into_iter()
-            .zip(records)
-            .filter_map(|((h, id, metadata), r)| {
-                let r = r?;
-                Some(SearchHit {
-                    id,
-                    score: h.score,
-                    text: if req.with_text { r.text } else { None },
-                    metadata,
-                    vector: req.with_vectors.then_some(r.vector),
-                })
-            })
-            .collect())
+        Ok(out)
     }
 
     /// Runs several searches on one collection, in parallel; results in request order. Fails

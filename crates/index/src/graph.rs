@@ -199,6 +199,8 @@ pub(crate) struct Scratch {
     nbuf: Vec<u32>,
     sorted: Vec<Cand>,
     selected: Vec<Cand>,
+    /// The pruned list while a full neighbour list is cut back to its maximum.
+    kept: Vec<Cand>,
 }
 
 impl Scratch {
@@ -514,17 +516,16 @@ impl Graph {
             nbuf.splice(0..0, selected.iter().map(|c| c.slot));
             nodes.set_neighbors(q, layer, nbuf.iter().copied());
         } else {
-            let vq = nodes.vector(q);
-            buf.clear();
-            buf.extend(selected.iter().copied());
-            buf.extend(nbuf.iter().map(|&s| Cand {
-                d: self.dist(vq, nodes.vector(s)),
-                slot: s,
-            }));
-            buf.sort_unstable();
-            let mut kept = Vec::with_capacity(mmax);
-            self.select(nodes, buf, mmax, &mut kept);
-            nodes.set_neighbors(q, layer, kept.iter().map(|c| c.slot));
+            self.prune(
+                nodes,
+                q,
+                layer,
+                mmax,
+                selected,
+                &nbuf,
+                buf,
+                &mut scratch.kept,
+            );
         }
         scratch.nbuf = nbuf;
     }
@@ -553,19 +554,37 @@ impl Graph {
             nbuf.push(q);
             nodes.set_neighbors(n, layer, nbuf.iter().copied());
         } else {
-            let vn = nodes.vector(n);
-            buf.clear();
-            buf.push(Cand { d: d_nq, slot: q });
-            buf.extend(nbuf.iter().map(|&s| Cand {
-                d: self.dist(vn, nodes.vector(s)),
-                slot: s,
-            }));
-            buf.sort_unstable();
-            let mut kept = Vec::with_capacity(mmax);
-            self.select(nodes, buf, mmax, &mut kept);
-            nodes.set_neighbors(n, layer, kept.iter().map(|c| c.slot));
+            let new = [Cand { d: d_nq, slot: q }];
+            self.prune(nodes, n, layer, mmax, &new, &nbuf, buf, &mut scratch.kept);
         }
         scratch.nbuf = nbuf;
+    }
+
+    /// Sets `n`'s list on `layer` to at most `mmax` of `known` (candidates with their
+    /// distances to `n`) and `others` (slots whose distances are computed here), chosen with
+    /// the heuristic. The caller holds `n`'s lock.
+    #[allow(clippy::too_many_arguments)]
+    fn prune(
+        &self,
+        nodes: &Nodes,
+        n: u32,
+        layer: u8,
+        mmax: usize,
+        known: &[Cand],
+        others: &[u32],
+        buf: &mut Vec<Cand>,
+        kept: &mut Vec<Cand>,
+    ) {
+        let vn = nodes.vector(n);
+        buf.clear();
+        buf.extend_from_slice(known);
+        buf.extend(others.iter().map(|&s| Cand {
+            d: self.dist(vn, nodes.vector(s)),
+            slot: s,
+        }));
+        buf.sort_unstable();
+        self.select(nodes, buf, mmax, kept);
+        nodes.set_neighbors(n, layer, kept.iter().map(|c| c.slot));
     }
 
     /// k nearest allowed, non-deleted nodes to a prepared query: `(slot, distance)` ascending.
@@ -603,9 +622,12 @@ impl Graph {
                 !nodes.is_deleted(s) && f(nodes.ids[s as usize])
             }),
         }
+        // Only the best `k` leave the heap: `out` (sized for `k` by the caller) never grows.
+        while scratch.results.len() > k {
+            scratch.results.pop();
+        }
         out.extend(scratch.results.drain());
         out.sort_unstable();
-        out.truncate(k);
         self.put_scratch(scratch);
     }
 }

@@ -229,11 +229,9 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             let t = Instant::now();
             let hits = db.search("bench", &req)?;
             lat.push(t.elapsed().as_secs_f64());
-            results.push(
-                hits.iter()
-                    .filter_map(|h| h.id.parse::<u32>().ok())
-                    .collect::<Vec<_>>(),
-            );
+            let mut found = Vec::with_capacity(hits.len());
+            found.extend(hits.iter().filter_map(|h| h.id.parse::<u32>().ok()));
+            results.push(found);
         }
         let secs = total.elapsed().as_secs_f64();
         lat.sort_by(f64::total_cmp);
