@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn reads_the_shared_dataset_if_present() {
         let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/spamassassin-subjects");
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets/spamassassin-subjects");
         if !dir.is_dir() {
             return;
         }

@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let embedder = Embedder::load_with(&spec, &LoadOptions::default())?;
     let corpus = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/datasets/spamassassin-subjects/corpus.jsonl"
+        "/../../tests/fixtures/datasets/spamassassin-subjects/corpus.jsonl"
     ))?;
     // Default: real sentences of 10-60 words (split at . ! ? and line breaks); with
     // BENCH_TEXTS=slices, each document's first 10..=60 words (cycling), which are longer.

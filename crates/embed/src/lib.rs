@@ -18,7 +18,7 @@
 //! # fn main() -> latentdb_embed::Result<()> {
 //! let dir = std::path::Path::new(concat!(
 //!     env!("CARGO_MANIFEST_DIR"),
-//!     "/../../../shared/fixtures/nvembed-tiny"
+//!     "/../../tests/fixtures/nvembed-tiny"
 //! ));
 //! let embedder = Embedder::from_dir(dir, &LoadOptions::default())?;
 //! let vectors = embedder.embed(&["Rust", "Vector databases store embeddings."], &EmbedOptions::default())?;

@@ -1,0 +1,6 @@
+//! The crate's integration tests, in one binary (one link step instead of one per file).
+
+mod cli_documents;
+mod cli_embed;
+mod search;
+mod serve_crash;

@@ -1,0 +1,7 @@
+//! The crate's integration tests, in one binary (one link step instead of one per file).
+
+mod common;
+mod concurrent_build;
+mod persist;
+mod recall;
+mod search;

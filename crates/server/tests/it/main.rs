@@ -1,0 +1,6 @@
+//! The crate's integration tests, in one binary (one link step instead of one per file).
+
+mod common;
+mod grpc;
+mod services;
+mod tls;
