@@ -32,6 +32,7 @@
 pub mod bench;
 pub mod bert;
 pub mod config;
+pub mod durable;
 pub mod embedder;
 mod error;
 pub mod fetch;
@@ -51,6 +52,7 @@ pub mod tokenize;
 pub mod weights;
 
 pub use config::{ModelConfig, Pooling};
+pub use durable::{create_dir_all_durably, sync_dir, write_file_atomically};
 pub use embedder::{
     EmbedOptions, Embedder, Instruction, LoadOptions, ModelIdentity, TokenStates, pad_token_states,
     weights_sha256,

@@ -173,7 +173,9 @@ pub(crate) fn load_f32_file(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Writes named tensors (detached, on the CPU) to `dir/weights_file` and `config` as pretty
-/// JSON to `dir/config_file`, creating `dir` if needed.
+/// JSON to `dir/config_file`, creating `dir` if needed. Each file is written atomically and
+/// durably ([`crate::durable::write_file_atomically`]): weights first, then the config, so a
+/// crash never leaves a config that names weights not yet on disk.
 pub(crate) fn save_with_config(
     dir: &Path,
     weights_file: &str,
@@ -181,18 +183,26 @@ pub(crate) fn save_with_config(
     config_file: &str,
     config: &impl serde::Serialize,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::durable::create_dir_all_durably(dir).map_err(|e| Error::io(dir, e))?;
     let map: HashMap<String, Tensor> = named
         .into_iter()
         .map(|(k, v)| Ok((k, v.detach().to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&map, dir.join(weights_file))?;
+    let wpath = dir.join(weights_file);
+    crate::durable::replace_file_with(
+        &wpath,
+        |tmp| -> Result<()> {
+            candle_core::safetensors::save(&map, tmp)?;
+            Ok(())
+        },
+        |e| Error::io(&wpath, e),
+    )?;
     let cpath = dir.join(config_file);
     let json = serde_json::to_vec_pretty(config).map_err(|source| Error::Json {
         path: cpath.clone(),
         source,
     })?;
-    std::fs::write(&cpath, json).map_err(|e| Error::io(&cpath, e))
+    crate::durable::write_file_atomically(&cpath, &json).map_err(|e| Error::io(&cpath, e))
 }
 
 /// Trainable copies of named tensors (f32 on `device`): the [`candle_nn::VarMap`] holding
