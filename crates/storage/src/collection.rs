@@ -1,8 +1,6 @@
 //! Collections: their names, metrics and stored configuration.
 
-use std::fmt;
-use std::str::FromStr;
-
+pub use latentdb_types::Metric;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,49 +11,6 @@ pub const MAX_DIMENSION: usize = 65_536;
 
 /// The longest collection name, in characters.
 pub const MAX_NAME_LEN: usize = 128;
-
-/// How vectors are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Cosine similarity (vectors are normalised by the index).
-    Cosine,
-    /// Inner product.
-    Dot,
-    /// Euclidean distance.
-    L2,
-}
-
-impl Metric {
-    /// The lowercase name used in the CLI, the API and on disk.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::Dot => "dot",
-            Metric::L2 => "l2",
-        }
-    }
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Metric {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "cosine" => Ok(Metric::Cosine),
-            "dot" | "ip" => Ok(Metric::Dot),
-            "l2" | "euclidean" => Ok(Metric::L2),
-            _ => Err(Error::InvalidArgument(format!(
-                "unknown metric {s:?} (expected cosine, dot or l2)"
-            ))),
-        }
-    }
-}
 
 /// What a caller asks for when creating a collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,7 +97,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     };
     match reason {
         Some(reason) => Err(Error::InvalidCollectionName {
-            name: name.chars().take(160).collect(),
+            name: crate::error::truncate_echo(name, crate::error::MAX_ECHO_CHARS),
             reason,
         }),
         None => Ok(()),
@@ -179,7 +134,8 @@ mod tests {
     fn metrics_parse() {
         assert_eq!("cosine".parse::<Metric>().unwrap(), Metric::Cosine);
         assert_eq!("L2".parse::<Metric>().unwrap(), Metric::L2);
-        assert!("hamming".parse::<Metric>().is_err());
+        let err: Error = "hamming".parse::<Metric>().unwrap_err().into();
+        assert!(err.is_caller_fault(), "{err}");
         assert_eq!(Metric::Dot.to_string(), "dot");
     }
 }

@@ -1,16 +1,69 @@
 //! The storage error type.
 
+use std::fmt;
 use std::path::PathBuf;
+
+use latentdb_types::ErrorKind;
+
+/// The most characters of a caller-supplied name or id an error message shows.
+pub const MAX_ECHO_CHARS: usize = 128;
+
+/// The most characters of a free-form message (which may quote caller input) shown.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// Displays a caller-supplied string quoted and cut to at most `max` characters (with "…").
+pub(crate) struct Bounded<'a>(&'a str, usize);
+
+impl fmt::Display for Bounded<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(self.1) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}…", &self.0[..cut]),
+        }
+    }
+}
+
+/// A name or id as shown in a message: quoted, at most [`MAX_ECHO_CHARS`] characters.
+fn q(s: &str) -> Bounded<'_> {
+    Bounded(s, MAX_ECHO_CHARS)
+}
+
+/// A free-form message cut to a bounded length (unquoted).
+struct Msg<'a>(&'a str);
+
+impl fmt::Display for Msg<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(MAX_MESSAGE_CHARS) {
+            None => f.write_str(self.0),
+            Some((cut, _)) => write!(f, "{}…", &self.0[..cut]),
+        }
+    }
+}
+
+fn m(s: &str) -> Msg<'_> {
+    Msg(s)
+}
+
+/// `s` cut to at most `max` characters, with "…" when cut: for storing caller input in an
+/// error without keeping all of it.
+pub fn truncate_echo(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+    }
+}
 
 /// Everything that can go wrong in the storage engine.
 ///
-/// Variants are grouped by who is at fault: [`Error::is_caller_fault`] tells whether the request
-/// was wrong (fix the input and retry) or the system failed (disk, corruption, lock).
+/// [`Error::kind`] classifies each variant; [`Error::is_caller_fault`] tells whether the request
+/// was wrong (fix the input and retry) or the system failed (disk, corruption, lock). Every
+/// message that quotes caller input (names, ids) shows at most [`MAX_ECHO_CHARS`] characters of
+/// it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // ---- caller faults -------------------------------------------------------------------
     /// The collection name breaks the naming rules.
-    #[error("invalid collection name {name:?}: {reason}")]
+    #[error("invalid collection name {}: {reason}", q(name))]
     InvalidCollectionName {
         /// The rejected name.
         name: String,
@@ -18,10 +71,10 @@ pub enum Error {
         reason: &'static str,
     },
     /// No collection of that name exists.
-    #[error("collection {0:?} does not exist")]
+    #[error("collection {} does not exist", q(.0))]
     CollectionNotFound(String),
     /// A collection of that name already exists.
-    #[error("collection {0:?} already exists")]
+    #[error("collection {} already exists", q(.0))]
     CollectionExists(String),
     /// The collection's dimension is out of range.
     #[error("invalid dimension {dim}: must be between 1 and {max}")]
@@ -32,7 +85,10 @@ pub enum Error {
         max: usize,
     },
     /// A document's vector has the wrong number of components.
-    #[error("document {id:?}: vector has {got} components, collection dimension is {expected}")]
+    #[error(
+        "document {}: vector has {got} components, collection dimension is {expected}",
+        q(id)
+    )]
     DimensionMismatch {
         /// The document id.
         id: String,
@@ -42,7 +98,7 @@ pub enum Error {
         got: usize,
     },
     /// A vector component is NaN or infinite.
-    #[error("document {id:?}: vector component {index} is not a finite number")]
+    #[error("document {}: vector component {index} is not a finite number", q(id))]
     NonFiniteVector {
         /// The document id.
         id: String,
@@ -50,13 +106,13 @@ pub enum Error {
         index: usize,
     },
     /// A document has no vector (and nothing upstream embedded its text).
-    #[error("document {id:?} has no vector")]
+    #[error("document {} has no vector", q(id))]
     MissingVector {
         /// The document id.
         id: String,
     },
     /// A document id is empty or too long.
-    #[error("invalid document id {id:?}: {reason}")]
+    #[error("invalid document id {}: {}", q(id), m(reason))]
     InvalidId {
         /// The rejected id (truncated for display if very long).
         id: String,
@@ -64,7 +120,7 @@ pub enum Error {
         reason: String,
     },
     /// Metadata is not a JSON object.
-    #[error("document {id:?}: metadata must be a JSON object, got {kind}")]
+    #[error("document {}: metadata must be a JSON object, got {kind}", q(id))]
     InvalidMetadata {
         /// The document id.
         id: String,
@@ -72,7 +128,7 @@ pub enum Error {
         kind: &'static str,
     },
     /// A document's text is longer than the configured limit.
-    #[error("document {id:?}: text is {len} bytes, the limit is {limit}")]
+    #[error("document {}: text is {len} bytes, the limit is {limit}", q(id))]
     TextTooLong {
         /// The document id.
         id: String,
@@ -82,13 +138,13 @@ pub enum Error {
         limit: usize,
     },
     /// The same id appears twice in one batch.
-    #[error("document id {id:?} appears more than once in the batch")]
+    #[error("document id {} appears more than once in the batch", q(id))]
     DuplicateId {
         /// The repeated id.
         id: String,
     },
     /// A scroll page size of zero, or another bad argument.
-    #[error("invalid argument: {0}")]
+    #[error("invalid argument: {}", m(.0))]
     InvalidArgument(String),
 
     // ---- system faults -------------------------------------------------------------------
@@ -107,11 +163,33 @@ pub enum Error {
         supported: u32,
     },
     /// Stored bytes could not be decoded.
-    #[error("corrupt data: {0}")]
+    #[error("corrupt data: {}", m(.0))]
     Corrupt(String),
     /// The collection ran out of internal point ids (more than 2^32 writes): compact it.
-    #[error("collection {0:?} has exhausted its internal id space; compact it")]
+    #[error("collection {} has exhausted its internal id space; compact it", q(.0))]
     IdSpaceExhausted(String),
+    /// Storage holds fewer changes of a collection than were acknowledged to writers: the
+    /// database's files were damaged or truncated (see `docs/FORMAT.md`, "Watermark"). The
+    /// database refuses to open unless [`crate::StorageOptions::accept_data_loss`] is set.
+    #[error(
+        "data loss in collection {}: changes up to sequence {expected} were acknowledged but \
+         storage holds only up to sequence {found}{}; the database was not opened: restore a \
+         backup, or open anyway with --accept-data-loss (OpenOptions::accept_data_loss), which \
+         keeps what is left and the evidence",
+        q(collection),
+        if *found == 0 { " (or lost the collection entirely)" } else { "" }
+    )]
+    DataLoss {
+        /// The collection's name.
+        collection: String,
+        /// The last change sequence acknowledged to a writer.
+        expected: u64,
+        /// The last change sequence found in storage (0 when the collection is missing).
+        found: u64,
+    },
+    /// A broken internal invariant (a bug, not the caller's input or the disk).
+    #[error("internal error: {}", m(.0))]
+    Internal(String),
     /// A filesystem operation failed.
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -127,24 +205,41 @@ pub enum Error {
 }
 
 impl Error {
+    /// The class of this error (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidCollectionName { .. }
+            | Error::InvalidDimension { .. }
+            | Error::DimensionMismatch { .. }
+            | Error::NonFiniteVector { .. }
+            | Error::MissingVector { .. }
+            | Error::InvalidId { .. }
+            | Error::InvalidMetadata { .. }
+            | Error::DuplicateId { .. }
+            | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::TextTooLong { .. } => ErrorKind::ResourceExhausted,
+            Error::CollectionNotFound(_) => ErrorKind::NotFound,
+            Error::CollectionExists(_) => ErrorKind::AlreadyExists,
+            Error::IdSpaceExhausted(_) => ErrorKind::ResourceExhausted,
+            Error::Locked { .. } => ErrorKind::Unavailable,
+            Error::DataLoss { .. } | Error::Corrupt(_) => ErrorKind::DataLoss,
+            Error::UnsupportedFormat { .. }
+            | Error::Internal(_)
+            | Error::Io { .. }
+            | Error::Sled(_) => ErrorKind::Internal,
+        }
+    }
+
     /// True when the request itself was wrong (bad input, unknown or existing collection);
     /// false when the system failed.
     pub fn is_caller_fault(&self) -> bool {
-        matches!(
-            self,
-            Error::InvalidCollectionName { .. }
-                | Error::CollectionNotFound(_)
-                | Error::CollectionExists(_)
-                | Error::InvalidDimension { .. }
-                | Error::DimensionMismatch { .. }
-                | Error::NonFiniteVector { .. }
-                | Error::MissingVector { .. }
-                | Error::InvalidId { .. }
-                | Error::InvalidMetadata { .. }
-                | Error::TextTooLong { .. }
-                | Error::DuplicateId { .. }
-                | Error::InvalidArgument(_)
-        )
+        self.kind().is_caller_fault()
+    }
+}
+
+impl From<latentdb_types::UnknownMetric> for Error {
+    fn from(e: latentdb_types::UnknownMetric) -> Self {
+        Error::InvalidArgument(e.to_string())
     }
 }
 

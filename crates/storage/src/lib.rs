@@ -1,6 +1,7 @@
 //! latentdb's storage engine: collections and documents on [sled].
 //!
-//! A database directory holds a lock file and one sled database. Each collection is a sled tree
+//! A database directory holds a lock file, one sled database and a watermark of acknowledged
+//! writes that detects storage damaged behind them (see [`Error::DataLoss`]). Each collection is a sled tree
 //! that maps document ids to dense `u32` point ids, point ids to document records, and keeps a
 //! change log that the index replays after a restart. Writes to one collection are serialised
 //! and atomic; with the default [`Durability::Sync`] they are on disk when they return.
@@ -26,18 +27,22 @@ mod document;
 mod error;
 pub mod key;
 mod options;
+mod read;
 pub mod record;
 mod store;
+mod watermark;
+mod write;
 
 pub use collection::{
     CollectionConfig, CollectionInfo, CollectionSpec, MAX_DIMENSION, MAX_NAME_LEN, Metric,
     validate_dimension, validate_name,
 };
 pub use document::{Document, MAX_ID_BYTES, Record, json_kind, validate_id};
-pub use error::{Error, Result};
+pub use error::{Error, MAX_ECHO_CHARS, Result, truncate_echo};
 pub use options::{Durability, StorageOptions};
 pub use record::Change;
 pub use store::{
     DeleteOutcome, FORMAT_VERSION, LOCK_FILE, MAX_SCROLL_PAGE, SLED_DIR, ScrollPage, Storage,
     UpsertOutcome,
 };
+pub use watermark::{DataLossReport, WATERMARK_FILE, WATERMARK_VERSION};

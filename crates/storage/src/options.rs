@@ -24,6 +24,11 @@ pub struct StorageOptions {
     pub flush_every_ms: u64,
     /// The longest document text accepted, in bytes.
     pub max_text_bytes: usize,
+    /// Open even when storage is behind the watermark of acknowledged writes (the database's
+    /// files were damaged): what is left is kept, each loss is reported by
+    /// `Storage::data_loss`, and the old watermark is kept beside the new one as evidence.
+    /// Off by default: such a database refuses to open with `Error::DataLoss`.
+    pub accept_data_loss: bool,
 }
 
 impl Default for StorageOptions {
@@ -33,6 +38,7 @@ impl Default for StorageOptions {
             cache_capacity: 256 * 1024 * 1024,
             flush_every_ms: 500,
             max_text_bytes: 1024 * 1024,
+            accept_data_loss: false,
         }
     }
 }

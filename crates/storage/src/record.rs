@@ -25,14 +25,14 @@ pub fn encode_record(
     metadata: &Map<String, Value>,
 ) -> Result<Vec<u8>> {
     let meta = serde_json::to_vec(metadata)
-        .map_err(|e| Error::Corrupt(format!("metadata does not serialise: {e}")))?;
+        .map_err(|e| Error::Internal(format!("metadata does not serialise: {e}")))?;
     let id_len = u16::try_from(id.len())
-        .map_err(|_| Error::Corrupt("document id longer than 65535 bytes".into()))?;
+        .map_err(|_| Error::Internal("document id longer than 65535 bytes".into()))?;
     let dim = u32::try_from(vector.len())
-        .map_err(|_| Error::Corrupt("vector longer than 2^32".into()))?;
+        .map_err(|_| Error::Internal("vector longer than 2^32".into()))?;
     let text_len = match text {
         Some(t) => Some(
-            u32::try_from(t.len()).map_err(|_| Error::Corrupt("text longer than 4 GiB".into()))?,
+            u32::try_from(t.len()).map_err(|_| Error::Internal("text longer than 4 GiB".into()))?,
         ),
         None => None,
     };

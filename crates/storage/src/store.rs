@@ -1,23 +1,23 @@
 //! [`Storage`]: the sled-backed engine that owns collections and documents.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions, TryLockError};
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::collection::{
     CollectionConfig, CollectionInfo, CollectionSpec, validate_dimension, validate_name,
 };
-use crate::document::{Document, Record, validate, validate_id};
+use crate::document::Record;
 use crate::error::{Error, Result};
 use crate::key;
-use crate::options::{Durability, StorageOptions};
-use crate::record::{self, Change};
+use crate::options::StorageOptions;
+use crate::watermark::{self, DataLossReport, Mark, Watermark};
 
 /// The storage format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -66,30 +66,54 @@ pub struct ScrollPage {
 
 /// Per-collection write counters, guarded by the collection's writer lock.
 #[derive(Debug)]
-struct Counters {
-    next_point: u32,
-    seq: u64,
-    dropped: bool,
+pub(crate) struct Counters {
+    pub next_point: u32,
+    pub seq: u64,
+    pub dropped: bool,
 }
 
-/// An open collection.
-struct CollectionState {
-    config: CollectionConfig,
-    tree: sled::Tree,
-    writer: Mutex<Counters>,
-    count: AtomicU64,
-    seq: AtomicU64,
+/// An open collection. One per collection for the life of the storage: settings change in
+/// place (under the writer lock), so every writer shares one set of counters.
+pub(crate) struct CollectionState {
+    /// Stable identity (names the sled tree; never reused).
+    pub cid: u64,
+    /// The name.
+    pub name: String,
+    /// The vector dimension (immutable).
+    pub dim: usize,
+    /// The stored configuration; only the embedder and index settings ever change.
+    pub config: RwLock<CollectionConfig>,
+    pub tree: sled::Tree,
+    /// Serialises writers; holds the counters.
+    pub writer: Mutex<Counters>,
+    pub count: AtomicU64,
+    /// The last sequence applied (mirrors `Counters::seq` for readers).
+    pub seq: AtomicU64,
+    /// Set once the collection is dropped, before its tree goes: a read that raced the drop
+    /// reports `CollectionNotFound` rather than sled's error for a dropped tree.
+    pub dropped: AtomicBool,
+}
+
+type Collections = Arc<RwLock<HashMap<String, Arc<CollectionState>>>>;
+
+/// The background flusher: raises the watermark to what sled made durable, and fsyncs it.
+struct Flusher {
+    stop: mpsc::Sender<()>,
+    handle: JoinHandle<()>,
 }
 
 /// The storage engine: one database directory, many collections.
 ///
 /// Thread-safe; writers to one collection are serialised, readers never wait for them.
 pub struct Storage {
-    path: PathBuf,
-    db: sled::Db,
-    registry: sled::Tree,
-    options: StorageOptions,
-    collections: RwLock<HashMap<String, Arc<CollectionState>>>,
+    pub(crate) path: PathBuf,
+    pub(crate) db: sled::Db,
+    pub(crate) registry: sled::Tree,
+    pub(crate) options: StorageOptions,
+    pub(crate) collections: Collections,
+    watermark: Arc<Mutex<Watermark>>,
+    data_loss: Vec<DataLossReport>,
+    flusher: Option<Flusher>,
     // Held for the life of the engine: the advisory lock that keeps other processes out.
     _lock: File,
 }
@@ -102,7 +126,7 @@ impl std::fmt::Debug for Storage {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -116,11 +140,60 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Flushes sled, then raises the watermark to the sequences sampled before the flush (so it
+/// never claims a sequence the flush did not make durable).
+fn flush_and_mark(db: &sled::Db, collections: &Collections, wm: &Mutex<Watermark>) -> Result<()> {
+    let snapshot: Vec<(u64, String, u64)> = collections
+        .read()
+        .values()
+        .map(|s| (s.cid, s.name.clone(), s.seq.load(Ordering::Acquire)))
+        .collect();
+    db.flush()?;
+    wm.lock().advance(&snapshot);
+    Ok(())
+}
+
+/// Fsyncs the watermark if it changed, without holding its lock during the fsync.
+fn sync_watermark(wm: &Mutex<Watermark>) {
+    let handle = wm.lock().take_unsynced();
+    if let Some(f) = handle
+        && let Err(e) = f.sync_data()
+    {
+        tracing::warn!(error = %e, "cannot fsync the watermark");
+        wm.lock().mark_unsynced();
+    }
+}
+
+fn spawn_flusher(
+    path: &Path,
+    db: sled::Db,
+    collections: Collections,
+    wm: Arc<Mutex<Watermark>>,
+    every: Duration,
+) -> Result<Flusher> {
+    let (stop, rx) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("latentdb-flush".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                if let Err(e) = flush_and_mark(&db, &collections, &wm) {
+                    tracing::warn!(error = %e, "background flush failed");
+                }
+                sync_watermark(&wm);
+            }
+        })
+        .map_err(io_err(path))?;
+    Ok(Flusher { stop, handle })
+}
+
 impl Storage {
     /// Opens (creating if needed) the database directory `path`.
     ///
-    /// Fails with [`Error::Locked`] when another process has it open, and with
-    /// [`Error::UnsupportedFormat`] when it was written by an incompatible version.
+    /// Fails with [`Error::Locked`] when another process has it open, with
+    /// [`Error::UnsupportedFormat`] when it was written by an incompatible version, and with
+    /// [`Error::DataLoss`] when a collection holds fewer changes than were acknowledged to
+    /// writers (the files were damaged), unless [`StorageOptions::accept_data_loss`] is set:
+    /// then it opens with what is left and reports each loss in [`Storage::data_loss`].
     pub fn open(path: impl AsRef<Path>, options: StorageOptions) -> Result<Storage> {
         let path = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
@@ -136,104 +209,88 @@ impl Storage {
             Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
             Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
+        let marks = watermark::read(&path);
         let db = sled::Config::new()
             .path(path.join(SLED_DIR))
             .cache_capacity(options.cache_capacity)
             .flush_every_ms(Some(options.flush_every_ms.max(1)))
             .open()?;
-        match db.get(key::FORMAT_VERSION_KEY)? {
-            None => {
-                db.insert(key::FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-            Some(v) => {
-                let found = key::be_u32(&v)?;
-                if found != FORMAT_VERSION {
-                    return Err(Error::UnsupportedFormat {
-                        found,
-                        supported: FORMAT_VERSION,
-                    });
-                }
+        let format = db.get(key::FORMAT_VERSION_KEY)?;
+        if let Some(v) = &format {
+            let found = key::be_u32(v)?;
+            if found != FORMAT_VERSION {
+                return Err(Error::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
             }
         }
         let registry = db.open_tree(key::REGISTRY_TREE)?;
-        let storage = Storage {
+        let map = load_collections(&db, &registry)?;
+        let data_loss = marks.map(|m| losses(&m, &map)).unwrap_or_default();
+        if !data_loss.is_empty() {
+            for l in &data_loss {
+                tracing::error!(
+                    collection = %crate::error::truncate_echo(&l.collection, 128),
+                    expected = l.expected,
+                    found = l.found,
+                    "storage is behind the acknowledged writes of a collection"
+                );
+            }
+            if !options.accept_data_loss {
+                return Err(Error::from(&data_loss[0]));
+            }
+            let kept = watermark::keep_as_evidence(&path)?;
+            tracing::warn!(
+                evidence = %kept.display(),
+                lost = data_loss.len(),
+                "opening with data loss accepted; the old watermark is kept"
+            );
+        }
+        drop_orphans(&db, &map)?;
+        if format.is_none() {
+            db.insert(key::FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+        }
+        db.flush()?;
+        // What sled recovered is on disk: it is the new watermark.
+        let marks: BTreeMap<u64, Mark> = map
+            .values()
+            .map(|s| {
+                (
+                    s.cid,
+                    Mark {
+                        name: s.name.clone(),
+                        seq: s.seq.load(Ordering::Acquire),
+                    },
+                )
+            })
+            .collect();
+        let watermark = Arc::new(Mutex::new(Watermark::create(&path, marks)));
+        let collections: Collections = Arc::new(RwLock::new(map));
+        let flusher = spawn_flusher(
+            &path,
+            db.clone(),
+            collections.clone(),
+            watermark.clone(),
+            Duration::from_millis(options.flush_every_ms.max(1)),
+        )?;
+        Ok(Storage {
             path,
             db,
             registry,
             options,
-            collections: RwLock::new(HashMap::new()),
+            collections,
+            watermark,
+            data_loss,
+            flusher: Some(flusher),
             _lock: lock,
-        };
-        storage.load_collections()?;
-        Ok(storage)
-    }
-
-    fn load_collections(&self) -> Result<()> {
-        let mut map = HashMap::new();
-        let mut live_cids = HashSet::new();
-        for item in self.registry.iter() {
-            let (name, value) = item?;
-            let config: CollectionConfig = serde_json::from_slice(&value).map_err(|e| {
-                Error::Corrupt(format!(
-                    "collection config of {:?}: {e}",
-                    String::from_utf8_lossy(&name)
-                ))
-            })?;
-            if config.format_version != FORMAT_VERSION {
-                return Err(Error::UnsupportedFormat {
-                    found: config.format_version,
-                    supported: FORMAT_VERSION,
-                });
-            }
-            live_cids.insert(config.cid);
-            let state = self.open_state(config)?;
-            map.insert(state.config.spec.name.clone(), Arc::new(state));
-        }
-        // A crash between unregistering a collection and dropping its tree leaves an orphan.
-        for name in self.db.tree_names() {
-            if let Some(cid) = key::parse_collection_tree(&name)
-                && !live_cids.contains(&cid)
-            {
-                tracing::info!(
-                    cid,
-                    "dropping the data of a collection dropped before a crash"
-                );
-                self.db.drop_tree(&name)?;
-            }
-        }
-        *self.collections.write() = map;
-        Ok(())
-    }
-
-    fn open_state(&self, config: CollectionConfig) -> Result<CollectionState> {
-        let tree = self.db.open_tree(key::collection_tree(config.cid))?;
-        let next_point = tree
-            .get(key::META_NEXT_POINT)?
-            .map(|v| key::be_u32(&v))
-            .transpose()?
-            .unwrap_or(0);
-        let seq = tree
-            .get(key::META_SEQ)?
-            .map(|v| key::be_u64(&v))
-            .transpose()?
-            .unwrap_or(0);
-        let count = tree
-            .get(key::META_COUNT)?
-            .map(|v| key::be_u64(&v))
-            .transpose()?
-            .unwrap_or(0);
-        Ok(CollectionState {
-            config,
-            tree,
-            writer: Mutex::new(Counters {
-                next_point,
-                seq,
-                dropped: false,
-            }),
-            count: AtomicU64::new(count),
-            seq: AtomicU64::new(seq),
         })
+    }
+
+    /// The collections that opened behind the watermark of acknowledged writes (only ever
+    /// non-empty when opened with [`StorageOptions::accept_data_loss`]).
+    pub fn data_loss(&self) -> &[DataLossReport] {
+        &self.data_loss
     }
 
     /// The database directory.
@@ -246,16 +303,31 @@ impl Storage {
         &self.options
     }
 
-    fn state(&self, name: &str) -> Result<Arc<CollectionState>> {
+    pub(crate) fn state(&self, name: &str) -> Result<Arc<CollectionState>> {
         self.collections
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::CollectionNotFound(name.to_owned()))
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Runs the read `f` on a collection. A read that raced the collection's drop reports
+    /// [`Error::CollectionNotFound`], whatever sled answered for the dropped tree.
+    pub(crate) fn read<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&CollectionState) -> Result<T>,
+    ) -> Result<T> {
+        let state = self.state(name)?;
+        let res = f(&state);
+        if state.dropped.load(Ordering::SeqCst) {
+            return Err(not_found(name));
+        }
+        res
     }
 
     fn info_of(state: &CollectionState) -> CollectionInfo {
-        let c = &state.config;
+        let c = state.config.read();
         CollectionInfo {
             name: c.spec.name.clone(),
             count: state.count.load(Ordering::Acquire),
@@ -283,7 +355,7 @@ impl Storage {
             format_version: FORMAT_VERSION,
         };
         let bytes = serde_json::to_vec(&config)
-            .map_err(|e| Error::Corrupt(format!("collection config does not serialise: {e}")))?;
+            .map_err(|e| Error::Internal(format!("collection config does not serialise: {e}")))?;
         let name = config.spec.name.clone();
         if self
             .registry
@@ -292,8 +364,11 @@ impl Storage {
         {
             return Err(Error::CollectionExists(name));
         }
-        let state = self.open_state(config)?;
+        let state = open_state(&self.db, config)?;
         self.db.flush()?;
+        self.watermark
+            .lock()
+            .advance(&[(state.cid, state.name.clone(), 0)]);
         let info = Self::info_of(&state);
         map.insert(name, Arc::new(state));
         Ok(info)
@@ -318,385 +393,191 @@ impl Storage {
 
     /// One collection's stored configuration.
     pub fn collection_config(&self, name: &str) -> Result<CollectionConfig> {
-        Ok(self.state(name)?.config.clone())
+        Ok(self.state(name)?.config.read().clone())
     }
 
     /// Replaces the embedder and index settings of a collection (name, dimension and metric
     /// cannot change). Durable when it returns.
+    ///
+    /// The settings change in place under the collection's writer lock: writers before and
+    /// after share one set of counters.
     pub fn update_collection_settings(
         &self,
         name: &str,
         embedder: serde_json::Value,
         index: serde_json::Value,
     ) -> Result<CollectionInfo> {
-        let mut map = self.collections.write();
-        let old = map
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::CollectionNotFound(name.to_owned()))?;
-        let mut config = old.config.clone();
+        let state = self.state(name)?;
+        let counters = state.writer.lock();
+        if counters.dropped {
+            return Err(not_found(name));
+        }
+        let mut config = state.config.read().clone();
         config.spec.embedder = embedder;
         config.spec.index = index;
         let bytes = serde_json::to_vec(&config)
-            .map_err(|e| Error::Corrupt(format!("collection config does not serialise: {e}")))?;
-        // Hold the writer lock so no write races the swap of the in-memory state.
-        let counters = old.writer.lock();
+            .map_err(|e| Error::Internal(format!("collection config does not serialise: {e}")))?;
         self.registry.insert(name.as_bytes(), bytes)?;
         self.db.flush()?;
-        let state = CollectionState {
-            config,
-            tree: old.tree.clone(),
-            writer: Mutex::new(Counters {
-                next_point: counters.next_point,
-                seq: counters.seq,
-                dropped: false,
-            }),
-            count: AtomicU64::new(old.count.load(Ordering::Acquire)),
-            seq: AtomicU64::new(old.seq.load(Ordering::Acquire)),
-        };
+        *state.config.write() = config;
         drop(counters);
-        let info = Self::info_of(&state);
-        map.insert(name.to_owned(), Arc::new(state));
-        Ok(info)
+        Ok(Self::info_of(&state))
     }
 
     /// Drops a collection and all its documents, freeing their space. Durable when it returns.
     pub fn drop_collection(&self, name: &str) -> Result<()> {
         let mut map = self.collections.write();
-        let state = map
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::CollectionNotFound(name.to_owned()))?;
+        let state = map.get(name).cloned().ok_or_else(|| not_found(name))?;
         let mut counters = state.writer.lock();
+        // Out of the watermark first (durably): a crash after the drop must not report it lost.
+        self.watermark.lock().forget(state.cid)?;
         self.registry.remove(name.as_bytes())?;
         self.db.flush()?;
         counters.dropped = true;
         map.remove(name);
         drop(map);
-        self.db.drop_tree(key::collection_tree(state.config.cid))?;
+        state.dropped.store(true, Ordering::SeqCst);
+        self.db.drop_tree(key::collection_tree(state.cid))?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Inserts or replaces a batch of documents, atomically: either every document is stored or
-    /// none is. With [`Durability::Sync`] the batch is on disk when this returns.
-    pub fn upsert(
-        &self,
-        collection: &str,
-        docs: Vec<Document>,
-        durability: Option<Durability>,
-    ) -> Result<UpsertOutcome> {
-        let state = self.state(collection)?;
-        let dim = state.config.spec.dimension;
-        let mut seen = HashSet::with_capacity(docs.len());
-        let mut encoded = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let doc = validate(doc, dim, self.options.max_text_bytes)?;
-            if !seen.insert(doc.id.clone()) {
-                return Err(Error::DuplicateId { id: doc.id });
-            }
-            let bytes =
-                record::encode_record(&doc.id, &doc.vector, doc.text.as_deref(), &doc.metadata)?;
-            encoded.push((doc.id, doc.vector, bytes));
-        }
-        drop(seen);
-        if encoded.is_empty() {
-            return Ok(UpsertOutcome {
-                seq: state.seq.load(Ordering::Acquire),
-                ..Default::default()
-            });
-        }
-
-        let mut counters = state.writer.lock();
-        if counters.dropped {
-            return Err(Error::CollectionNotFound(collection.to_owned()));
-        }
-        let mut batch = sled::Batch::default();
-        let mut next_point = counters.next_point;
-        let mut seq = counters.seq;
-        let mut count = state.count.load(Ordering::Acquire);
-        let mut out = UpsertOutcome {
-            ids: Vec::with_capacity(encoded.len()),
-            inserted: Vec::with_capacity(encoded.len()),
-            removed: Vec::new(),
-            seq: 0,
-        };
-        for (id, vector, bytes) in encoded {
-            let id_key = key::id_key(&id);
-            let point = next_point;
-            next_point = next_point
-                .checked_add(1)
-                .ok_or_else(|| Error::IdSpaceExhausted(collection.to_owned()))?;
-            match state.tree.get(&id_key)? {
-                Some(old) => {
-                    let old = key::be_u32(&old)?;
-                    batch.remove(&key::point_key(old));
-                    seq += 1;
-                    let change = Change::Remove { seq, point: old };
-                    batch.insert(&key::log_key(seq), &change.encode_value());
-                    out.removed.push(old);
-                }
-                None => count += 1,
-            }
-            batch.insert(id_key, &point.to_be_bytes());
-            batch.insert(&key::point_key(point), bytes);
-            seq += 1;
-            let change = Change::Insert { seq, point };
-            batch.insert(&key::log_key(seq), &change.encode_value());
-            out.ids.push(id);
-            out.inserted.push((point, vector));
-        }
-        batch.insert(key::META_NEXT_POINT, &next_point.to_be_bytes());
-        batch.insert(key::META_SEQ, &seq.to_be_bytes());
-        batch.insert(key::META_COUNT, &count.to_be_bytes());
-        state.tree.apply_batch(batch)?;
-        counters.next_point = next_point;
-        counters.seq = seq;
-        state.count.store(count, Ordering::Release);
-        state.seq.store(seq, Ordering::Release);
-        drop(counters);
-        out.seq = seq;
-        self.sync(durability)?;
-        Ok(out)
-    }
-
-    fn sync(&self, durability: Option<Durability>) -> Result<()> {
-        if durability.unwrap_or(self.options.durability) == Durability::Sync {
-            self.db.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Deletes documents by id, atomically. Unknown ids are ignored (they are not in the
-    /// outcome's `deleted`).
-    pub fn delete(
-        &self,
-        collection: &str,
-        ids: &[impl AsRef<str>],
-        durability: Option<Durability>,
-    ) -> Result<DeleteOutcome> {
-        let state = self.state(collection)?;
-        for id in ids {
-            validate_id(id.as_ref())?;
-        }
-        let mut counters = state.writer.lock();
-        if counters.dropped {
-            return Err(Error::CollectionNotFound(collection.to_owned()));
-        }
-        let mut batch = sled::Batch::default();
-        let mut seq = counters.seq;
-        let mut count = state.count.load(Ordering::Acquire);
-        let mut out = DeleteOutcome::default();
-        let mut seen = HashSet::new();
-        for id in ids {
-            let id = id.as_ref();
-            if !seen.insert(id) {
-                continue;
-            }
-            let id_key = key::id_key(id);
-            if let Some(old) = state.tree.get(&id_key)? {
-                let old = key::be_u32(&old)?;
-                batch.remove(id_key);
-                batch.remove(&key::point_key(old));
-                seq += 1;
-                let change = Change::Remove { seq, point: old };
-                batch.insert(&key::log_key(seq), &change.encode_value());
-                count = count.saturating_sub(1);
-                out.deleted.push(id.to_owned());
-                out.removed.push(old);
-            }
-        }
-        if out.deleted.is_empty() {
-            out.seq = seq;
-            return Ok(out);
-        }
-        batch.insert(key::META_SEQ, &seq.to_be_bytes());
-        batch.insert(key::META_COUNT, &count.to_be_bytes());
-        state.tree.apply_batch(batch)?;
-        counters.seq = seq;
-        state.count.store(count, Ordering::Release);
-        state.seq.store(seq, Ordering::Release);
-        drop(counters);
-        out.seq = seq;
-        self.sync(durability)?;
-        Ok(out)
-    }
-
-    /// Fetches documents by id, in the order asked; `None` for ids that do not exist.
-    pub fn get(&self, collection: &str, ids: &[impl AsRef<str>]) -> Result<Vec<Option<Record>>> {
-        let state = self.state(collection)?;
-        ids.iter()
-            .map(|id| Self::get_one(&state, id.as_ref()))
-            .collect()
-    }
-
-    fn get_one(state: &CollectionState, id: &str) -> Result<Option<Record>> {
-        if validate_id(id).is_err() {
-            return Ok(None);
-        }
-        let id_key = key::id_key(id);
-        // A concurrent replace can remove the point between the two reads: re-read the id.
-        for _ in 0..8 {
-            let Some(point) = state.tree.get(&id_key)? else {
-                return Ok(None);
-            };
-            let point = key::be_u32(&point)?;
-            if let Some(bytes) = state.tree.get(key::point_key(point))? {
-                return record::decode_record(&bytes).map(Some);
-            }
-        }
-        Ok(None)
-    }
-
-    /// The point a document id currently maps to.
-    pub fn point_of(&self, collection: &str, id: &str) -> Result<Option<u32>> {
-        let state = self.state(collection)?;
-        state
-            .tree
-            .get(key::id_key(id))?
-            .map(|v| key::be_u32(&v))
-            .transpose()
-    }
-
-    /// Fetches documents by point id (as the index returns them); `None` for points that no
-    /// longer exist.
-    pub fn get_points(&self, collection: &str, points: &[u32]) -> Result<Vec<Option<Record>>> {
-        let state = self.state(collection)?;
-        points
-            .iter()
-            .map(|p| {
-                state
-                    .tree
-                    .get(key::point_key(*p))?
-                    .map(|b| record::decode_record(&b))
-                    .transpose()
-            })
-            .collect()
-    }
-
-    /// Appends the vector of `point` to `out`; false if the point does not exist.
-    pub fn point_vector(&self, collection: &str, point: u32, out: &mut Vec<f32>) -> Result<bool> {
-        let state = self.state(collection)?;
-        match state.tree.get(key::point_key(point))? {
-            Some(bytes) => {
-                record::decode_record_vector(&bytes, out)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Calls `f` with every live point and its record, in point order (for index rebuilds and
-    /// payload indexes).
-    pub fn scan_points(
-        &self,
-        collection: &str,
-        mut f: impl FnMut(u32, Record) -> Result<()>,
-    ) -> Result<()> {
-        let state = self.state(collection)?;
-        for item in state.tree.scan_prefix([key::POINT_PREFIX]) {
-            let (k, v) = item?;
-            f(key::parse_point_key(&k)?, record::decode_record(&v)?)?;
-        }
-        Ok(())
-    }
-
-    /// The number of live documents.
-    pub fn count(&self, collection: &str) -> Result<u64> {
-        Ok(self.state(collection)?.count.load(Ordering::Acquire))
-    }
-
-    /// The sequence number of the last change written to the collection.
-    pub fn last_seq(&self, collection: &str) -> Result<u64> {
-        Ok(self.state(collection)?.seq.load(Ordering::Acquire))
-    }
-
-    /// The changes with sequence greater than `after`, oldest first, and whether the log still
-    /// reaches back that far (false when it was trimmed past `after`).
-    pub fn changes_since(&self, collection: &str, after: u64) -> Result<(Vec<Change>, bool)> {
-        let state = self.state(collection)?;
-        let complete = match state.tree.scan_prefix([key::LOG_PREFIX]).next() {
-            Some(first) => key::parse_log_key(&first?.0)? <= after.saturating_add(1),
-            // Empty log: complete only if nothing happened after `after`.
-            None => state.seq.load(Ordering::Acquire) <= after,
-        };
-        let mut out = Vec::new();
-        let start = key::log_key(after.saturating_add(1));
-        let end = [key::LOG_PREFIX + 1];
-        for item in state.tree.range(start.as_slice()..end.as_slice()) {
-            let (k, v) = item?;
-            out.push(Change::decode(key::parse_log_key(&k)?, &v)?);
-        }
-        Ok((out, complete))
-    }
-
-    /// Removes change-log entries up to and including `upto` (after the index persisted them).
-    pub fn trim_changes(&self, collection: &str, upto: u64) -> Result<()> {
-        let state = self.state(collection)?;
-        let start = key::log_key(0);
-        let end = key::log_key(upto.saturating_add(1));
-        let mut batch = sled::Batch::default();
-        let mut n = 0usize;
-        for item in state.tree.range(start.as_slice()..end.as_slice()) {
-            batch.remove(item?.0);
-            n += 1;
-            if n.is_multiple_of(10_000) {
-                state.tree.apply_batch(std::mem::take(&mut batch))?;
-            }
-        }
-        state.tree.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// A page of documents in id order, starting after the id `after` (exclusive).
-    pub fn scroll(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<ScrollPage> {
-        let state = self.state(collection)?;
-        if limit == 0 || limit > MAX_SCROLL_PAGE {
-            return Err(Error::InvalidArgument(format!(
-                "page size must be between 1 and {MAX_SCROLL_PAGE}, got {limit}"
-            )));
-        }
-        let start = match after {
-            Some(a) => Bound::Excluded(key::id_key(a)),
-            None => Bound::Included(vec![key::ID_PREFIX]),
-        };
-        let end = Bound::Excluded(vec![key::ID_PREFIX + 1]);
-        let mut page = ScrollPage::default();
-        let mut iter = state.tree.range::<Vec<u8>, _>((start, end));
-        let mut last_id = None;
-        for item in iter.by_ref() {
-            let (k, v) = item?;
-            let point = key::be_u32(&v)?;
-            let id = key::parse_id_key(&k)?.to_owned();
-            if let Some(bytes) = state.tree.get(key::point_key(point))? {
-                page.records.push(record::decode_record(&bytes)?);
-            } else if let Some(r) = Self::get_one(&state, &id)? {
-                page.records.push(r);
-            }
-            last_id = Some(id);
-            if page.records.len() == limit {
-                break;
-            }
-        }
-        if page.records.len() == limit && iter.next().is_some() {
-            page.next_cursor = last_id;
-        }
-        Ok(page)
-    }
-
-    /// Flushes every buffered write to disk.
+    /// Flushes every buffered write to disk, then raises the watermark to what the flush made
+    /// durable (no fsync of the watermark here: see `docs/FORMAT.md`).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        flush_and_mark(&self.db, &self.collections, &self.watermark)
     }
 
     /// Bytes the database occupies on disk (sled's estimate).
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
     }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(f) = self.flusher.take() {
+            drop(f.stop);
+            let _ = f.handle.join();
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "flush on close failed");
+        }
+        sync_watermark(&self.watermark);
+    }
+}
+
+/// The error for a collection that does not exist (or was dropped meanwhile).
+pub(crate) fn not_found(name: &str) -> Error {
+    Error::CollectionNotFound(crate::error::truncate_echo(
+        name,
+        crate::error::MAX_ECHO_CHARS,
+    ))
+}
+
+/// Reads the registry and opens every collection's tree.
+fn load_collections(
+    db: &sled::Db,
+    registry: &sled::Tree,
+) -> Result<HashMap<String, Arc<CollectionState>>> {
+    let mut map = HashMap::new();
+    for item in registry.iter() {
+        let (name, value) = item?;
+        let config: CollectionConfig = serde_json::from_slice(&value).map_err(|e| {
+            Error::Corrupt(format!(
+                "collection config of {:?}: {e}",
+                crate::error::truncate_echo(&String::from_utf8_lossy(&name), 128)
+            ))
+        })?;
+        if config.format_version != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                found: config.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let state = open_state(db, config)?;
+        map.insert(state.name.clone(), Arc::new(state));
+    }
+    Ok(map)
+}
+
+/// Drops the trees of collections no longer registered: a crash between unregistering a
+/// collection and dropping its tree leaves an orphan.
+fn drop_orphans(db: &sled::Db, map: &HashMap<String, Arc<CollectionState>>) -> Result<()> {
+    let live: HashSet<u64> = map.values().map(|s| s.cid).collect();
+    for name in db.tree_names() {
+        if let Some(cid) = key::parse_collection_tree(&name)
+            && !live.contains(&cid)
+        {
+            tracing::info!(
+                cid,
+                "dropping the data of a collection dropped before a crash"
+            );
+            db.drop_tree(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// The collections behind the watermark `marks`, or missing from storage.
+fn losses(
+    marks: &BTreeMap<u64, Mark>,
+    map: &HashMap<String, Arc<CollectionState>>,
+) -> Vec<DataLossReport> {
+    let by_cid: HashMap<u64, &CollectionState> = map.values().map(|s| (s.cid, &**s)).collect();
+    let mut out = Vec::new();
+    for (cid, mark) in marks {
+        match by_cid.get(cid) {
+            Some(s) => {
+                let found = s.seq.load(Ordering::Acquire);
+                if found < mark.seq {
+                    out.push(DataLossReport {
+                        collection: s.name.clone(),
+                        expected: mark.seq,
+                        found,
+                    });
+                }
+            }
+            None => out.push(DataLossReport {
+                collection: mark.name.clone(),
+                expected: mark.seq,
+                found: 0,
+            }),
+        }
+    }
+    out
+}
+
+fn open_state(db: &sled::Db, config: CollectionConfig) -> Result<CollectionState> {
+    let tree = db.open_tree(key::collection_tree(config.cid))?;
+    let next_point = tree
+        .get(key::META_NEXT_POINT)?
+        .map(|v| key::be_u32(&v))
+        .transpose()?
+        .unwrap_or(0);
+    let seq = tree
+        .get(key::META_SEQ)?
+        .map(|v| key::be_u64(&v))
+        .transpose()?
+        .unwrap_or(0);
+    let count = tree
+        .get(key::META_COUNT)?
+        .map(|v| key::be_u64(&v))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(CollectionState {
+        cid: config.cid,
+        name: config.spec.name.clone(),
+        dim: config.spec.dimension,
+        config: RwLock::new(config),
+        tree,
+        writer: Mutex::new(Counters {
+            next_point,
+            seq,
+            dropped: false,
+        }),
+        count: AtomicU64::new(count),
+        seq: AtomicU64::new(seq),
+        dropped: AtomicBool::new(false),
+    })
 }
