@@ -4,7 +4,8 @@ use rayon::prelude::*;
 
 use crate::distance;
 use crate::graph::Cand;
-use crate::metric::Metric;
+use crate::metric::MetricExt;
+use latentdb_types::Metric;
 
 /// Exact `k` nearest base rows (ids = row numbers) for every query, best first, computed in
 /// parallel by brute force. `base` and `queries` are row-major with `dim` columns; cosine

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use latentdb_types::ErrorKind;
+
 /// Everything that can go wrong in the index crate.
 ///
 /// Variants are grouped by who is at fault: the *caller* (bad input, fix the request) or the
@@ -34,9 +36,17 @@ pub enum Error {
     /// Caller fault: an argument is out of range (dimension 0, k = 0, M < 2, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// Caller fault: unknown metric name.
-    #[error("unknown metric {0:?} (expected cosine, dot or l2)")]
-    UnknownMetric(String),
+    /// Caller fault: a vector's squared norm overflows `f32`, so its scores would be infinite
+    /// or NaN (components around 1e19 and beyond).
+    #[error("vector for point {id} has a norm that overflows f32; scale the vector down")]
+    VectorOverflow {
+        /// The point id (`u32::MAX` for a query).
+        id: u32,
+    },
+    /// Caller fault (a limit): what the request asks for needs more memory than allowed or
+    /// available, e.g. an index capacity whose arrays cannot be allocated.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// Caller fault: a metadata filter is malformed, uses an unknown operator or mixes types.
     #[error("invalid filter at {path}: {reason}")]
     InvalidFilter {
@@ -74,9 +84,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// The class of the error. A corrupt dump is `Internal`, not `DataLoss`: the dump is
+    /// derived from storage, which the caller rebuilds it from, so nothing is lost.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::DimensionMismatch { .. }
+            | Error::NonFiniteVector { .. }
+            | Error::ZeroVector { .. }
+            | Error::VectorOverflow { .. }
+            | Error::InvalidArgument(_)
+            | Error::InvalidFilter { .. }
+            | Error::Npy { .. } => ErrorKind::InvalidArgument,
+            Error::DuplicateId(_) => ErrorKind::AlreadyExists,
+            Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Error::CorruptDump { .. } | Error::Io { .. } => ErrorKind::Internal,
+        }
+    }
+
     /// True when the error is the caller's fault (bad input); false for system faults.
     pub fn is_caller_fault(&self) -> bool {
-        !matches!(self, Error::CorruptDump { .. } | Error::Io { .. })
+        self.kind().is_caller_fault()
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -20,9 +20,10 @@ use std::sync::atomic::{
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 
-use crate::metric::Metric;
+use crate::metric::MetricExt;
 use crate::params::IndexParams;
 use crate::synth::mix64;
+use latentdb_types::Metric;
 
 /// Highest layer a node may get (layers 0..=MAX_LEVEL).
 pub(crate) const MAX_LEVEL: u8 = 15;

@@ -11,16 +11,18 @@ use rayon::prelude::*;
 use crate::distance;
 use crate::error::{Error, Result};
 use crate::graph::{Cand, Graph};
-use crate::metric::Metric;
+use crate::metric::MetricExt;
 use crate::params::IndexParams;
+use latentdb_types::Metric;
 
-/// One search result: a point id and its score (see [`Metric`] for the unit; results come
-/// best first).
+/// One search result: a point id and its score (see [`MetricExt`] for the unit; a larger
+/// score is always closer, and results come best first).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
     /// The point id given at insert.
     pub id: u32,
-    /// Cosine similarity, inner product, or Euclidean distance, depending on the metric.
+    /// Cosine similarity, inner product, or negated Euclidean distance, depending on the
+    /// metric: larger is closer.
     pub score: f32,
 }
 
@@ -496,7 +498,10 @@ mod tests {
         }
         let hits = idx.search(&[2.2, 0.0, 0.0], 3, None).unwrap();
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![2, 3, 1]);
-        assert!((hits[0].score - 0.2).abs() < 1e-5);
+        assert!(
+            (hits[0].score + 0.2).abs() < 1e-5,
+            "l2 score is the negated distance"
+        );
         assert!(idx.delete(2));
         assert!(!idx.delete(2));
         assert!(!idx.delete(99));

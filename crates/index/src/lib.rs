@@ -28,6 +28,7 @@ pub mod synth;
 pub use error::{Error, Result};
 pub use filter::{Condition, Filter};
 pub use index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats};
-pub use metric::Metric;
+pub use latentdb_types::Metric;
+pub use metric::MetricExt;
 pub use params::IndexParams;
 pub use persist::FORMAT_VERSION;

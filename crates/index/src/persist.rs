@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::graph::{Entry, Graph, MAX_LEVEL, Nodes};
 use crate::index::Index;
-use crate::metric::Metric;
 use crate::params::IndexParams;
+use latentdb_types::Metric;
 
 /// Version of the dump format; a dump with another version is reported corrupt (rebuild).
 pub const FORMAT_VERSION: u32 = 1;
