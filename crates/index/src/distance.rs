@@ -8,6 +8,7 @@
 
 use std::sync::OnceLock;
 
+use latentdb_types::Metric;
 use pulp::{Arch, Simd, WithSimd};
 
 fn arch() -> Arch {
@@ -108,24 +109,74 @@ pub fn l2_sq_scalar(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
-/// True when `v` can be normalised: its norm is finite and not zero. Allocates nothing.
+/// The largest squared Euclidean norm a vector may have: a quarter of `f32::MAX` (a norm of
+/// about 9.2e18), so that every inner product and squared distance between two accepted
+/// vectors stays finite (`‖a-b‖² <= (‖a‖+‖b‖)² <= 4 max(‖a‖², ‖b‖²)`).
+pub const MAX_SQUARED_NORM: f64 = f32::MAX as f64 / 4.0;
+
+/// Why a vector cannot be used under a metric (see [`vector_defect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VectorDefect {
+    /// A component is NaN or infinite.
+    NonFinite,
+    /// All components are zero under the cosine metric: the vector has no direction.
+    Zero,
+    /// The squared norm exceeds [`MAX_SQUARED_NORM`]: scores would overflow to inf or NaN.
+    Overflow,
+}
+
+impl std::fmt::Display for VectorDefect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VectorDefect::NonFinite => "the vector holds a non-finite value",
+            VectorDefect::Zero => {
+                "the vector has zero length, so it has no direction for the cosine metric"
+            }
+            VectorDefect::Overflow => "the vector's norm overflows f32; scale the vector down",
+        })
+    }
+}
+
+/// The squared Euclidean norm of `v`, accumulated in `f64` so that neither huge nor tiny
+/// components overflow or underflow.
+pub fn squared_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+}
+
+/// What makes `v` unusable under `metric`, or `None` when the index accepts it (the length is
+/// not checked here). Every component must be finite, the squared norm at most
+/// [`MAX_SQUARED_NORM`], and under cosine the vector must not be zero. The index applies this
+/// check on insert and on query; a caller that stores vectors elsewhere first (the database's
+/// write path) calls it to reject what the index would reject before anything is stored.
+pub fn vector_defect(metric: Metric, v: &[f32]) -> Option<VectorDefect> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return Some(VectorDefect::NonFinite);
+    }
+    let sq = squared_norm(v);
+    if sq > MAX_SQUARED_NORM {
+        Some(VectorDefect::Overflow)
+    } else if metric.normalizes() && sq == 0.0 {
+        Some(VectorDefect::Zero)
+    } else {
+        None
+    }
+}
+
+/// True when `v` can be normalised: its components are finite and not all zero. Allocates
+/// nothing. Prefer [`vector_defect`], which also reports overflowing norms.
 pub fn has_direction(v: &[f32]) -> bool {
-    usable_norm(dot(v, v).sqrt())
+    v.iter().all(|x| x.is_finite()) && squared_norm(v) > 0.0
 }
 
-fn usable_norm(norm: f32) -> bool {
-    norm != 0.0 && norm.is_finite()
-}
-
-/// Scales `v` to unit length in place; returns false (and leaves `v` as is) when its norm is
-/// zero or not finite.
+/// Scales `v` to unit length in place; returns false (and leaves `v` as is) when it has no
+/// direction (see [`has_direction`]). The norm is computed in `f64`, so vectors with tiny
+/// components (whose `f32` squares underflow to zero) normalise exactly too.
 pub fn normalize(v: &mut [f32]) -> bool {
-    let norm = dot(v, v).sqrt();
-    if !usable_norm(norm) {
+    if !has_direction(v) {
         return false;
     }
-    let inv = 1.0 / norm;
-    v.iter_mut().for_each(|x| *x *= inv);
+    let inv = 1.0 / squared_norm(v).sqrt();
+    v.iter_mut().for_each(|x| *x = (f64::from(*x) * inv) as f32);
     true
 }
 
@@ -183,5 +234,40 @@ mod tests {
         assert!((dot(&v, &v) - 1.0).abs() < 1e-6);
         let mut z = vec![0.0; 5];
         assert!(!normalize(&mut z));
+    }
+
+    #[test]
+    fn tiny_and_huge_vectors_normalise_exactly() {
+        for scale in [1e-30f32, 1e-40, 1e20, 3e38] {
+            let mut v = vec![3.0 * scale, 4.0 * scale];
+            if !v.iter().all(|x| x.is_finite()) {
+                continue;
+            }
+            assert!(normalize(&mut v), "scale {scale}");
+            assert!(
+                (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn defects_are_named() {
+        use VectorDefect::*;
+        assert_eq!(vector_defect(Metric::Cosine, &[0.0, 0.0]), Some(Zero));
+        assert_eq!(vector_defect(Metric::Dot, &[0.0, 0.0]), None);
+        assert_eq!(vector_defect(Metric::L2, &[1.0, f32::NAN]), Some(NonFinite));
+        for m in Metric::ALL {
+            assert_eq!(vector_defect(m, &[1e20, 0.0]), Some(Overflow), "{m}");
+            assert_eq!(vector_defect(m, &[3e38; 4]), Some(Overflow), "{m}");
+            assert_eq!(vector_defect(m, &[1e-30, 0.0]), None, "{m}");
+            assert_eq!(vector_defect(m, &[1e18; 8]), None, "{m}");
+        }
+        // At the bound, distances between accepted vectors stay finite.
+        let edge = (MAX_SQUARED_NORM.sqrt() * 0.999) as f32;
+        let (a, b) = ([edge, 0.0], [-edge, 0.0]);
+        assert!(vector_defect(Metric::L2, &a).is_none());
+        assert!(l2_sq(&a, &b).is_finite());
+        assert!(dot(&a, &b).is_finite());
     }
 }

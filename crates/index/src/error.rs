@@ -19,13 +19,13 @@ pub enum Error {
         got: usize,
     },
     /// Caller fault: a vector holds a NaN or an infinity.
-    #[error("vector for point {id} holds a non-finite value")]
+    #[error("{} holds a non-finite value", whose(*id))]
     NonFiniteVector {
         /// The point id (`u32::MAX` for a query).
         id: u32,
     },
     /// Caller fault: a zero vector cannot be normalised for the cosine metric.
-    #[error("vector for point {id} has zero length and cannot be used with the cosine metric")]
+    #[error("{} has zero length and cannot be used with the cosine metric", whose(*id))]
     ZeroVector {
         /// The point id (`u32::MAX` for a query).
         id: u32,
@@ -38,7 +38,7 @@ pub enum Error {
     InvalidArgument(String),
     /// Caller fault: a vector's squared norm overflows `f32`, so its scores would be infinite
     /// or NaN (components around 1e19 and beyond).
-    #[error("vector for point {id} has a norm that overflows f32; scale the vector down")]
+    #[error("{} has a norm that overflows f32; scale the vector down", whose(*id))]
     VectorOverflow {
         /// The point id (`u32::MAX` for a query).
         id: u32,
@@ -111,6 +111,15 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// "the vector of point 7", or "the query vector" for the id `u32::MAX` that queries use.
+fn whose(id: u32) -> String {
+    if id == u32::MAX {
+        "the query vector".to_string()
+    } else {
+        format!("the vector of point {id}")
     }
 }
 

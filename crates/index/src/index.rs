@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 
-use crate::distance;
+use crate::distance::{self, VectorDefect};
 use crate::error::{Error, Result};
 use crate::graph::{Cand, Graph};
 use crate::metric::MetricExt;
@@ -115,8 +115,11 @@ impl Index {
                 got: v.len(),
             });
         }
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(Error::NonFiniteVector { id });
+        match distance::vector_defect(self.metric, v) {
+            Some(VectorDefect::NonFinite) => return Err(Error::NonFiniteVector { id }),
+            Some(VectorDefect::Zero) => return Err(Error::ZeroVector { id }),
+            Some(VectorDefect::Overflow) => return Err(Error::VectorOverflow { id }),
+            None => {}
         }
         let start = out.len();
         out.extend_from_slice(v);
@@ -480,6 +483,39 @@ mod tests {
             ..IndexParams::default()
         };
         assert!(Index::new(Metric::L2, 4, bad).is_err());
+    }
+
+    #[test]
+    fn huge_vectors_are_rejected_with_their_own_error_and_tiny_ones_work() {
+        for metric in Metric::ALL {
+            let idx = index(metric);
+            idx.insert(1, &[1.0, 2.0, 3.0]).unwrap();
+            for huge in [[1e20, 0.0, 0.0], [3e38, 3e38, 3e38], [1e19, 1e19, 1e19]] {
+                let err = idx.insert(2, &huge).unwrap_err();
+                assert!(
+                    matches!(err, Error::VectorOverflow { id: 2 }),
+                    "{metric}: {err}"
+                );
+                assert!(err.to_string().contains("overflows"), "{err}");
+                let err = idx.search(&huge, 1, None).unwrap_err();
+                assert!(
+                    matches!(err, Error::VectorOverflow { .. }),
+                    "{metric}: {err}"
+                );
+                assert!(err.to_string().contains("query"), "{err}");
+            }
+            // Tiny but non-zero is a direction (its f32 square underflows; f64 does not).
+            idx.insert(3, &[1e-30, 0.0, 0.0]).unwrap();
+            let hits = idx.search(&[1e-30, 0.0, 0.0], 2, None).unwrap();
+            assert!(
+                hits.iter().all(|h| h.score.is_finite()),
+                "{metric}: {hits:?}"
+            );
+            if metric == Metric::Cosine {
+                assert_eq!(hits[0].id, 3);
+                assert!((hits[0].score - 1.0).abs() < 1e-6);
+            }
+        }
     }
 
     #[test]
