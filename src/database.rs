@@ -1,18 +1,19 @@
 //! [`Database`]: the in-process API that ties storage, index and embedder together.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use latentdb_storage::{
-    CollectionInfo, CollectionSpec, DeleteOutcome, Document, Durability, Metric, Record,
-    ScrollPage, Storage, StorageOptions,
+    CollectionInfo, CollectionSpec, DataLossReport, DeleteOutcome, Document, Durability,
+    Record, ScrollPage, Storage, StorageOptions,
 };
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
 
-use crate::collection::{self, Collection, CompactReport, INDEX_DIR, IndexInfo};
-use crate::error::{Error, Result};
+use crate::collection::{self, Collection, CompactReport, IndexInfo};
+use crate::error::{Error, Result, bounded};
+use crate::recovery::{self, Quarantine};
 use crate::search::{self, SearchHit, SearchRequest};
 
 /// Options for [`Database::open_with`], built with chained setters.
@@ -58,6 +59,16 @@ impl DatabaseOptions {
         self
     }
 
+    /// Opens even when storage holds fewer changes than were acknowledged (a damaged or
+    /// truncated file): without it (the default) such an open fails with a data-loss error
+    /// and changes nothing. With it, the database opens with what is left, keeps the evidence
+    /// (the old watermark and index dumps are moved aside, never overwritten), and
+    /// [`Database::data_loss`] lists what was lost. The CLI's `--accept-data-loss`.
+    pub fn accept_data_loss(mut self, accept: bool) -> Self {
+        self.storage.accept_data_loss = accept;
+        self
+    }
+
     /// Sets the model cache where `default` is found (default: [`crate::embed::models_dir`]).
     pub fn models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.models_dir = Some(dir.into());
@@ -82,6 +93,10 @@ pub struct Database {
     path: PathBuf,
     storage: Storage,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Collections that could not be opened, with the reason (see [`Database::quarantined`]).
+    quarantine: Quarantine,
+    /// Lost acknowledged writes found (and accepted) at open.
+    lost: Vec<DataLossReport>,
     embedders: crate::embedding::Embedders,
 }
 
@@ -101,24 +116,40 @@ impl Database {
 
     /// Opens the database directory at `path` with `options`, loading (or rebuilding) the
     /// index of every collection.
+    ///
+    /// One collection's bad state never fails the open: a collection that cannot be opened
+    /// is quarantined (see [`Database::quarantined`]). The open fails with a data-loss error
+    /// (kind [`DataLoss`](crate::ErrorKind::DataLoss)), changing nothing on disk, when storage
+    /// holds fewer changes of a collection than were acknowledged (its watermark, or its index
+    /// dump, is ahead), unless [`DatabaseOptions::accept_data_loss`] is set.
     pub fn open_with(path: impl AsRef<Path>, options: DatabaseOptions) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
+        let accept_data_loss = options.storage.accept_data_loss;
         let storage = Storage::open(&path, options.storage)?;
-        let mut map = HashMap::new();
-        let mut live_dirs = HashSet::new();
-        for info in storage.list_collections() {
-            let config = storage.collection_config(&info.name)?;
-            live_dirs.insert(config.cid.to_string());
-            let coll = Collection::open(&storage, &path, &config)?;
-            map.insert(info.name, Arc::new(coll));
-        }
-        remove_orphan_dumps(&path, &live_dirs);
+        let opened = recovery::open_collections(&storage, &path, accept_data_loss)?;
         Ok(Database {
             path,
             storage,
-            collections: RwLock::new(map),
+            collections: RwLock::new(opened.collections),
+            quarantine: opened.quarantine,
+            lost: opened.lost,
             embedders: crate::embedding::Embedders::new(options.models_dir.clone()),
         })
+    }
+
+    /// The collections that could not be opened, with the reason, sorted by name. Every
+    /// operation on one fails with [`Error::Quarantined`] (kind FailedPrecondition) except
+    /// [`Database::drop_collection`], which removes it and frees its name. They are listed by
+    /// [`Database::list_collections`] (their stored settings are readable).
+    pub fn quarantined(&self) -> Vec<(String, String)> {
+        self.quarantine.list()
+    }
+
+    /// The acknowledged writes found lost when this database was opened with
+    /// [`DatabaseOptions::accept_data_loss`]: per collection, the last change sequence
+    /// acknowledged and the one storage holds. Empty when nothing was lost.
+    pub fn data_loss(&self) -> Vec<DataLossReport> {
+        self.lost.clone()
     }
 
     /// The database directory.
@@ -127,24 +158,39 @@ impl Database {
     }
 
     fn coll(&self, name: &str) -> Result<Arc<Collection>> {
-        self.collections
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| latentdb_storage::Error::CollectionNotFound(name.to_owned()).into())
+        self.collections.read().get(name).cloned().ok_or_else(|| {
+            self.quarantine
+                .error(name)
+                .unwrap_or_else(|| Error::collection_not_found(name))
+        })
+    }
+
+    /// The stable identity of a collection: its storage id, never reused by a later collection
+    /// of the same name. Bind long-lived writers (a client stream) to it with
+    /// [`Database::upsert_bound`], so that they never write into a collection re-created under
+    /// the same name after a drop.
+    pub fn collection_uid(&self, name: &str) -> Result<u64> {
+        Ok(self.coll(name)?.cid)
     }
 
     /// Creates a collection. `spec.index` holds its index parameters as JSON (an
     /// [`IndexParams`](crate::IndexParams) object, missing fields taking their defaults;
     /// `null` for all defaults); the complete parameters are stored with the collection.
+    ///
+    /// Nothing is stored unless the collection works: the name, dimension and index
+    /// parameters are checked and the index is built first (a parameter out of range or an
+    /// allocation it makes impossible is an error, never an abort).
     pub fn create_collection(&self, mut spec: CollectionSpec) -> Result<CollectionInfo> {
+        latentdb_storage::validate_name(&spec.name)?;
+        latentdb_storage::validate_dimension(spec.dimension)?;
         let params = collection::params_of(&spec.index)?;
         spec.index = serde_json::to_value(params)
-            .map_err(|e| Error::InvalidArgument(format!("index settings: {e}")))?;
+            .map_err(|e| Error::Internal(format!("index settings do not serialise: {e}")))?;
+        let index = collection::new_index(spec.metric, spec.dimension, params)?;
         let mut map = self.collections.write();
         let info = self.storage.create_collection(spec)?;
         let config = self.storage.collection_config(&info.name)?;
-        let coll = Collection::create(&self.path, &config, params)?;
+        let coll = Collection::create(&self.path, &config, index);
         map.insert(info.name.clone(), Arc::new(coll));
         Ok(info)
     }
@@ -156,17 +202,35 @@ impl Database {
 
     /// One collection's information.
     pub fn collection_info(&self, name: &str) -> Result<CollectionInfo> {
+        self.quarantine.check(name)?;
         Ok(self.storage.collection_info(name)?)
     }
 
     /// Drops a collection, everything in it and its index dump.
+    ///
+    /// A create of the same name may run concurrently: once storage has freed the name, the
+    /// map entry is removed only while it is still this collection's, never a newer one's.
     pub fn drop_collection(&self, name: &str) -> Result<()> {
+        if self
+            .quarantine
+            .drop_collection(&self.storage, &self.path, name)?
+        {
+            return Ok(());
+        }
         let coll = self.coll(name)?;
         let mut w = coll.writer.lock();
+        if w.dropped {
+            return Err(Error::collection_not_found(name));
+        }
         self.storage.drop_collection(name)?;
         w.dropped = true;
         drop(w);
-        self.collections.write().remove(name);
+        {
+            let mut map = self.collections.write();
+            if map.get(name).is_some_and(|c| Arc::ptr_eq(c, &coll)) {
+                map.remove(name);
+            }
+        }
         coll.remove_dump();
         Ok(())
     }
@@ -181,8 +245,8 @@ impl Database {
     /// In a collection with an embedder, a document with text and no vector is embedded (all
     /// such documents of the call in batches, before any lock is taken).
     pub fn upsert(&self, collection: &str, mut docs: Vec<Document>) -> Result<UpsertResult> {
-        self.embed_documents(collection, &mut docs)?;
-        self.write_docs(collection, docs, None)
+        let model = self.embed_documents(collection, &mut docs)?;
+        self.write_docs(collection, docs, None, model.as_ref(), None)
     }
 
     /// Like [`Database::upsert`] with an explicit durability for this batch.
@@ -192,60 +256,91 @@ impl Database {
         mut docs: Vec<Document>,
         durability: Durability,
     ) -> Result<UpsertResult> {
-        self.embed_documents(collection, &mut docs)?;
-        self.write_docs(collection, docs, Some(durability))
+        let model = self.embed_documents(collection, &mut docs)?;
+        self.write_docs(collection, docs, Some(durability), model.as_ref(), None)
     }
 
+    /// Like [`Database::upsert`] (with `durability`, or the database's), for a writer bound to
+    /// the collection whose [`collection_uid`](Database::collection_uid) was `uid`: fails with
+    /// a not-found error, writing nothing, when that collection was dropped meanwhile, even if
+    /// another of the same name exists now. The check is made under the collection's writer
+    /// lock, so it cannot race a drop.
+    pub fn upsert_bound(
+        &self,
+        collection: &str,
+        uid: u64,
+        mut docs: Vec<Document>,
+        durability: Option<Durability>,
+    ) -> Result<UpsertResult> {
+        // Early, so that nothing is embedded for a collection that is gone.
+        if self.coll(collection)?.cid != uid {
+            return Err(dropped_since_bound(collection, uid));
+        }
+        let model = self.embed_documents(collection, &mut docs)?;
+        self.write_docs(collection, docs, durability, model.as_ref(), Some(uid))
+    }
+
+    /// [`Database::upsert_with`] for documents whose vectors the caller embedded with the
+    /// collection's model `model` (ingestion): refused, with nothing written, when the
+    /// collection switched to another model meanwhile (a tuning run or a model rollback).
+    pub(crate) fn upsert_embedded(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        durability: Durability,
+        model: &latentdb_embed::ModelIdentity,
+    ) -> Result<UpsertResult> {
+        self.write_docs(collection, docs, Some(durability), Some(model), None)
+    }
+
+    /// `model`: the model that embedded some of `docs`, checked under the writer lock so that
+    /// vectors of a model the collection switched away from meanwhile are never stored under
+    /// the new model's identity. `uid`: the identity the writer is bound to, checked under the
+    /// writer lock.
     fn write_docs(
         &self,
         name: &str,
         docs: Vec<Document>,
         durability: Option<Durability>,
+        model: Option<&latentdb_embed::ModelIdentity>,
+        uid: Option<u64>,
     ) -> Result<UpsertResult> {
         let coll = self.coll(name)?;
         // What the index would reject must be rejected before storage accepts it.
-        if coll.metric == Metric::Cosine {
-            for d in &docs {
-                // Only when storage would accept the document otherwise, so that its own
-                // (earlier) checks keep reporting first.
-                if let Some(v) = &d.vector
-                    && d.id
-                        .as_deref()
-                        .is_none_or(|id| latentdb_storage::validate_id(id).is_ok())
-                    && matches!(d.metadata, Value::Null | Value::Object(_))
-                    && v.len() == coll.dim
-                    && v.iter().all(|x| x.is_finite())
-                    && !latentdb_index::distance::has_direction(v)
-                {
-                    return Err(Error::InvalidArgument(format!(
-                        "document {:?}: a zero-length vector has no cosine similarity",
-                        d.id.as_deref().unwrap_or("<generated>")
-                    )));
-                }
+        for d in &docs {
+            // Only when storage would accept the document otherwise, so that its own
+            // (earlier) checks keep reporting first.
+            if let Some(v) = &d.vector
+                && d.id
+                    .as_deref()
+                    .is_none_or(|id| latentdb_storage::validate_id(id).is_ok())
+                && matches!(d.metadata, Value::Null | Value::Object(_))
+                && v.len() == coll.dim
+                && v.iter().all(|x| x.is_finite())
+                && let Some(defect) = latentdb_index::distance::vector_defect(coll.metric, v)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "document {:?}: {defect}",
+                    bounded(d.id.as_deref().unwrap_or("<generated>"))
+                )));
             }
         }
-        let metas: Vec<Map<String, Value>> = docs
-            .iter()
-            .map(|d| match &d.metadata {
-                Value::Object(m) => m.clone(),
-                _ => Map::new(),
-            })
-            .collect();
         let sync = durability.unwrap_or(self.storage.options().durability) == Durability::Sync;
         let out = {
             let mut w = coll.writer.lock();
+            if let Some(uid) = uid
+                && (w.dropped || coll.cid != uid)
+            {
+                return Err(dropped_since_bound(name, uid));
+            }
             if w.dropped {
-                return Err(latentdb_storage::Error::CollectionNotFound(name.to_owned()).into());
+                return Err(Error::collection_not_found(name));
+            }
+            if let Some(model) = model {
+                self.check_model_unchanged(name, model)?;
             }
             // Written without the flush: it comes below, once the writer lock is released.
-            let out = self
-                .storage
-                .upsert(name, docs, Some(Durability::Buffered))?;
-            let changes = (out.inserted.len() + out.removed.len()) as u64;
-            let docs = out.ids.iter().cloned().zip(metas).collect();
-            coll.apply(&out.removed, &out.inserted, docs);
-            coll.maintain(&self.storage, &mut w, changes);
-            out
+            self.write_locked(&coll, &mut w, name, docs)?
         };
         // Group commit: writers that queued behind this one flush concurrently, and one sled
         // flush makes all their batches durable. The batch is acknowledged only after it.
@@ -255,8 +350,84 @@ impl Database {
         Ok(UpsertResult { ids: out.ids })
     }
 
+    /// Writes `docs` to storage (buffered: the flush is the caller's) and to the index, with
+    /// the collection's writer lock `w` held.
+    fn write_locked(
+        &self,
+        coll: &Collection,
+        w: &mut crate::collection::WriterState,
+        name: &str,
+        docs: Vec<Document>,
+    ) -> Result<latentdb_storage::UpsertOutcome> {
+        let metas: Vec<Map<String, Value>> = docs
+            .iter()
+            .map(|d| match &d.metadata {
+                Value::Object(m) => m.clone(),
+                _ => Map::new(),
+            })
+            .collect();
+        let out = self
+            .storage
+            .upsert(name, docs, Some(Durability::Buffered))?;
+        let changes = (out.inserted.len() + out.removed.len()) as u64;
+        let docs = out.ids.iter().cloned().zip(metas).collect();
+        coll.apply(&out.removed, &out.inserted, docs);
+        coll.maintain(&self.storage, w, changes);
+        Ok(out)
+    }
+
+    /// Fails (nothing written) when the collection's stored model is no longer `model`.
+    fn check_model_unchanged(
+        &self,
+        name: &str,
+        model: &latentdb_embed::ModelIdentity,
+    ) -> Result<()> {
+        let info = self.storage.collection_info(name)?;
+        let now = crate::embedding::EmbedderSettings::of(name, &info.embedder)?;
+        if now.is_some_and(|s| crate::embedding::identity_difference(&s.identity, model).is_none())
+        {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "collection {:?} switched to another model while this batch was being embedded (a \
+             tuning run or a model rollback); nothing was written: send the batch again",
+            crate::error::bounded(name)
+        )))
+    }
+
+    /// Switches `collection` to another model with its writer lock held throughout, so that no
+    /// write interleaves: `prepare` runs under the lock (given the storage engine, to read what
+    /// changed) and returns every document with its new vector and the new embedder settings;
+    /// the documents are written in one batch, the settings stored, then everything flushed.
+    /// A batch embedded with the old model that reaches the lock afterwards is refused.
+    pub(crate) fn switch_model_locked(
+        &self,
+        collection: &str,
+        prepare: impl FnOnce(&Storage) -> Result<(Vec<Document>, Value)>,
+    ) -> Result<()> {
+        let coll = self.coll(collection)?;
+        {
+            let mut w = coll.writer.lock();
+            if w.dropped {
+                return Err(Error::collection_not_found(collection));
+            }
+            let (docs, embedder) = prepare(&self.storage)?;
+            if !docs.is_empty() {
+                self.write_locked(&coll, &mut w, collection, docs)?;
+            }
+            self.update_embedder_settings(collection, embedder)?;
+        }
+        self.flush()
+    }
+
+    /// The storage engine, for the services (tuning) that read the change log.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// Fetches documents by id, in the order asked; `None` where an id does not exist.
     pub fn get(&self, collection: &str, ids: &[impl AsRef<str>]) -> Result<Vec<Option<Record>>> {
+        self.quarantine.check(collection)?;
         Ok(self.storage.get(collection, ids)?)
     }
 
@@ -270,7 +441,7 @@ impl Database {
         ids.extend(self.chunk_ids_of(collection, &parents)?);
         let mut w = coll.writer.lock();
         if w.dropped {
-            return Err(latentdb_storage::Error::CollectionNotFound(collection.to_owned()).into());
+            return Err(Error::collection_not_found(collection));
         }
         let DeleteOutcome {
             deleted, removed, ..
@@ -281,26 +452,53 @@ impl Database {
     }
 
     /// Deletes every document whose metadata matches `filter`; returns their ids.
+    ///
+    /// A filter that matches every document (`{}`, `null`, `{"$and": []}`) is refused as an
+    /// invalid argument: deleting everything takes [`Database::delete_all`], so that a missing
+    /// filter can never empty a collection.
     pub fn delete_by_filter(&self, collection: &str, filter: &Value) -> Result<Vec<String>> {
         let coll = self.coll(collection)?;
         let filter = latentdb_index::Filter::parse(filter)
             .map_err(|e| Error::InvalidFilter(e.to_string()))?;
+        if filter.is_all() {
+            return Err(Error::InvalidArgument(
+                "an empty filter matches every document; use delete_all".into(),
+            ));
+        }
+        self.delete_matching(&coll, Some(&filter))
+    }
+
+    /// Deletes every document of a collection (the collection itself stays); returns how many
+    /// there were.
+    pub fn delete_all(&self, collection: &str) -> Result<u64> {
+        let coll = self.coll(collection)?;
+        Ok(self.delete_matching(&coll, None)?.len() as u64)
+    }
+
+    /// Deletes the documents matching `filter` (`None`: all), under the writer lock.
+    fn delete_matching(
+        &self,
+        coll: &Collection,
+        filter: Option<&latentdb_index::Filter>,
+    ) -> Result<Vec<String>> {
         let mut w = coll.writer.lock();
         if w.dropped {
-            return Err(latentdb_storage::Error::CollectionNotFound(collection.to_owned()).into());
+            return Err(Error::collection_not_found(&coll.name));
         }
         let ids: Vec<String> = {
             let payload = coll.payload.read();
-            let universe = payload.candidates(&filter);
-            payload
-                .matching(&filter, universe.as_deref())
+            let points = match filter {
+                Some(f) => payload.matching(f, payload.candidates(f).as_deref()),
+                None => payload.all_points(),
+            };
+            points
                 .into_iter()
                 .filter_map(|p| payload.get(p).map(|e| e.id.to_string()))
                 .collect()
         };
         let mut deleted = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(10_000) {
-            let out = self.storage.delete(collection, chunk, None)?;
+            let out = self.storage.delete(&coll.name, chunk, None)?;
             coll.apply(&out.removed, &[], Vec::new());
             coll.maintain(&self.storage, &mut w, out.removed.len() as u64);
             deleted.extend(out.deleted);
@@ -316,57 +514,7 @@ impl Database {
     pub fn search(&self, collection: &str, req: &SearchRequest) -> Result<Vec<SearchHit>> {
         let coll = self.coll(collection)?;
         let req = self.embed_queries(collection, std::slice::from_ref(req))?;
-        self.search_in(&coll, &req[0])
-    }
-
-    fn search_in(&self, coll: &Collection, req: &SearchRequest) -> Result<Vec<SearchHit>> {
-        let (q, filter) = search::validate(coll, req)?;
-        let with_records = req.with_text || req.with_vectors;
-        let mut points = Vec::new();
-        let mut out = {
-            let payload = coll.payload.read();
-            let hits = search::run(coll, &payload, q, req, filter.as_ref())?;
-            // Resolve ids and metadata from memory; a point removed meanwhile is skipped.
-            let mut out = Vec::with_capacity(hits.len());
-            if with_records {
-                points.reserve_exact(hits.len());
-            }
-            for h in hits {
-                let Some(e) = payload.get(h.id) else { continue };
-                let metadata = match (&e.metadata, req.with_metadata) {
-                    (Value::Object(m), true) => m.clone(),
-                    _ => Map::new(),
-                };
-                out.push(SearchHit {
-                    id: String::from(&*e.id),
-                    score: h.score,
-                    text: None,
-                    metadata,
-                    vector: None,
-                });
-                if with_records {
-                    points.push(h.id);
-                }
-            }
-            out
-        };
-        if with_records {
-            // Text and vectors from storage; a record removed meanwhile drops its hit.
-            let mut records = self.storage.get_points(&coll.name, &points)?.into_iter();
-            out.retain_mut(|hit| match records.next().flatten() {
-                Some(r) => {
-                    if req.with_text {
-                        hit.text = r.text;
-                    }
-                    if req.with_vectors {
-                        hit.vector = Some(r.vector);
-                    }
-                    true
-                }
-                None => false,
-            });
-        }
-        Ok(out)
+        search::search_one(&self.storage, &coll, &req[0])
     }
 
     /// Runs several searches on one collection, in parallel; results in request order. Fails
@@ -377,44 +525,8 @@ impl Database {
         reqs: &[SearchRequest],
     ) -> Result<Vec<Vec<SearchHit>>> {
         let coll = self.coll(collection)?;
-        let reqs: Vec<SearchRequest> = self
-            .embed_queries(collection, reqs)?
-            .into_iter()
-            .map(std::borrow::Cow::into_owned)
-            .collect();
-        let reqs = reqs.as_slice();
-        for r in reqs {
-            search::validate(&coll, r)?;
-        }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(reqs.len().max(1));
-        if threads <= 1 {
-            return reqs.iter().map(|r| self.search_in(&coll, r)).collect();
-        }
-        let chunk = reqs.len().div_ceil(threads);
-        let parts: Vec<Result<Vec<Vec<SearchHit>>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .chunks(chunk)
-                .map(|part| {
-                    let coll = &coll;
-                    s.spawn(move || part.iter().map(|r| self.search_in(coll, r)).collect())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::InvalidArgument("a search thread panicked".into()))
-                    })
-                })
-                .collect()
-        });
-        let mut out = Vec::with_capacity(reqs.len());
-        for p in parts {
-            out.extend(p?);
-        }
-        Ok(out)
+        let reqs = self.embed_queries(collection, reqs)?;
+        search::search_many(&self.storage, &coll, &reqs)
     }
 
     /// Rebuilds a collection's index without its tombstones (searches continue meanwhile)
@@ -423,7 +535,7 @@ impl Database {
         let coll = self.coll(collection)?;
         let mut w = coll.writer.lock();
         if w.dropped {
-            return Err(latentdb_storage::Error::CollectionNotFound(collection.to_owned()).into());
+            return Err(Error::collection_not_found(collection));
         }
         coll.compact(&self.storage, &mut w)
     }
@@ -431,12 +543,16 @@ impl Database {
     /// A collection's index counters and how it was opened.
     pub fn index_stats(&self, collection: &str) -> Result<IndexInfo> {
         let coll = self.coll(collection)?;
-        let persisted = coll.writer.lock().persisted_seq;
-        Ok(coll.info(persisted))
+        let w = coll.writer.lock();
+        if w.dropped {
+            return Err(Error::collection_not_found(collection));
+        }
+        Ok(coll.info(w.persisted_seq))
     }
 
     /// The number of documents in a collection.
     pub fn count(&self, collection: &str) -> Result<u64> {
+        self.quarantine.check(collection)?;
         Ok(self.storage.count(collection)?)
     }
 
@@ -447,6 +563,7 @@ impl Database {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ScrollPage> {
+        self.quarantine.check(collection)?;
         Ok(self.storage.scroll(collection, after, limit)?)
     }
 
@@ -490,15 +607,10 @@ impl Drop for Database {
     }
 }
 
-/// Removes dump directories of collections that no longer exist (dropped before a crash).
-fn remove_orphan_dumps(root: &Path, live: &HashSet<String>) {
-    let Ok(entries) = std::fs::read_dir(root.join(INDEX_DIR)) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !live.contains(&name) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
+/// The error for a writer bound to collection `uid` that was dropped.
+fn dropped_since_bound(name: &str, uid: u64) -> Error {
+    Error::NotFound(format!(
+        "collection {:?} was dropped since this writer bound to it (uid {uid})",
+        bounded(name)
+    ))
 }

@@ -29,6 +29,7 @@ mod error;
 pub mod eval;
 pub mod ingest;
 mod payload;
+mod recovery;
 mod search;
 pub mod tune;
 
@@ -38,8 +39,11 @@ pub use embedding::{DEFAULT_QUERY_INSTRUCTION, EmbedderSettings};
 pub use error::{Error, Result};
 pub use latentdb_index::IndexParams;
 pub use latentdb_storage::{
-    CollectionInfo, CollectionSpec, Document, Durability, MAX_ID_BYTES, Metric, Record, ScrollPage,
+    CollectionInfo, CollectionSpec, DataLossReport, Document, Durability, MAX_ID_BYTES, Metric,
+    Record, ScrollPage,
 };
+/// The class of an error ([`Error::kind`]), shared by every latentdb crate.
+pub use latentdb_types::ErrorKind;
 pub use search::{MAX_EF, MAX_K, SearchHit, SearchRequest};
 
 /// The built-in embedder, for callers that need its lower-level API.

@@ -7,7 +7,10 @@
 //! many match, the HNSW graph is walked with the filter applied during traversal and a
 //! candidate list widened in proportion to the filter's selectivity, which keeps recall.
 
+use std::borrow::Cow;
+
 use latentdb_index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Filter, Hit, Index};
+use latentdb_storage::Storage;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -45,7 +48,9 @@ pub struct SearchRequest {
     /// An instruction sentence for the query, e.g. "Given a question, retrieve passages that
     /// answer the question" (exclusive with `task`; models without instructions ignore it).
     pub instruction: Option<String>,
-    /// How many results, 1..=10000.
+    /// How many results, 1..=10000 ([`MAX_K`]). `0` is an invalid argument ("k must be at
+    /// least 1"), never a default: the default of 10 comes from [`SearchRequest::default`]
+    /// (the gRPC server maps a request's unset `k = 0` to 10 itself).
     pub k: usize,
     /// The candidate list size (>= k); `None`: the collection's default `ef_search`.
     pub ef: Option<usize>,
@@ -137,16 +142,15 @@ pub(crate) fn validate<'r>(
             "query vector component {i} is not a finite number"
         )));
     }
-    if coll.metric == latentdb_storage::Metric::Cosine
-        && !latentdb_index::distance::has_direction(v)
-    {
-        return Err(Error::InvalidArgument(
-            "a zero-length query vector has no cosine similarity".into(),
-        ));
+    if let Some(defect) = latentdb_index::distance::vector_defect(coll.metric, v) {
+        return Err(Error::InvalidArgument(format!("query vector: {defect}")));
     }
-    if !(1..=MAX_K).contains(&req.k) {
+    if req.k == 0 {
+        return Err(Error::InvalidArgument("k must be at least 1".into()));
+    }
+    if req.k > MAX_K {
         return Err(Error::InvalidArgument(format!(
-            "k must be between 1 and {MAX_K}, got {}",
+            "k must be at most {MAX_K}, got {}",
             req.k
         )));
     }
@@ -168,6 +172,101 @@ pub(crate) fn validate<'r>(
     Ok((v, filter))
 }
 
+/// One search on an open collection: the index and payload in memory give the hits, ids and
+/// metadata; storage gives text and vectors when asked for.
+pub(crate) fn search_one(
+    storage: &Storage,
+    coll: &Collection,
+    req: &SearchRequest,
+) -> Result<Vec<SearchHit>> {
+    let (q, filter) = validate(coll, req)?;
+    let with_records = req.with_text || req.with_vectors;
+    let mut points = Vec::new();
+    let mut out = {
+        let payload = coll.payload.read();
+        let hits = run(coll, &payload, q, req, filter.as_ref())?;
+        // Resolve ids and metadata from memory; a point removed meanwhile is skipped.
+        let mut out = Vec::with_capacity(hits.len());
+        if with_records {
+            points.reserve_exact(hits.len());
+        }
+        for h in hits {
+            let Some(e) = payload.get(h.id) else { continue };
+            let metadata = match (&e.metadata, req.with_metadata) {
+                (Value::Object(m), true) => m.clone(),
+                _ => Map::new(),
+            };
+            out.push(SearchHit {
+                id: String::from(&*e.id),
+                score: h.score,
+                text: None,
+                metadata,
+                vector: None,
+            });
+            if with_records {
+                points.push(h.id);
+            }
+        }
+        out
+    };
+    if with_records {
+        // Text and vectors from storage; a record removed meanwhile drops its hit. Storage
+        // finds the collection by name: should this one have been dropped and another created
+        // under its name since the index answered, a point may now hold another document, so
+        // a record counts only when its id is the hit's.
+        let mut records = storage.get_points(&coll.name, &points)?.into_iter();
+        out.retain_mut(|hit| match records.next().flatten() {
+            Some(r) if r.id == hit.id => {
+                if req.with_text {
+                    hit.text = r.text;
+                }
+                if req.with_vectors {
+                    hit.vector = Some(r.vector);
+                }
+                true
+            }
+            _ => false,
+        });
+    }
+    Ok(out)
+}
+
+/// Several searches on one collection, in parallel; results in request order. Every request
+/// is validated before any runs, so that an invalid one fails the batch at once.
+pub(crate) fn search_many(
+    storage: &Storage,
+    coll: &Collection,
+    reqs: &[Cow<'_, SearchRequest>],
+) -> Result<Vec<Vec<SearchHit>>> {
+    for r in reqs {
+        validate(coll, r)?;
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(reqs.len().max(1));
+    if threads <= 1 {
+        return reqs.iter().map(|r| search_one(storage, coll, r)).collect();
+    }
+    let chunk = reqs.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<Vec<SearchHit>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = reqs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || part.iter().map(|r| search_one(storage, coll, r)).collect())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::panicked("search"))))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(reqs.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
 /// Below this many matching points, search them exactly.
 fn exact_threshold(live: usize) -> usize {
     EXACT_SEARCH_MIN.max((EXACT_SEARCH_FRACTION * live as f64) as usize)
@@ -181,7 +280,8 @@ pub(crate) fn run(
     req: &SearchRequest,
     filter: Option<&Filter>,
 ) -> Result<Vec<Hit>> {
-    let index: &Index = &coll.index;
+    let index = coll.index()?;
+    let index: &Index = &index;
     let k = req.k;
     let Some(filter) = filter else {
         return Ok(if req.exact {
