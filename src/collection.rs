@@ -6,18 +6,22 @@
 //! collection's write mutex, writes storage, then applies the same change to the payload and
 //! the index. Searches never take that mutex.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use latentdb_index::{Index, IndexParams, IndexStats};
-use latentdb_storage::{Change, CollectionConfig, Metric, Storage};
+use latentdb_storage::{Change, CollectionConfig, DataLossReport, Metric, Storage};
+use latentdb_types::ErrorKind;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bounded};
 use crate::payload::Payload;
+use crate::recovery;
 
 /// The directory, inside a database directory, that holds index dumps (one subdirectory per
 /// collection, named by the collection's internal id).
@@ -52,6 +56,8 @@ pub struct IndexInfo {
     pub rebuilt_on_open: bool,
     /// Compactions since open.
     pub compactions: u64,
+    /// Rebuilds from storage since open after an index update failed (the writes stood).
+    pub recoveries: u64,
     /// The storage sequence of the last dump written or loaded (0: none).
     pub persisted_seq: u64,
     /// The index parameters.
@@ -96,35 +102,65 @@ struct OpenReport {
 #[derive(Debug)]
 pub(crate) struct Collection {
     pub name: String,
+    /// The storage's id of the collection: its stable identity (never reused).
+    pub cid: u64,
     pub metric: Metric,
     pub dim: usize,
-    pub index: Index,
+    /// The vector index. Swapped whole when it is rebuilt from storage after a failure.
+    index: RwLock<Arc<Index>>,
+    /// Why the index is unusable (an update failed or panicked and the rebuild from storage
+    /// did not succeed yet): searches fail with [`Error::Internal`] until a rebuild succeeds.
+    broken: RwLock<Option<String>>,
     pub payload: RwLock<Payload>,
     pub writer: Mutex<WriterState>,
     dir: PathBuf,
     opened: OpenReport,
     compactions: AtomicU64,
-}
-
-fn index_metric(m: Metric) -> latentdb_index::Metric {
-    match m {
-        Metric::Cosine => latentdb_index::Metric::Cosine,
-        Metric::Dot => latentdb_index::Metric::Dot,
-        Metric::L2 => latentdb_index::Metric::L2,
-    }
+    recoveries: AtomicU64,
+    /// Test hook: the next this many index updates (or rebuild batches) panic.
+    #[cfg(test)]
+    inject_panics: std::sync::atomic::AtomicU32,
 }
 
 /// Index parameters from a collection's `spec.index` JSON (`null`: the defaults).
 pub(crate) fn params_of(spec_index: &Value) -> Result<IndexParams> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::InvalidArgument(latentdb_storage::truncate_echo(
+            &format!("index settings: {e}"),
+            300,
+        ))
+    };
     let params: IndexParams = match spec_index {
         Value::Null => IndexParams::default(),
-        v => serde_json::from_value(v.clone())
-            .map_err(|e| Error::InvalidArgument(format!("index settings: {e}")))?,
+        v => serde_json::from_value(v.clone()).map_err(|e| invalid(&e))?,
     };
-    params
-        .validate()
-        .map_err(|e| Error::InvalidArgument(format!("index settings: {e}")))?;
+    params.validate().map_err(|e| invalid(&e))?;
     Ok(params)
+}
+
+/// A new, empty index for a collection, built and checked before anything is stored: an
+/// allocation the parameters make impossible is an error (from the index), a panic is caught
+/// and reported as [`Error::Internal`], never an abort of the caller.
+pub(crate) fn new_index(metric: Metric, dim: usize, params: IndexParams) -> Result<Index> {
+    match catch_unwind(|| Index::new(metric, dim, params)) {
+        Ok(index) => Ok(index?),
+        Err(panic) => Err(Error::Internal(format!(
+            "building the index panicked: {}",
+            panic_message(panic.as_ref())
+        ))),
+    }
+}
+
+/// The message of a caught panic, bounded.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.as_str()
+    } else {
+        "a panic without a message"
+    };
+    bounded(msg)
 }
 
 /// The dump directory of collection `cid`.
@@ -132,38 +168,54 @@ pub(crate) fn dump_dir(root: &Path, cid: u64) -> PathBuf {
     root.join(INDEX_DIR).join(cid.to_string())
 }
 
-/// Inserts points, falling back to one at a time (skipping, with a warning, any the index
-/// rejects) so that one bad stored vector cannot lose the rest.
-fn insert_points(index: &Index, name: &str, points: &[(u32, &[f32])]) {
-    if index.insert_batch(points).is_ok() {
-        return;
+/// Inserts points, falling back to one at a time so that one vector the index rejects cannot
+/// lose the rest: a point the index refuses as invalid (it would refuse it on every rebuild
+/// too) is skipped with a warning. Any other failure (out of memory, a broken invariant) is
+/// returned: the index no longer holds what storage holds.
+fn insert_points(index: &Index, name: &str, points: &[(u32, &[f32])]) -> Result<(), String> {
+    let Err(e) = index.insert_batch(points) else {
+        return Ok(());
+    };
+    if !skippable(&e) {
+        return Err(e.to_string());
     }
     for &(p, v) in points {
-        if let Err(e) = index.insert(p, v)
-            && !matches!(e, latentdb_index::Error::DuplicateId(_))
-        {
-            tracing::warn!(collection = name, point = p, error = %e, "point not indexed");
+        match index.insert(p, v) {
+            Ok(()) => {}
+            Err(e) if matches!(e, latentdb_index::Error::DuplicateId(_)) => {}
+            Err(e) if skippable(&e) => {
+                tracing::warn!(collection = name, point = p, error = %e, "point not indexed");
+            }
+            Err(e) => return Err(e.to_string()),
         }
     }
+    Ok(())
+}
+
+/// An insert failure that concerns the points themselves (an invalid vector, a point already
+/// indexed), not the index.
+fn skippable(e: &latentdb_index::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::InvalidArgument | ErrorKind::AlreadyExists
+    )
 }
 
 impl Collection {
-    /// A new, empty collection runtime.
-    pub fn create(root: &Path, config: &CollectionConfig, params: IndexParams) -> Result<Self> {
-        let spec = &config.spec;
-        let index = Index::new(index_metric(spec.metric), spec.dimension, params)?;
+    /// A new, empty collection runtime around `index` (from [`new_index`]).
+    pub fn create(root: &Path, config: &CollectionConfig, index: Index) -> Self {
         let dir = dump_dir(root, config.cid);
         // A leftover from an earlier collection with this id cannot exist (ids are not
         // reused), but never load a stale dump into a fresh collection.
         let _ = std::fs::remove_dir_all(&dir);
-        Ok(Self::assemble(
+        Self::assemble(
             config,
             index,
             Payload::default(),
             dir,
             OpenReport::default(),
             0,
-        ))
+        )
     }
 
     fn assemble(
@@ -176,9 +228,11 @@ impl Collection {
     ) -> Self {
         Collection {
             name: config.spec.name.clone(),
+            cid: config.cid,
             metric: config.spec.metric,
             dim: config.spec.dimension,
-            index,
+            index: RwLock::new(Arc::new(index)),
+            broken: RwLock::new(None),
             payload: RwLock::new(payload),
             writer: Mutex::new(WriterState {
                 dropped: false,
@@ -189,36 +243,68 @@ impl Collection {
             dir,
             opened,
             compactions: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            #[cfg(test)]
+            inject_panics: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// The index for a search: [`Error::Internal`] while it is unusable (an update failed
+    /// and the rebuild from storage has not succeeded yet).
+    pub fn index(&self) -> Result<Arc<Index>> {
+        if let Some(why) = &*self.broken.read() {
+            return Err(Error::Internal(format!(
+                "the index of collection {:?} is unusable ({why}); it is rebuilt from storage \
+                 on the next write, compaction or open",
+                bounded(&self.name)
+            )));
+        }
+        Ok(self.current())
+    }
+
+    /// The index as it is, usable or not (for counters and maintenance).
+    fn current(&self) -> Arc<Index> {
+        self.index.read().clone()
     }
 
     /// Opens an existing collection: loads its index dump and replays the change log after
     /// it, or rebuilds the index from storage when the dump is missing, damaged, stale or
-    /// disagrees with storage. Never fails because of the dump.
-    pub fn open(storage: &Storage, root: &Path, config: &CollectionConfig) -> Result<Self> {
+    /// disagrees with storage.
+    ///
+    /// A dump whose sequence is ahead of storage means storage lost acknowledged writes:
+    /// [`Error::DataLoss`], unless `accept_data_loss`, in which case the dump is moved aside as
+    /// evidence, the loss is added to `lost`, and the index is rebuilt from what storage holds.
+    /// Any other error (bad stored index settings, unreadable records) is the caller's to
+    /// quarantine the collection with.
+    pub fn open(
+        storage: &Storage,
+        root: &Path,
+        config: &CollectionConfig,
+        accept_data_loss: bool,
+        lost: &mut Vec<DataLossReport>,
+    ) -> Result<Self> {
         let spec = &config.spec;
         let name = spec.name.as_str();
-        let params = params_of(&spec.index).unwrap_or_else(|e| {
-            tracing::warn!(collection = name, error = %e, "bad index settings, using defaults");
-            IndexParams::default()
-        });
         let dir = dump_dir(root, config.cid);
         let last = storage.last_seq(name)?;
-        let metric = index_metric(spec.metric);
         let loaded = match Index::load(&dir) {
+            Ok(Some((_, seq))) if seq > last => {
+                // Checked before anything else (even the settings): nothing is changed on
+                // disk unless the loss is accepted.
+                lost.push(recovery::dump_ahead(
+                    &dir,
+                    name,
+                    seq,
+                    last,
+                    accept_data_loss,
+                )?);
+                None
+            }
             Ok(Some((index, seq))) => {
-                if index.metric() != metric || index.dim() != spec.dimension {
+                if index.metric() != spec.metric || index.dim() != spec.dimension {
                     tracing::warn!(
                         collection = name,
                         "index dump has another metric or dimension; rebuilding"
-                    );
-                    None
-                } else if seq > last {
-                    tracing::warn!(
-                        collection = name,
-                        dump_seq = seq,
-                        storage_seq = last,
-                        "index dump is ahead of storage; rebuilding"
                     );
                     None
                 } else {
@@ -246,6 +332,7 @@ impl Collection {
                 None
             }
         };
+        let params = params_of(&spec.index)?;
 
         // One scan of storage: the payload always, the vectors only for a rebuild.
         let mut payload = Payload::default();
@@ -261,24 +348,42 @@ impl Collection {
 
         if let Some((index, seq, changes)) = loaded {
             let replayed = changes.len();
-            replay(storage, &index, name, &changes)?;
-            let agrees = index.len() == payload.len()
-                && payload.all_points().iter().all(|&p| index.contains(p));
-            if agrees {
-                let opened = OpenReport {
-                    loaded_from_dump: true,
-                    replayed,
-                    rebuilt: false,
-                };
-                tracing::debug!(collection = name, seq, replayed, "index loaded from dump");
-                return Ok(Self::assemble(config, index, payload, dir, opened, seq));
+            // A dump that passed the load checks but breaks the graph code must not take the
+            // collection down: a panic while replaying means rebuild, like any bad dump.
+            let caught_up = catch_unwind(AssertUnwindSafe(|| {
+                replay(storage, &index, name, &changes)?;
+                Ok::<bool, Error>(
+                    index.len() == payload.len()
+                        && payload.all_points().iter().all(|&p| index.contains(p)),
+                )
+            }));
+            match caught_up {
+                Ok(Ok(true)) => {
+                    let opened = OpenReport {
+                        loaded_from_dump: true,
+                        replayed,
+                        rebuilt: false,
+                    };
+                    tracing::debug!(collection = name, seq, replayed, "index loaded from dump");
+                    return Ok(Self::assemble(config, index, payload, dir, opened, seq));
+                }
+                Ok(Ok(false)) => tracing::warn!(
+                    collection = name,
+                    index_live = index.len(),
+                    stored = payload.len(),
+                    "index dump disagrees with storage after replay; rebuilding"
+                ),
+                Ok(Err(e)) => tracing::warn!(
+                    collection = name,
+                    error = %e,
+                    "replaying the change log onto the index dump failed; rebuilding"
+                ),
+                Err(panic) => tracing::warn!(
+                    collection = name,
+                    panic = panic_message(panic.as_ref()),
+                    "replaying the change log onto the index dump panicked; rebuilding"
+                ),
             }
-            tracing::warn!(
-                collection = name,
-                index_live = index.len(),
-                stored = payload.len(),
-                "index dump disagrees with storage after replay; rebuilding"
-            );
             storage.scan_points(name, |point, record| {
                 rebuild_points.push((point, record.vector));
                 Ok(())
@@ -286,11 +391,7 @@ impl Collection {
         }
 
         let started = Instant::now();
-        let index = Index::new(metric, spec.dimension, params)?;
-        for chunk in rebuild_points.chunks(BATCH) {
-            let refs: Vec<(u32, &[f32])> = chunk.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-            insert_points(&index, name, &refs);
-        }
+        let index = build_index(spec.metric, spec.dimension, params, name, &rebuild_points)?;
         if !rebuild_points.is_empty() {
             tracing::warn!(
                 collection = name,
@@ -308,6 +409,11 @@ impl Collection {
     }
 
     /// Applies a storage write to the payload and the index (the caller holds the writer).
+    ///
+    /// Never fails: the write is committed in storage, so it stands. When the index cannot
+    /// take it (an error other than an invalid point, or a panic while linking) the index is
+    /// marked unusable and [`Collection::maintain`], which every writer calls next under the
+    /// same lock, rebuilds it from storage before the write is acknowledged.
     pub fn apply(
         &self,
         removed: &[u32],
@@ -323,26 +429,54 @@ impl Collection {
                 payload.insert(*p, &id, meta);
             }
         }
-        for &p in removed {
-            self.index.delete(p);
+        if self.broken.read().is_some() {
+            return; // rebuilt from storage (which has this write) in `maintain`
         }
-        if !inserted.is_empty() {
+        let index = self.current();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            for &p in removed {
+                index.delete(p);
+            }
+            if inserted.is_empty() {
+                return Ok(());
+            }
+            self.injected_panic();
             let refs: Vec<(u32, &[f32])> =
                 inserted.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-            insert_points(&self.index, &self.name, &refs);
-        }
+            insert_points(&index, &self.name, &refs)
+        }));
+        let why = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("an index update failed: {e}"),
+            Err(panic) => format!(
+                "an index update panicked: {}",
+                panic_message(panic.as_ref())
+            ),
+        };
+        tracing::error!(collection = %self.name, reason = why, "the write is stored; rebuilding the index from storage");
+        *self.broken.write() = Some(why);
     }
 
-    /// After a write: compacts past the tombstone threshold and persists after enough changes.
-    /// Failures are logged, never returned: the write itself succeeded.
+    /// After a write: rebuilds the index from storage if the write could not update it,
+    /// compacts past the tombstone threshold and persists after enough changes. Failures are
+    /// logged, never returned: the write itself succeeded.
     pub fn maintain(&self, storage: &Storage, w: &mut WriterState, changes: u64) {
         w.changes += changes;
-        let stats = self.index.stats();
-        if stats.total >= COMPACT_MIN_POINTS
-            && self.index.tombstone_ratio() > COMPACT_TOMBSTONE_RATIO
-        {
+        if self.broken.read().is_some() {
+            // Logged inside; searches keep failing until a later rebuild succeeds.
+            let _ = self.rebuild_from_storage(storage, w);
+            return;
+        }
+        let index = self.current();
+        let stats = index.stats();
+        if stats.total >= COMPACT_MIN_POINTS && index.tombstone_ratio() > COMPACT_TOMBSTONE_RATIO {
             tracing::info!(collection = %self.name, deleted = stats.deleted, total = stats.total, "compacting index");
-            self.index.rebuild();
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| index.rebuild())) {
+                let why = format!("compaction panicked: {}", panic_message(panic.as_ref()));
+                *self.broken.write() = Some(why);
+                let _ = self.rebuild_from_storage(storage, w);
+                return;
+            }
             self.compactions.fetch_add(1, Ordering::Relaxed);
             w.dirty = true;
             w.changes = w.changes.max(PERSIST_EVERY_CHANGES);
@@ -354,15 +488,71 @@ impl Collection {
         }
     }
 
-    /// Rebuilds the index without its tombstones and persists it (the caller holds the writer).
+    /// Replaces the index with one built from every point in storage (the caller holds the
+    /// writer, so storage does not change meanwhile). On success the index is usable again
+    /// and is persisted with the next flush; on failure it stays unusable, with the reason.
+    fn rebuild_from_storage(&self, storage: &Storage, w: &mut WriterState) -> Result<()> {
+        let started = Instant::now();
+        let old = self.current();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut points: Vec<(u32, Vec<f32>)> = Vec::new();
+            storage.scan_points(&self.name, |point, record| {
+                points.push((point, record.vector));
+                Ok(())
+            })?;
+            self.injected_panic();
+            let index = build_index(self.metric, self.dim, old.params(), &self.name, &points)?;
+            Ok::<_, Error>((index, points.len()))
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::Internal(format!(
+                "building the index from storage panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        });
+        match result {
+            Ok((index, points)) => {
+                *self.index.write() = Arc::new(index);
+                *self.broken.write() = None;
+                self.recoveries.fetch_add(1, Ordering::Relaxed);
+                w.dirty = true;
+                tracing::warn!(
+                    collection = %self.name,
+                    points,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "index rebuilt from storage after a failed update"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(collection = %self.name, error = %e, "rebuilding the index from storage failed; searches fail until a rebuild succeeds");
+                *self.broken.write() = Some(format!("rebuilding it from storage failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Rebuilds the index without its tombstones and persists it (the caller holds the
+    /// writer). An unusable index is rebuilt from storage instead.
     pub fn compact(&self, storage: &Storage, w: &mut WriterState) -> Result<CompactReport> {
         let started = Instant::now();
-        let before = self.index.stats();
-        self.index.rebuild();
+        let before = self.current().stats();
+        if self.broken.read().is_some() {
+            self.rebuild_from_storage(storage, w)?;
+        } else {
+            let index = self.current();
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| index.rebuild())) {
+                *self.broken.write() = Some(format!(
+                    "compaction panicked: {}",
+                    panic_message(panic.as_ref())
+                ));
+                self.rebuild_from_storage(storage, w)?;
+            }
+        }
         self.compactions.fetch_add(1, Ordering::Relaxed);
         w.dirty = true;
         self.persist(storage, w)?;
-        let after = self.index.stats();
+        let after = self.current().stats();
         Ok(CompactReport {
             before_total: before.total,
             dropped: before.total.saturating_sub(after.total),
@@ -371,8 +561,12 @@ impl Collection {
         })
     }
 
-    /// True when the dump is behind the index.
+    /// True when the dump is behind the index (never for an unusable index: its dump would
+    /// be wrong).
     pub fn needs_persist(&self, storage: &Storage, w: &WriterState) -> bool {
+        if self.broken.read().is_some() {
+            return false;
+        }
         let current = storage.last_seq(&self.name).ok();
         w.dirty || current != Some(w.persisted_seq)
     }
@@ -381,9 +575,10 @@ impl Collection {
     /// up to it (the caller holds the writer, so index and sequence agree). Storage is flushed
     /// first: a dump must never be ahead of what storage has on disk.
     pub fn persist(&self, storage: &Storage, w: &mut WriterState) -> Result<()> {
+        let index = self.index()?;
         storage.flush()?;
         let seq = storage.last_seq(&self.name)?;
-        self.index.persist(&self.dir, seq)?;
+        index.persist(&self.dir, seq)?;
         storage.trim_changes(&self.name, seq)?;
         w.persisted_seq = seq;
         w.changes = 0;
@@ -393,20 +588,17 @@ impl Collection {
 
     /// Removes the dump directory (after the collection was dropped).
     pub fn remove_dump(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove index dump");
-        }
+        recovery::remove_dump_dir(&self.dir);
     }
 
     /// The index's counters and open history.
     pub fn info(&self, persisted_seq: u64) -> IndexInfo {
+        let index = self.current();
         let IndexStats {
             total,
             live,
             deleted,
-        } = self.index.stats();
+        } = index.stats();
         IndexInfo {
             live,
             total,
@@ -415,9 +607,51 @@ impl Collection {
             replayed: self.opened.replayed,
             rebuilt_on_open: self.opened.rebuilt,
             compactions: self.compactions.load(Ordering::Relaxed),
+            recoveries: self.recoveries.load(Ordering::Relaxed),
             persisted_seq,
-            params: self.index.params(),
+            params: index.params(),
         }
+    }
+
+    /// Test hook: panics when a panic was injected (the index update or rebuild "fails").
+    fn injected_panic(&self) {
+        #[cfg(test)]
+        if self
+            .inject_panics
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected index failure");
+        }
+    }
+}
+
+/// A new index holding `points`, built with panics caught: [`Error::Internal`] when the
+/// index cannot hold what storage holds.
+fn build_index(
+    metric: Metric,
+    dim: usize,
+    params: IndexParams,
+    name: &str,
+    points: &[(u32, Vec<f32>)],
+) -> Result<Index> {
+    let index = new_index(metric, dim, params)?;
+    let built = catch_unwind(AssertUnwindSafe(|| {
+        for chunk in points.chunks(BATCH) {
+            let refs: Vec<(u32, &[f32])> = chunk.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+            insert_points(&index, name, &refs)?;
+        }
+        Ok::<(), String>(())
+    }));
+    match built {
+        Ok(Ok(())) => Ok(index),
+        Ok(Err(e)) => Err(Error::Internal(format!(
+            "building the index from storage failed: {e}"
+        ))),
+        Err(panic) => Err(Error::Internal(format!(
+            "building the index from storage panicked: {}",
+            panic_message(panic.as_ref())
+        ))),
     }
 }
 
@@ -427,8 +661,9 @@ fn replay(storage: &Storage, index: &Index, name: &str, changes: &[Change]) -> R
     let mut pending: Vec<(u32, Vec<f32>)> = Vec::new();
     let flush = |pending: &mut Vec<(u32, Vec<f32>)>| {
         let refs: Vec<(u32, &[f32])> = pending.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-        insert_points(index, name, &refs);
+        let res = insert_points(index, name, &refs);
         pending.clear();
+        res.map_err(|e| Error::Internal(format!("replaying the change log: {e}")))
     };
     for c in changes {
         if let Change::Insert { point, .. } = *c
@@ -438,16 +673,99 @@ fn replay(storage: &Storage, index: &Index, name: &str, changes: &[Change]) -> R
             if storage.point_vector(name, point, &mut v)? {
                 pending.push((point, v));
                 if pending.len() >= BATCH {
-                    flush(&mut pending);
+                    flush(&mut pending)?;
                 }
             }
         }
     }
-    flush(&mut pending);
+    flush(&mut pending)?;
     for c in changes {
         if let Change::Remove { point, .. } = *c {
             index.delete(point);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latentdb_storage::{CollectionSpec, Document, Durability, StorageOptions};
+
+    const DIM: usize = 4;
+
+    fn vector(n: u32) -> Vec<f32> {
+        vec![1.0, n as f32, (n % 7) as f32, -(n as f32) / 3.0]
+    }
+
+    /// Writes documents `ids` the way the facade does: storage, then `apply` and `maintain`
+    /// under the writer lock.
+    fn write(storage: &Storage, coll: &Collection, ids: std::ops::Range<u32>) {
+        let docs = ids
+            .map(|n| Document::new(format!("d{n}"), vector(n)))
+            .collect();
+        let mut w = coll.writer.lock();
+        let out = storage
+            .upsert("c", docs, Some(Durability::Buffered))
+            .unwrap();
+        let metas = out.ids.iter().map(|id| (id.clone(), Map::new())).collect();
+        coll.apply(&out.removed, &out.inserted, metas);
+        coll.maintain(storage, &mut w, out.inserted.len() as u64);
+    }
+
+    fn nearest(coll: &Collection, n: u32) -> Result<u32> {
+        Ok(coll.index()?.search(&vector(n), 1, None)?[0].id)
+    }
+
+    fn setup(dir: &Path) -> (Storage, Collection) {
+        let storage = Storage::open(dir, StorageOptions::default()).unwrap();
+        storage
+            .create_collection(CollectionSpec::new("c", DIM, Metric::L2))
+            .unwrap();
+        let config = storage.collection_config("c").unwrap();
+        let params = IndexParams::default();
+        let index = new_index(Metric::L2, DIM, params).unwrap();
+        let coll = Collection::create(dir, &config, index);
+        (storage, coll)
+    }
+
+    #[test]
+    fn an_index_panic_after_the_storage_commit_neither_fails_the_write_nor_loses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, coll) = setup(dir.path());
+        write(&storage, &coll, 0..20);
+        coll.inject_panics.store(1, Ordering::Relaxed);
+        // The linking of this batch panics: the write stands (it is in storage) and the index
+        // is rebuilt from storage before the writer returns.
+        write(&storage, &coll, 20..40);
+        assert_eq!(storage.count("c").unwrap(), 40);
+        let info = coll.info(0);
+        assert_eq!((info.live, info.recoveries), (40, 1), "{info:?}");
+        for n in [3, 25, 39] {
+            let point = storage.point_of("c", &format!("d{n}")).unwrap().unwrap();
+            assert_eq!(nearest(&coll, n).unwrap(), point);
+        }
+        // The rebuilt index is persisted like any other.
+        assert!(coll.needs_persist(&storage, &coll.writer.lock()));
+    }
+
+    #[test]
+    fn an_index_that_cannot_be_rebuilt_fails_searches_until_a_rebuild_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, coll) = setup(dir.path());
+        write(&storage, &coll, 0..10);
+        // The update and the rebuild right after it both panic.
+        coll.inject_panics.store(2, Ordering::Relaxed);
+        write(&storage, &coll, 10..20);
+        let err = nearest(&coll, 15).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+        assert!(err.to_string().contains("unusable"), "{err}");
+        // Never persisted while unusable: the dump would be wrong.
+        assert!(!coll.needs_persist(&storage, &coll.writer.lock()));
+        // The next write rebuilds it, with everything storage holds.
+        write(&storage, &coll, 20..21);
+        assert_eq!(coll.info(0).live, 21);
+        let point = storage.point_of("c", "d15").unwrap().unwrap();
+        assert_eq!(nearest(&coll, 15).unwrap(), point);
+    }
 }
