@@ -89,9 +89,7 @@ pub fn run_with_threads<S: AsRef<str> + Sync>(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
-        .map_err(|e| {
-            Error::InvalidArgument(format!("cannot build a pool of {threads} threads: {e}"))
-        })?;
+        .map_err(|e| Error::Internal(format!("cannot build a pool of {threads} threads: {e}")))?;
     pool.install(|| run(embedder, texts, opts))
 }
 

@@ -42,7 +42,8 @@ impl ModelConfig {
                 Ok(ModelConfig::Bert(cfg))
             }
             other => Err(Error::InvalidConfig(format!(
-                "unsupported model_type `{other}` (supported: nvembed, bert)"
+                "unsupported model_type `{}` (supported: nvembed, bert)",
+                crate::error::bounded(other)
             ))),
         }
     }
@@ -429,7 +430,7 @@ impl SentenceTransformersConfig {
             if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
                 return Err(Error::InvalidConfig(format!(
                     "{}: only mean or CLS pooling is supported",
-                    pooling_path.display()
+                    crate::error::shown(&pooling_path)
                 )));
             }
             match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
@@ -438,7 +439,7 @@ impl SentenceTransformersConfig {
                 _ => {
                     return Err(Error::InvalidConfig(format!(
                         "{}: exactly one of mean or CLS pooling must be set",
-                        pooling_path.display()
+                        crate::error::shown(&pooling_path)
                     )));
                 }
             }

@@ -251,8 +251,8 @@ impl Embedder {
                     None => {
                         return Err(Error::InvalidConfig(format!(
                             "{}: backbone `{}` has no path",
-                            dir.join(HEAD_CONFIG_FILE).display(),
-                            head.backbone().name
+                            crate::error::shown(&dir.join(HEAD_CONFIG_FILE)),
+                            crate::error::bounded(&head.backbone().name)
                         )));
                     }
                 };
@@ -280,7 +280,7 @@ impl Embedder {
         let (model, identity) = match config {
             ModelConfig::NvEmbed(cfg) => {
                 let eos = tokenizer.token_id("</s>").ok_or_else(|| {
-                    Error::Tokenizer("the NV-Embed tokenizer has no `</s>` token".into())
+                    Error::InvalidConfig("the NV-Embed tokenizer has no `</s>` token".into())
                 })?;
                 let model = NvEmbed::load(&cfg, dir, &device, opts.dtype)?;
                 let identity = ModelIdentity {
@@ -649,7 +649,7 @@ impl Embedder {
             }
         }
         out.into_iter()
-            .map(|o| o.ok_or_else(|| Error::InvalidArgument("internal: missing row".into())))
+            .map(|o| o.ok_or_else(|| Error::Internal("a row of the batch was not computed".into())))
             .collect()
     }
 }

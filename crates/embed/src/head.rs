@@ -137,7 +137,7 @@ impl LatentHead {
         if config.format_version != FORMAT_VERSION {
             return Err(Error::InvalidConfig(format!(
                 "{}: unsupported head format_version {}",
-                dir.join(HEAD_CONFIG_FILE).display(),
+                crate::error::shown(&dir.join(HEAD_CONFIG_FILE)),
                 config.format_version
             )));
         }

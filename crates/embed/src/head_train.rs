@@ -108,7 +108,7 @@ pub(crate) fn optimise(maps: &[&VarMap], opt: &mut AdamW, loss: &Tensor) -> Resu
         let data = map
             .data()
             .lock()
-            .map_err(|_| Error::InvalidArgument("the variable map's lock is poisoned".into()))?;
+            .map_err(|_| Error::Internal("the variable map's lock is poisoned".into()))?;
         for (name, var) in data.iter() {
             let norm = match grads.get(var.as_tensor()) {
                 Some(g) => g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?,

@@ -60,4 +60,5 @@ pub use embedder::{
 pub use error::{Error, Result};
 pub use fetch::{ModelSpec, fetch_default, models_dir};
 pub use head::{BackboneRef, HeadConfig, LatentHead};
+pub use latentdb_types::ErrorKind;
 pub use lora::{LoraAdapters, LoraConfig, LoraTarget};

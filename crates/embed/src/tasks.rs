@@ -86,7 +86,8 @@ pub fn task(name: &str) -> Result<Task> {
         .ok_or_else(|| {
             let names: Vec<&str> = t.keys().map(String::as_str).collect();
             Error::InvalidArgument(format!(
-                "unknown task `{name}`; known tasks: {}",
+                "unknown task `{}`; known tasks: {}",
+                crate::error::bounded(name),
                 names.join(", ")
             ))
         })

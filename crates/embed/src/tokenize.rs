@@ -31,7 +31,7 @@ impl TextTokenizer {
             return Err(Error::MissingFile(path));
         }
         let mut inner = Tokenizer::from_file(&path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::InvalidConfig(format!("{}: {e}", crate::error::shown(&path))))?;
         inner.with_padding(None);
         inner
             .with_truncation(None)

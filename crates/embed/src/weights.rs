@@ -33,7 +33,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .into_iter()
         .map(|s| {
             if s.contains('/') || s.contains('\\') || s.starts_with('.') {
-                Err(Error::Weights(format!("bad shard name `{s}` in {INDEX}")))
+                Err(Error::Weights(format!(
+                    "bad shard name `{}` in {INDEX}",
+                    crate::error::bounded(s)
+                )))
             } else {
                 Ok(dir.join(s))
             }
@@ -69,7 +72,7 @@ fn read_header(path: &Path) -> Result<serde_json::Value> {
     if n > 100_000_000 {
         return Err(Error::Weights(format!(
             "{}: implausible header size {n}",
-            path.display()
+            crate::error::shown(path)
         )));
     }
     let mut buf = vec![0u8; n as usize];
@@ -92,7 +95,7 @@ pub(crate) fn load_dir(
             return Err(Error::MissingFile(file));
         }
         let tensors = candle_core::safetensors::load(&file, device)
-            .map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
+            .map_err(|e| Error::Weights(format!("{}: {e}", crate::error::shown(&file))))?;
         for (name, t) in tensors {
             let t = if t.dtype() == dtype || !is_float(t.dtype()) {
                 t
@@ -133,7 +136,7 @@ pub(crate) fn check_plan(
         missing.sort();
         return Err(Error::Weights(format!(
             "missing tensors: {}",
-            missing.join(", ")
+            crate::error::bounded_list(&missing)
         )));
     }
     let planned: BTreeSet<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
@@ -146,7 +149,7 @@ pub(crate) fn check_plan(
         unused.sort();
         return Err(Error::Weights(format!(
             "unused tensors: {}",
-            unused.join(", ")
+            crate::error::bounded_list(&unused)
         )));
     }
     Ok(())
@@ -157,7 +160,7 @@ pub(crate) fn check_plan(
 pub(crate) fn take(tensors: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
     tensors
         .remove(name)
-        .ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))
+        .ok_or_else(|| Error::Internal(format!("planned tensor `{name}` is missing")))
 }
 
 /// Loads a small safetensors file of trainable tensors (a head, adapters) onto the CPU as f32.
@@ -166,7 +169,7 @@ pub(crate) fn load_f32_file(path: &Path) -> Result<HashMap<String, Tensor>> {
         return Err(Error::MissingFile(path.to_path_buf()));
     }
     candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?
+        .map_err(|e| Error::Weights(format!("{}: {e}", crate::error::shown(path))))?
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
         .collect()
@@ -217,7 +220,7 @@ pub(crate) fn to_varmap(
         let mut data = varmap
             .data()
             .lock()
-            .map_err(|_| Error::InvalidArgument("the variable map's lock is poisoned".into()))?;
+            .map_err(|_| Error::Internal("the variable map's lock is poisoned".into()))?;
         for (name, t) in named {
             let var = candle_core::Var::from_tensor(&t.to_device(device)?.to_dtype(DType::F32)?)?;
             tensors.insert(name.clone(), var.as_tensor().clone());

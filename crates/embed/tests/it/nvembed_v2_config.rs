@@ -2,13 +2,13 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::shared;
+use crate::common::fixture;
 use latentdb_embed::config::{LatentAttentionConfig, ModelConfig};
 use latentdb_embed::weights::weight_names;
 
 #[test]
 fn nvembed_v2_config_resolves_latent_defaults() {
-    let dir = shared("fixtures/nvembed-v2-config");
+    let dir = fixture("nvembed-v2-config");
     let ModelConfig::NvEmbed(cfg) = ModelConfig::from_dir(&dir).expect("parse config") else {
         panic!("expected an nvembed config");
     };
@@ -28,7 +28,7 @@ fn nvembed_v2_config_resolves_latent_defaults() {
 
 #[test]
 fn nvembed_v2_plan_is_exactly_the_index() {
-    let dir = shared("fixtures/nvembed-v2-config");
+    let dir = fixture("nvembed-v2-config");
     let ModelConfig::NvEmbed(cfg) = ModelConfig::from_dir(&dir).expect("parse config") else {
         panic!("expected an nvembed config");
     };
@@ -60,7 +60,7 @@ fn nvembed_v2_plan_is_exactly_the_index() {
 
 #[test]
 fn tiny_checkpoint_tensors_match_its_plan() {
-    let dir = shared("fixtures/nvembed-tiny");
+    let dir = fixture("nvembed-tiny");
     let ModelConfig::NvEmbed(cfg) = ModelConfig::from_dir(&dir).expect("parse config") else {
         panic!("expected an nvembed config");
     };

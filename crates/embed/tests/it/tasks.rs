@@ -1,22 +1,19 @@
 //! Built-in task instructions.
 
+use crate::common::fixture;
 use latentdb_embed::Instruction;
 use latentdb_embed::tasks::{query_prefix, task, tasks};
 
 #[test]
 fn shipped_instructions_match_the_fixture() {
-    let fixture: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/nvembed-v2-config/instructions.json"
-        ))
-        .expect("fixture"),
+    let expected: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("nvembed-v2-config/instructions.json")).expect("fixture"),
     )
     .expect("json");
     let all = tasks();
-    assert_eq!(all.len(), fixture.as_object().expect("object").len());
+    assert_eq!(all.len(), expected.as_object().expect("object").len());
     for t in &all {
-        let f = &fixture[&t.name];
+        let f = &expected[&t.name];
         let q = f
             .get("query")
             .or_else(|| f.get("text"))
