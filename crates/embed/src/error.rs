@@ -113,7 +113,8 @@ pub enum Error {
     /// System (internal): fetching a model failed (the package installer or the archive).
     #[error("fetching the model failed: {}", detail(.0))]
     Fetch(String),
-    /// System (internal): an I/O error, with the path involved.
+    /// System (internal): an I/O error, with the path involved; caller (not found) when the
+    /// path does not exist.
     #[error("I/O error on {}: {source}", shown(path))]
     Io {
         /// The path being read or written.
@@ -161,6 +162,11 @@ impl Error {
                 ErrorKind::InvalidArgument
             }
             Error::Json { source, .. } if !source.is_io() => ErrorKind::InvalidArgument,
+            // A path that does not exist (a model directory a caller named, canonicalised by
+            // the facade) is the caller's to fix; any other I/O failure is the system's.
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
             Error::Checksum { .. } => ErrorKind::DataLoss,
             Error::Json { .. }
             | Error::Fetch(_)

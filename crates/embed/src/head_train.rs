@@ -310,6 +310,7 @@ mod tests {
         let got = trainer.embed_states(&items)?.to_vec2::<f32>()?;
         let (s, m) = pad_token_states(&items)?;
         let want = l2_normalize(&masked_mean(&s, &m)?)?.to_vec2::<f32>()?;
+        assert_eq!((got.len(), got[0].len()), (want.len(), want[0].len()));
         for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
@@ -325,6 +326,8 @@ mod tests {
         let refs: Vec<&TokenStates> = b.docs.iter().collect();
         let packed = embed_cached(trainer.head(), &refs)?;
         let padded = trainer.embed_states(&b.docs)?.to_vec2::<f32>()?;
+        assert_eq!(packed.len(), padded.len());
+        assert!(packed.iter().zip(&padded).all(|(a, c)| a.len() == c.len()));
         for (a, c) in packed.iter().flatten().zip(padded.iter().flatten()) {
             assert!((a - c).abs() < 1e-5, "{a} vs {c}");
         }

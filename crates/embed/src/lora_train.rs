@@ -276,6 +276,8 @@ mod tests {
             })
             .collect::<Result<Vec<_>>>()?;
         let got = embed_cached(&head, &items.iter().collect::<Vec<_>>())?;
+        assert_eq!(want.len(), got.len());
+        assert!(want.iter().zip(&got).all(|(a, c)| a.len() == c.len()));
         for (a, c) in want.iter().flatten().zip(got.iter().flatten()) {
             assert!((a - c).abs() < 1e-4, "{a} vs {c}");
         }

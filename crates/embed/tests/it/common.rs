@@ -32,6 +32,7 @@ pub fn minilm_dir() -> &'static PathBuf {
 
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (x, y) in a.iter().zip(b) {
         let (x, y) = (f64::from(*x), f64::from(*y));

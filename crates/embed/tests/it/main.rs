@@ -1,6 +1,7 @@
 //! The crate's integration tests, in one binary (one link step instead of one per file).
 
 mod common;
+mod errors;
 mod fetch;
 mod head;
 mod minilm;

@@ -81,6 +81,7 @@ fn token_ids_match_sentence_transformers() {
         ids.iter().any(|r| r.len() == 256),
         "the long edge case must be truncated to 256"
     );
+    assert_eq!(ids.len(), sentences.len());
     for (i, (got, s)) in ids.iter().zip(&sentences).enumerate() {
         assert_eq!(got, &s.input_ids, "row {i}: {:?}", s.text);
     }
@@ -127,6 +128,7 @@ fn default_head_is_exactly_mean_pooling() {
     let b = headed
         .embed(&texts, &EmbedOptions::default())
         .expect("embed");
+    assert_eq!((a.len(), b.len()), (texts.len(), texts.len()));
     for (x, y) in a.iter().zip(&b) {
         assert!(max_abs_diff(x, y) <= 1e-6);
     }
@@ -143,6 +145,7 @@ fn default_head_is_exactly_mean_pooling() {
         .expect("forward")
         .to_vec2::<f32>()
         .expect("vec");
+    assert_eq!(full.len(), a.len());
     for (x, y) in a.iter().zip(&full) {
         assert!(
             max_abs_diff(x, y) <= 1e-5,
@@ -178,8 +181,13 @@ fn missing_default_model_names_the_fetch_command() {
     )
     .expect_err("no model there");
     assert!(err.to_string().contains("latentdb model fetch"), "{err}");
-    let missing = Embedder::load(&ModelSpec::parse("/definitely/not/a/model/dir"));
-    assert!(missing.is_err());
+    let missing = Embedder::load(&ModelSpec::parse("/definitely/not/a/model/dir"))
+        .expect_err("no such directory");
+    assert_eq!(
+        missing.kind(),
+        latentdb_embed::ErrorKind::NotFound,
+        "{missing}"
+    );
 }
 
 #[test]
@@ -292,6 +300,7 @@ fn one_embedder_serves_many_threads() {
             .collect();
         for h in handles {
             let got = h.join().expect("thread");
+            assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
                 assert!(max_abs_diff(g, w) <= 1e-6);
             }

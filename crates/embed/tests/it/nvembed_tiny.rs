@@ -1,7 +1,7 @@
 //! Parity with NVIDIA's own NV-Embed code on a tiny random-weight checkpoint.
 
 use crate::common::{cosine, fixture, max_abs_diff};
-use latentdb_embed::{EmbedOptions, Embedder, Instruction, LoadOptions};
+use latentdb_embed::{EmbedOptions, Embedder, ErrorKind, Instruction, LoadOptions};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -82,6 +82,7 @@ fn embeddings_match_reference_batched_and_one_by_one() {
             &single,
             &case.embeddings,
         );
+        assert_eq!(batched.len(), single.len());
         for (a, b) in batched.iter().zip(&single) {
             assert!(
                 max_abs_diff(a, b) <= 1e-5,
@@ -151,12 +152,16 @@ fn bad_options_are_errors() {
         batch_size: 0,
         ..EmbedOptions::default()
     };
-    assert!(embedder.embed(&["x"], &zero).is_err());
+    let err = embedder.embed(&["x"], &zero).expect_err("batch size 0");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     let too_long = EmbedOptions {
         max_length: Some(10_000_000),
         ..EmbedOptions::default()
     };
-    assert!(embedder.embed(&["x"], &too_long).is_err());
+    let err = embedder
+        .embed(&["x"], &too_long)
+        .expect_err("longer than the model allows");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     let empty: Vec<Vec<f32>> = embedder
         .embed(&[] as &[&str], &EmbedOptions::default())
         .expect("empty");
