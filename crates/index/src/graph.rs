@@ -20,6 +20,7 @@ use std::sync::atomic::{
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 
+use crate::error::{Error, Result};
 use crate::metric::MetricExt;
 use crate::params::IndexParams;
 use crate::synth::mix64;
@@ -27,6 +28,9 @@ use latentdb_types::Metric;
 
 /// Highest layer a node may get (layers 0..=MAX_LEVEL).
 pub(crate) const MAX_LEVEL: u8 = 15;
+
+/// Most points one graph holds: slots are `u32`, and `u32::MAX` is never a slot.
+pub(crate) const MAX_POINTS: usize = u32::MAX as usize;
 
 /// Asks the CPU to start loading the cache line at `p`, so that the distance computations of
 /// a node's neighbours overlap their memory latency instead of paying it one after another
@@ -95,22 +99,51 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
-    pub(crate) fn new(dim: usize, params: &IndexParams) -> Self {
-        let cap = params.initial_capacity;
-        Self {
+    /// Empty arrays with room for `cap` points, reserved fallibly: an impossible size is an
+    /// [`Error::ResourceExhausted`], never an abort.
+    pub(crate) fn with_capacity(dim: usize, params: &IndexParams, cap: usize) -> Result<Self> {
+        let mut nodes = Self {
             dim,
             m: params.m,
             m0: params.m0(),
-            vectors: Vec::with_capacity(cap * dim),
-            ids: Vec::with_capacity(cap),
-            levels: Vec::with_capacity(cap),
-            links0: Vec::with_capacity(cap * (params.m0() + 1)),
-            upper: Vec::with_capacity(cap),
-            locks: Vec::with_capacity(cap),
-            deleted: Vec::with_capacity(cap),
-            linked: Vec::with_capacity(cap),
-            slot_of: HashMap::with_capacity(cap),
+            ..Self::default()
+        };
+        nodes.try_reserve(cap)?;
+        Ok(nodes)
+    }
+
+    /// Reserves room for `additional` more points in every array, fallibly, so that the
+    /// pushes that follow do not allocate.
+    pub(crate) fn try_reserve(&mut self, additional: usize) -> Result<()> {
+        let fail = |what: &str| {
+            Error::ResourceExhausted(format!(
+                "cannot reserve memory for {additional} more index points ({what})"
+            ))
+        };
+        let floats = additional
+            .checked_mul(self.dim)
+            .ok_or_else(|| fail("size overflows"))?;
+        let links = additional
+            .checked_mul(self.m0 + 1)
+            .ok_or_else(|| fail("size overflows"))?;
+        let total = self
+            .len()
+            .checked_add(additional)
+            .ok_or_else(|| fail("size overflows"))?;
+        if total > MAX_POINTS {
+            return Err(fail(&format!("an index holds at most {MAX_POINTS} points")));
         }
+        let e = |_| fail("out of memory");
+        self.vectors.try_reserve(floats).map_err(e)?;
+        self.links0.try_reserve(links).map_err(e)?;
+        self.ids.try_reserve(additional).map_err(e)?;
+        self.levels.try_reserve(additional).map_err(e)?;
+        self.upper.try_reserve(additional).map_err(e)?;
+        self.locks.try_reserve(additional).map_err(e)?;
+        self.deleted.try_reserve(additional).map_err(e)?;
+        self.linked.try_reserve(additional).map_err(e)?;
+        self.slot_of.try_reserve(additional).map_err(e)?;
+        Ok(())
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -123,27 +156,40 @@ impl Nodes {
         &self.vectors[start..start + self.dim]
     }
 
-    /// The link array (count first) of `slot` on `layer`.
-    #[inline]
-    pub(crate) fn link_slice(&self, slot: u32, layer: u8) -> &[AtomicU32] {
-        if layer == 0 {
-            let stride = self.m0 + 1;
-            let start = slot as usize * stride;
-            &self.links0[start..start + stride]
-        } else {
-            let stride = self.m + 1;
-            let start = (layer as usize - 1) * stride;
-            &self.upper[slot as usize][start..start + stride]
-        }
-    }
-
     /// Copies the neighbours of `slot` on `layer` into `out`.
+    ///
+    /// Defensive, because a search must never panic: a layer above the node's level reads as
+    /// no neighbours, and a target past the last slot is skipped (a loaded dump is checked
+    /// for both, and linking never writes either; the check costs one compare per link).
     #[inline]
     pub(crate) fn neighbors(&self, slot: u32, layer: u8, out: &mut Vec<u32>) {
         out.clear();
-        let links = self.link_slice(slot, layer);
+        let Some(links) = self.links(slot, layer) else {
+            return;
+        };
         let count = (links[0].load(Relaxed) as usize).min(links.len() - 1);
-        out.extend(links[1..=count].iter().map(|a| a.load(Relaxed)));
+        let n = self.ids.len();
+        out.extend(
+            links[1..=count]
+                .iter()
+                .map(|a| a.load(Relaxed))
+                .filter(|&s| (s as usize) < n),
+        );
+    }
+
+    /// The link array (count first) of `slot` on `layer`, `None` when the node has no such
+    /// layer.
+    #[inline]
+    fn links(&self, slot: u32, layer: u8) -> Option<&[AtomicU32]> {
+        if layer == 0 {
+            let stride = self.m0 + 1;
+            let start = slot as usize * stride;
+            self.links0.get(start..start + stride)
+        } else {
+            let stride = self.m + 1;
+            let start = (layer as usize - 1) * stride;
+            self.upper.get(slot as usize)?.get(start..start + stride)
+        }
     }
 
     /// Overwrites the neighbours of `slot` on `layer` (caller holds the node's lock).
@@ -153,7 +199,9 @@ impl Nodes {
         layer: u8,
         list: impl ExactSizeIterator<Item = u32>,
     ) {
-        let links = self.link_slice(slot, layer);
+        let Some(links) = self.links(slot, layer) else {
+            return;
+        };
         let count = list.len().min(links.len() - 1);
         for (dst, v) in links[1..].iter().zip(list) {
             dst.store(v, Relaxed);
@@ -244,8 +292,20 @@ pub(crate) struct Graph {
 }
 
 impl Graph {
-    pub(crate) fn new(metric: Metric, dim: usize, params: IndexParams) -> Self {
-        Self::from_parts(metric, dim, params, Nodes::new(dim, &params), None, 0)
+    /// An empty graph with room for `params.initial_capacity` points.
+    pub(crate) fn new(metric: Metric, dim: usize, params: IndexParams) -> Result<Self> {
+        Self::with_capacity(metric, dim, params, params.initial_capacity)
+    }
+
+    /// An empty graph with room for `cap` points.
+    pub(crate) fn with_capacity(
+        metric: Metric,
+        dim: usize,
+        params: IndexParams,
+        cap: usize,
+    ) -> Result<Self> {
+        let nodes = Nodes::with_capacity(dim, &params, cap)?;
+        Ok(Self::from_parts(metric, dim, params, nodes, None, 0))
     }
 
     pub(crate) fn from_parts(
@@ -292,13 +352,14 @@ impl Graph {
     }
 
     /// Appends prepared vectors (`ids.len() * dim` floats, ids not yet present) and links them
-    /// in parallel.
-    pub(crate) fn add(&self, ids: &[u32], flat: &[f32]) {
+    /// in parallel. Fails, adding nothing, when the arrays cannot grow by `ids.len()` points.
+    pub(crate) fn add(&self, ids: &[u32], flat: &[f32]) -> Result<()> {
         if ids.is_empty() {
-            return;
+            return Ok(());
         }
         let start = {
             let mut nodes = self.nodes.write();
+            nodes.try_reserve(ids.len())?;
             let start = nodes.len();
             for (i, &id) in ids.iter().enumerate() {
                 let level = self.level_for(id);
@@ -334,6 +395,7 @@ impl Graph {
                     self.link(nodes, slot as u32, scratch)
                 });
         }
+        Ok(())
     }
 
     /// Greedy walk on one upper layer towards `q`, moving only to nodes `usable` accepts.
@@ -601,6 +663,9 @@ impl Graph {
         let Some(ep) = *self.entry.read() else { return };
         let nodes = self.nodes.read();
         let nodes: &Nodes = &nodes;
+        if ep.slot as usize >= nodes.len() {
+            return;
+        }
         let mut scratch = self.take_scratch();
         let mut nbuf = std::mem::take(&mut scratch.nbuf);
         let mut cur = Cand {

@@ -43,6 +43,9 @@ pub struct IndexStats {
 /// scan costs one distance per matching point.
 pub const EXACT_SEARCH_FRACTION: f64 = 0.1;
 
+/// Largest vector dimension an index accepts.
+pub const MAX_DIMENSION: usize = 65_536;
+
 /// Below this many matching points the exact scan is always used (cheaper than any walk).
 pub const EXACT_SEARCH_MIN: usize = 4096;
 
@@ -65,13 +68,13 @@ pub struct Index {
 impl Index {
     /// A new, empty index.
     pub fn new(metric: Metric, dim: usize, params: IndexParams) -> Result<Self> {
-        if dim == 0 || dim > 65_536 {
+        if dim == 0 || dim > MAX_DIMENSION {
             return Err(Error::InvalidArgument(format!(
-                "dimension must be in 1..=65536, got {dim}"
+                "dimension must be in 1..={MAX_DIMENSION}, got {dim}"
             )));
         }
-        params.validate()?;
-        Ok(Self::from_graph(Graph::new(metric, dim, params)))
+        params.validate_for(dim)?;
+        Ok(Self::from_graph(Graph::new(metric, dim, params)?))
     }
 
     pub(crate) fn from_graph(graph: Graph) -> Self {
@@ -144,13 +147,25 @@ impl Index {
     /// Inserts a batch of points, linking them into the graph in parallel (rayon).
     ///
     /// The whole batch is validated first; on any error nothing is inserted. Errors (caller
-    /// faults): wrong dimension, NaN/infinite values, a zero vector under cosine, an id that is
-    /// already present (live or deleted: ids are never reused) or repeated in the batch.
+    /// faults): wrong dimension, NaN/infinite values, a zero vector under cosine, a norm that
+    /// overflows ([`Error::VectorOverflow`]), an id that is already present (live or deleted:
+    /// ids are never reused) or repeated in the batch; [`Error::ResourceExhausted`] when the
+    /// index cannot grow by the batch.
     pub fn insert_batch(&self, points: &[(u32, &[f32])]) -> Result<()> {
         let _w = self.writer.lock();
         let graph = self.graph();
-        let mut flat = Vec::with_capacity(points.len() * self.dim);
-        let mut ids = Vec::with_capacity(points.len());
+        let exhausted = || {
+            Error::ResourceExhausted(format!(
+                "cannot reserve memory for a batch of {} points",
+                points.len()
+            ))
+        };
+        let floats = points.len().checked_mul(self.dim).ok_or_else(exhausted)?;
+        let mut flat = Vec::new();
+        flat.try_reserve_exact(floats).map_err(|_| exhausted())?;
+        let mut ids = Vec::new();
+        ids.try_reserve_exact(points.len())
+            .map_err(|_| exhausted())?;
         {
             let nodes = graph.nodes.read();
             let mut seen = HashSet::with_capacity(points.len());
@@ -162,8 +177,7 @@ impl Index {
                 ids.push(id);
             }
         }
-        graph.add(&ids, &flat);
-        Ok(())
+        graph.add(&ids, &flat)
     }
 
     /// Tombstones a point: no search returns it from now on. Returns false when the id is
@@ -385,7 +399,8 @@ impl Index {
 
     /// Builds a fresh graph from the live points and swaps it in: tombstones and their space
     /// are dropped. Searches and deletes keep running on the old graph during the build;
-    /// inserts wait. Deletes made during the build are carried over at the swap.
+    /// inserts wait. Deletes made during the build are carried over at the swap. When the
+    /// memory for the fresh graph cannot be reserved, the old graph stays (with a warning).
     pub fn rebuild(&self) {
         let _w = self.writer.lock();
         let old = self.graph();
@@ -401,10 +416,16 @@ impl Index {
             }
             (ids, flat)
         };
-        let mut params = self.params;
-        params.initial_capacity = params.initial_capacity.max(ids.len());
-        let fresh = Graph::new(self.metric, self.dim, params);
-        fresh.add(&ids, &flat);
+        let cap = self.params.initial_capacity.max(ids.len());
+        let fresh = match Graph::with_capacity(self.metric, self.dim, self.params, cap)
+            .and_then(|g| g.add(&ids, &flat).map(|()| g))
+        {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "index rebuild skipped; the old graph stays");
+                return;
+            }
+        };
         let mut guard = self.graph.write();
         {
             // Carry over deletes that happened while building.
@@ -442,6 +463,7 @@ fn top_k(iter: impl Iterator<Item = Cand>, k: usize) -> Vec<Cand> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use latentdb_types::ErrorKind;
 
     fn index(metric: Metric) -> Index {
         Index::new(metric, 3, IndexParams::default()).unwrap()
@@ -515,6 +537,26 @@ mod tests {
                 assert_eq!(hits[0].id, 3);
                 assert!((hits[0].score - 1.0).abs() < 1e-6);
             }
+        }
+    }
+
+    #[test]
+    fn impossible_capacities_are_errors_not_aborts() {
+        for cap in [1_000_000_000_000usize, 1 << 61, usize::MAX] {
+            let params = IndexParams {
+                initial_capacity: cap,
+                ..IndexParams::default()
+            };
+            let err = Index::new(Metric::Cosine, 384, params).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{cap}: {err}");
+            assert!(err.to_string().contains("initial_capacity"), "{err}");
+        }
+        // Past the parameter checks, the reservation itself is fallible.
+        let params = IndexParams::default();
+        for cap in [usize::MAX / 2, 1 << 31] {
+            let err = Graph::with_capacity(Metric::L2, 65_536, params, cap).unwrap_err();
+            assert!(matches!(err, Error::ResourceExhausted(_)), "{cap}: {err}");
+            assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
         }
     }
 

@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod distance;
+mod echo;
 mod error;
 pub mod filter;
 mod graph;
@@ -22,13 +23,17 @@ mod index;
 mod metric;
 pub mod npy;
 mod params;
+mod parse;
 mod persist;
 pub mod synth;
 
 pub use error::{Error, Result};
 pub use filter::{Condition, Filter};
-pub use index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats};
+pub use index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats, MAX_DIMENSION};
 pub use latentdb_types::Metric;
 pub use metric::MetricExt;
-pub use params::IndexParams;
+pub use params::{
+    IndexParams, MAX_EF_CONSTRUCTION, MAX_EF_SEARCH, MAX_INITIAL_BYTES, MAX_INITIAL_CAPACITY,
+    MAX_M, MIN_M,
+};
 pub use persist::FORMAT_VERSION;

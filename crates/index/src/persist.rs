@@ -14,28 +14,30 @@
 //! generations. A crash at any point leaves either the old or the new dump complete.
 //!
 //! Loading reads the manifest, checks each file's length and CRC-32, then parses every field
-//! with bounds checks (link targets, levels, counts, duplicate ids) before building the graph:
-//! a damaged dump is an [`Error::CorruptDump`], never a panic. The graph is restored as it
-//! was: no rebuild.
+//! and checks every structural invariant of the graph (see `parse.rs`) before building it: a
+//! damaged dump, even one whose checksums match, is an [`Error::CorruptDump`], never a panic
+//! and never an index whose searches could panic. The graph is restored as it was: no
+//! rebuild.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::graph::{Entry, Graph, MAX_LEVEL, Nodes};
+use crate::graph::{Graph, MAX_POINTS};
 use crate::index::Index;
+use crate::index::MAX_DIMENSION;
 use crate::params::IndexParams;
+use crate::parse;
 use latentdb_types::Metric;
 
 /// Version of the dump format; a dump with another version is reported corrupt (rebuild).
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
-const MAGIC: &[u8; 8] = b"LDBGRAPH";
+pub(crate) const MAGIC: &[u8; 8] = b"LDBGRAPH";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FileEntry {
@@ -45,23 +47,23 @@ struct FileEntry {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct EntryPoint {
-    slot: u32,
-    level: u8,
+pub(crate) struct EntryPoint {
+    pub(crate) slot: u32,
+    pub(crate) level: u8,
 }
 
 /// The manifest of a dump.
 #[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
-    format_version: u32,
-    generation: u64,
-    metric: Metric,
-    dim: usize,
-    params: IndexParams,
-    points: usize,
-    deleted: usize,
-    seq: u64,
-    entry: Option<EntryPoint>,
+pub(crate) struct Manifest {
+    pub(crate) format_version: u32,
+    pub(crate) generation: u64,
+    pub(crate) metric: Metric,
+    pub(crate) dim: usize,
+    pub(crate) params: IndexParams,
+    pub(crate) points: usize,
+    pub(crate) deleted: usize,
+    pub(crate) seq: u64,
+    pub(crate) entry: Option<EntryPoint>,
     vectors: FileEntry,
     graph: FileEntry,
 }
@@ -137,7 +139,7 @@ fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
         .map_err(|e| corrupt(dir, format!("manifest does not parse: {e}")))
 }
 
-fn corrupt(dir: &Path, reason: impl Into<String>) -> Error {
+pub(crate) fn corrupt(dir: &Path, reason: impl Into<String>) -> Error {
     Error::CorruptDump {
         dir: dir.to_path_buf(),
         reason: reason.into(),
@@ -212,7 +214,8 @@ impl Index {
             graph: graph_file,
         };
         let keep = [manifest.vectors.name.clone(), manifest.graph.name.clone()];
-        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::io(dir.join(MANIFEST), std::io::Error::other(e)))?;
         write_file(dir, MANIFEST, |w| w.write_all(&json))?;
         sync_dir(dir);
         // Drop older generations (best effort: leftovers are ignored by load).
@@ -250,37 +253,24 @@ impl Index {
         m.params
             .validate()
             .map_err(|e| corrupt(dir, format!("manifest params: {e}")))?;
-        if m.dim == 0 || m.dim > 65_536 || m.points > u32::MAX as usize {
+        if m.dim == 0 || m.dim > MAX_DIMENSION || m.points > MAX_POINTS || m.deleted > m.points {
             return Err(corrupt(
                 dir,
-                "manifest dimension or point count out of range",
+                "manifest dimension, point or tombstone count out of range",
             ));
         }
         let vectors = read_checked(dir, &m.vectors)?;
         let graph = read_checked(dir, &m.graph)?;
-        let expected = (m.points as u64).checked_mul(m.dim as u64 * 4);
-        if expected != Some(vectors.len() as u64) {
-            return Err(corrupt(
-                dir,
-                "vectors file length does not match points * dim",
-            ));
-        }
-        let nodes = parse_graph(dir, &m, &graph, &vectors)?;
-        let deleted = nodes.deleted.iter().filter(|d| d.load(Relaxed)).count();
-        if deleted != m.deleted {
-            return Err(corrupt(dir, "tombstone count does not match the manifest"));
-        }
-        let entry = match (&m.entry, nodes.len()) {
-            (None, 0) => None,
-            (Some(e), n) if (e.slot as usize) < n && nodes.levels[e.slot as usize] == e.level => {
-                Some(Entry {
-                    slot: e.slot,
-                    level: e.level,
-                })
-            }
-            _ => return Err(corrupt(dir, "entry point is inconsistent")),
-        };
-        let graph = Graph::from_parts(m.metric, m.dim, m.params, nodes, entry, deleted);
+        let loaded = parse::parse_dump(dir, &m, &graph, &vectors)?;
+        drop((graph, vectors));
+        let graph = Graph::from_parts(
+            m.metric,
+            m.dim,
+            m.params,
+            loaded.nodes,
+            loaded.entry,
+            loaded.deleted,
+        );
         tracing::debug!(dir = %dir.display(), points = m.points, seq = m.seq, "index loaded");
         Ok(Some((Index::from_graph(graph), m.seq)))
     }
@@ -294,7 +284,10 @@ fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
     if !ok_name {
         return Err(corrupt(
             dir,
-            format!("bad file name {:?} in manifest", f.name),
+            format!(
+                "bad file name {} in manifest",
+                crate::echo::bounded(&f.name)
+            ),
         ));
     }
     let path: PathBuf = dir.join(&f.name);
@@ -313,125 +306,27 @@ fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
             ),
         ));
     }
-    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = read_sized(&path, f.bytes)?;
     if bytes.len() as u64 != f.bytes || crc32fast::hash(&bytes) != f.crc32 {
         return Err(corrupt(dir, format!("{} fails its checksum", f.name)));
     }
     Ok(bytes)
 }
 
-/// A bounds-checked little-endian reader.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn u32s(&mut self, n: usize) -> Option<impl Iterator<Item = u32> + 'a> {
-        let bytes = self.take(n.checked_mul(4)?)?;
-        Some(
-            bytes
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        )
-    }
-}
-
-fn parse_graph(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8]) -> Result<Nodes> {
-    let bad = |what: &str| corrupt(dir, format!("graph file: {what}"));
-    let mut r = Reader { buf: graph, pos: 0 };
-    if r.take(8) != Some(MAGIC) {
-        return Err(bad("bad magic"));
-    }
-    let header: Vec<u32> = (0..4).filter_map(|_| r.u32()).collect();
-    let [version, n, mm, m0] = header[..] else {
-        return Err(bad("truncated header"));
+/// Reads a file of `len` bytes (as its metadata said) into memory reserved fallibly: a file
+/// too large for memory is an [`Error::ResourceExhausted`], not an abort.
+fn read_sized(path: &Path, len: u64) -> Result<Vec<u8>> {
+    let exhausted = || {
+        Error::ResourceExhausted(format!(
+            "cannot reserve {len} bytes to read {}",
+            path.display()
+        ))
     };
-    let n = n as usize;
-    if version != FORMAT_VERSION
-        || n != m.points
-        || mm as usize != m.params.m
-        || m0 as usize != m.params.m0()
-    {
-        return Err(bad("header does not match the manifest"));
-    }
-    let mut nodes = Nodes::new(
-        m.dim,
-        &IndexParams {
-            initial_capacity: n,
-            ..m.params
-        },
-    );
-    nodes.vectors = vectors
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if nodes.vectors.iter().any(|x| !x.is_finite()) {
-        return Err(bad("non-finite vector value"));
-    }
-    nodes.ids = r.u32s(n).ok_or_else(|| bad("truncated ids"))?.collect();
-    for (slot, &id) in nodes.ids.iter().enumerate() {
-        if nodes.slot_of.insert(id, slot as u32).is_some() {
-            return Err(bad("duplicate point id"));
-        }
-    }
-    nodes.levels = r.take(n).ok_or_else(|| bad("truncated levels"))?.to_vec();
-    if nodes.levels.iter().any(|&l| l > MAX_LEVEL) {
-        return Err(bad("level out of range"));
-    }
-    let bitmap = r
-        .take(n.div_ceil(8))
-        .ok_or_else(|| bad("truncated tombstones"))?;
-    nodes.deleted = (0..n)
-        .map(|s| AtomicBool::new(bitmap[s / 8] & (1 << (s % 8)) != 0))
-        .collect();
-    let check_list = |list: &[u32], max: usize| -> bool {
-        let count = list[0] as usize;
-        count <= max && list[1..=count].iter().all(|&s| (s as usize) < n)
-    };
-    let stride0 = nodes.m0 + 1;
-    let links0: Vec<u32> = r
-        .u32s(n * stride0)
-        .ok_or_else(|| bad("truncated layer-0 links"))?
-        .collect();
-    if !links0
-        .chunks_exact(stride0)
-        .all(|l| check_list(l, nodes.m0))
-    {
-        return Err(bad("layer-0 link out of range"));
-    }
-    nodes.links0 = links0.into_iter().map(AtomicU32::new).collect();
-    let stride = nodes.m + 1;
-    nodes.upper = Vec::with_capacity(n);
-    for &level in &nodes.levels {
-        let len = level as usize * stride;
-        let list: Vec<u32> = r
-            .u32s(len)
-            .ok_or_else(|| bad("truncated upper links"))?
-            .collect();
-        if !list.chunks_exact(stride).all(|l| check_list(l, nodes.m)) {
-            return Err(bad("upper link out of range"));
-        }
-        nodes
-            .upper
-            .push(list.into_iter().map(AtomicU32::new).collect());
-    }
-    if r.pos != graph.len() {
-        return Err(bad("trailing bytes"));
-    }
-    nodes.locks = (0..n).map(|_| Mutex::new(())).collect();
-    nodes.linked = (0..n).map(|_| AtomicBool::new(true)).collect();
-    Ok(nodes)
+    let len = usize::try_from(len).map_err(|_| exhausted())?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| exhausted())?;
+    File::open(path)
+        .and_then(|f| f.take(len as u64).read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
 }
