@@ -1,5 +1,5 @@
-//! [`Database::evaluate_beir`]: ingest a BEIR corpus into a collection with an embedder (when
-//! the collection is empty), run every query of a split and score the results.
+//! [`Evaluator`]: ingest a BEIR corpus into a collection with an embedder (when the collection
+//! is empty), run every query of a split and score the results.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::beir::BeirDataset;
 use super::metrics::{self, Hits, Metrics};
 use crate::database::Database;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bounded};
 use crate::search::SearchRequest;
 
 /// Documents per upsert while loading a corpus.
@@ -19,7 +19,7 @@ const LOAD_BATCH: usize = 256;
 /// Queries per batched search.
 const QUERY_BATCH: usize = 256;
 
-/// Options of [`Database::evaluate_beir`].
+/// Options of [`Evaluator::evaluate_beir`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalOptions {
     /// The qrels split (`test`, `dev`, `train`).
@@ -76,7 +76,29 @@ pub struct EvalReport {
     pub split: String,
 }
 
-impl Database {
+/// The evaluation service of a [`Database`]:
+///
+/// ```no_run
+/// # fn main() -> latentdb::Result<()> {
+/// use latentdb::Database;
+/// use latentdb::eval::{BeirDataset, EvalOptions, Evaluator};
+/// let db = Database::open("data")?;
+/// let ds = BeirDataset::open("scifact")?;
+/// let report = Evaluator::new(&db).evaluate_beir("scifact", &ds, &EvalOptions::default(), &|_| {})?;
+/// println!("nDCG@10 {:.4}", report.metrics.ndcg_at_10);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluator<'a> {
+    db: &'a Database,
+}
+
+impl<'a> Evaluator<'a> {
+    /// The evaluation service of `db`.
+    pub fn new(db: &'a Database) -> Evaluator<'a> {
+        Evaluator { db }
+    }
+
     /// Loads a BEIR corpus into `collection` (document id = corpus id, text = BEIR's
     /// `title + " " + text`), embedding it with the collection's model. Returns the number of
     /// documents loaded; `progress` is called with the running count.
@@ -86,9 +108,11 @@ impl Database {
         dataset: &BeirDataset,
         progress: &dyn Fn(u64),
     ) -> Result<u64> {
-        if self.embedder_settings(collection)?.is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "collection {collection:?} has no model; create it with a model to evaluate"
+        let db = self.db;
+        if db.embedder_settings(collection)?.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {:?} has no model; create it with a model to evaluate",
+                bounded(collection)
             )));
         }
         let mut batch = Vec::with_capacity(LOAD_BATCH);
@@ -102,16 +126,16 @@ impl Database {
             });
             if batch.len() == LOAD_BATCH {
                 n += batch.len() as u64;
-                self.upsert_with(collection, std::mem::take(&mut batch), Durability::Buffered)?;
+                db.upsert_with(collection, std::mem::take(&mut batch), Durability::Buffered)?;
                 progress(n);
             }
         }
         if !batch.is_empty() {
             n += batch.len() as u64;
-            self.upsert_with(collection, batch, Durability::Buffered)?;
+            db.upsert_with(collection, batch, Durability::Buffered)?;
             progress(n);
         }
-        self.flush()?;
+        db.flush()?;
         Ok(n)
     }
 
@@ -132,7 +156,7 @@ impl Database {
         let qrels = dataset.qrels(&opts.split)?;
         let queries = dataset.queries()?;
         let (mut ingested, mut ingest_seconds) = (0, 0.0);
-        if self.count(collection)? == 0 {
+        if self.db.count(collection)? == 0 {
             let t = Instant::now();
             ingested = self.load_beir_corpus(collection, dataset, progress)?;
             ingest_seconds = t.elapsed().as_secs_f64();
@@ -169,7 +193,7 @@ impl Database {
                     ..SearchRequest::default()
                 })
                 .collect();
-            let results = self.search_batch(collection, &reqs)?;
+            let results = self.db.search_batch(collection, &reqs)?;
             for (q, hits) in part.iter().zip(results) {
                 run.insert(
                     q.to_string(),

@@ -1,5 +1,5 @@
-//! [`Database::ingest`]: files and directories into a collection with an embedder, as
-//! token-bounded chunks.
+//! [`Ingester`]: files and directories into a collection with an embedder, as token-bounded
+//! chunks.
 //!
 //! Three stages run at once, joined by bounded channels (so memory stays bounded however
 //! large the corpus): a reader walks the sources, reads each document, decides whether its
@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Instant;
 
 use latentdb_embed::tokenize::TextTokenizer;
-use latentdb_embed::{EmbedOptions, Embedder};
+use latentdb_embed::{EmbedOptions, Embedder, ModelIdentity};
 use latentdb_storage::{Document, Durability, MAX_ID_BYTES};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -26,9 +26,9 @@ use super::glob::Glob;
 use super::source::{DEFAULT_MAX_FILE_BYTES, SourceDoc, read_documents, walk};
 use crate::database::Database;
 use crate::embedding::EMBED_BATCH;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bounded};
 
-/// Options of [`Database::ingest`].
+/// Options of [`Ingester::run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestOptions {
     /// Chunk size and overlap in tokens (the size is capped at the model's token limit).
@@ -73,7 +73,7 @@ pub struct IngestStats {
     pub seconds: f64,
 }
 
-/// What [`Database::ingest_with`] reports while it runs.
+/// What [`Ingester::run_with`] reports while it runs.
 #[derive(Debug, Clone, Copy)]
 pub enum IngestEvent<'a> {
     /// The sources were listed: this many files of this many bytes.
@@ -111,21 +111,45 @@ struct Batch {
     marks: Vec<Mark>,
 }
 
-impl Database {
+/// The ingestion service of a [`Database`]:
+///
+/// ```no_run
+/// # fn main() -> latentdb::Result<()> {
+/// use latentdb::Database;
+/// use latentdb::ingest::{Ingester, IngestOptions};
+/// let db = Database::open("data")?;
+/// let stats = Ingester::new(&db).run("docs", &["notes/".into()], &IngestOptions::default())?;
+/// println!("{} chunks", stats.chunks);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Ingester<'a> {
+    db: &'a Database,
+}
+
+impl<'a> Ingester<'a> {
+    /// The ingestion service of `db`.
+    pub fn new(db: &'a Database) -> Ingester<'a> {
+        Ingester { db }
+    }
+
     /// Ingests files and directories into `collection` (which needs an embedder); see the
     /// module documentation. Problems with single files or lines are counted and skipped.
-    pub fn ingest(
+    ///
+    /// Fails with [`Error::FailedPrecondition`] (what was written stays, and a rerun skips it)
+    /// if the collection switches to another model meanwhile (a tuning run or a rollback).
+    pub fn run(
         &self,
         collection: &str,
         paths: &[PathBuf],
         opts: &IngestOptions,
     ) -> Result<IngestStats> {
-        self.ingest_with(collection, paths, opts, &|_| {})
+        self.run_with(collection, paths, opts, &|_| {})
     }
 
-    /// [`Database::ingest`], reporting progress and problems to `on_event` (called from a
-    /// worker thread).
-    pub fn ingest_with(
+    /// [`Ingester::run`], reporting progress and problems to `on_event` (called from a worker
+    /// thread).
+    pub fn run_with(
         &self,
         collection: &str,
         paths: &[PathBuf],
@@ -133,9 +157,11 @@ impl Database {
         on_event: &(dyn Fn(IngestEvent<'_>) + Sync),
     ) -> Result<IngestStats> {
         let start = Instant::now();
-        let embedder = self.embedder(collection)?.ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "collection {collection:?} has no model; create it with a model to ingest text"
+        let db = self.db;
+        let embedder = db.embedder(collection)?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "collection {:?} has no model; create it with a model to ingest text",
+                bounded(collection)
             ))
         })?;
         if opts.batch_size == 0 {
@@ -184,7 +210,7 @@ impl Database {
         std::thread::scope(|s| {
             let reader = s.spawn(|| {
                 let ctx = ReadCtx {
-                    db: self,
+                    db,
                     collection,
                     tokenizer: &tokenizer,
                     chunk,
@@ -192,19 +218,20 @@ impl Database {
                 };
                 ctx.read_all(paths, glob.as_ref(), opts.max_file_bytes, item_tx)
             });
-            let writer = s.spawn(|| write_all(self, collection, batch_rx, start, on_event));
+            let model = embedder.identity();
+            let writer = s.spawn(|| write_all(db, collection, model, batch_rx, start, on_event));
             let embedded = embed_all(&embedder, opts.batch_size, item_rx, batch_tx);
             let read = reader
                 .join()
-                .unwrap_or_else(|_| Err(Error::InvalidArgument("the reader panicked".into())));
+                .unwrap_or_else(|_| Err(Error::panicked("reading the sources")));
             let written = writer
                 .join()
-                .unwrap_or_else(|_| Err(Error::InvalidArgument("the writer panicked".into())));
+                .unwrap_or_else(|_| Err(Error::panicked("writing the chunks")));
             // The first failure in pipeline order explains the others (closed channels).
             let stats = written?;
             embedded?;
             read?;
-            self.flush()?;
+            db.flush()?;
             let mut stats = stats;
             stats.seconds = start.elapsed().as_secs_f64();
             Ok(stats)
@@ -434,6 +461,7 @@ fn embed_all(
 fn write_all(
     db: &Database,
     collection: &str,
+    model: &ModelIdentity,
     rx: Receiver<Batch>,
     start: Instant,
     on_event: &(dyn Fn(IngestEvent<'_>) + Sync),
@@ -442,7 +470,8 @@ fn write_all(
     for batch in rx {
         if !batch.docs.is_empty() {
             let n = batch.docs.len() as u64;
-            db.upsert_with(collection, batch.docs, Durability::Buffered)?;
+            // Refused if the collection switched models since `model` embedded the batch.
+            db.upsert_embedded(collection, batch.docs, Durability::Buffered, model)?;
             stats.chunks += n;
         }
         stats.documents += batch.documents;

@@ -1,30 +1,40 @@
 //! Tuning a collection's embedder on its own corpus: NV-Embed's two-stage contrastive
 //! instruction tuning with positive-aware hard negatives mined from the collection's index.
 //!
-//! [`Database::tune`](crate::Database::tune) trains the latent-attention head of a sentence
-//! encoder on the frozen backbone's cached token states (the head starts as exact mean pooling,
-//! so step 0 is the base model) or, with [`TrainTarget::HeadLora`], the head and LoRA adapters
-//! on the backbone's attention projections jointly (the backbone then runs inside the training
-//! loop; the adapters start at zero, so step 0 is again the base model), stage 1 with in-batch and hard negatives, stage 2 with hard
-//! negatives only and the task instruction on queries. The result is a new model version
-//! (a head directory of a few MB referring to its backbone, with the adapters beside the head)
-//! stored under the database
-//! directory ([`versions`]); held-out nDCG@10 and recall@10 are measured before and after on
-//! a shadow copy of the collection's vectors, and the new version goes live only if it is
-//! better (or when forced). [`Database::rollback_model`](crate::Database::rollback_model)
+//! [`Tuner::tune`] trains the latent-attention head of a sentence encoder on the frozen
+//! backbone's cached token states (the head starts as exact mean pooling, so step 0 is the base
+//! model) or, with [`TrainTarget::HeadLora`], the head and LoRA adapters on the backbone's
+//! attention projections jointly (the backbone then runs inside the training loop; the adapters
+//! start at zero, so step 0 is again the base model), stage 1 with in-batch and hard negatives,
+//! stage 2 with hard negatives only and the task instruction on queries. The result is a new
+//! model version (a head directory of a few MB referring to its backbone, with the adapters
+//! beside the head) stored under the database directory ([`versions`]); held-out nDCG@10 and
+//! recall@10 are measured before and after on a shadow copy of the collection's vectors, and
+//! the new version goes live only if it is better (or when forced). [`Tuner::rollback`]
 //! returns to the previous version.
+//!
+//! A run's phases each have a module: pairs ([`pairs`]), encode, mine ([`negatives`]), train,
+//! evaluate and publish. Writes to the collection go on during a run; the switch reconciles
+//! them (see `snapshot.rs`): documents deleted meanwhile stay deleted, documents written
+//! meanwhile are embedded with the new model before it goes live, under the collection's
+//! writer lock.
 
+mod encode;
+mod evaluate;
 mod negatives;
 mod pairs;
+mod publish;
 mod rng;
-mod run;
+mod snapshot;
 mod train;
+mod tuner;
 pub mod versions;
 
 use serde::{Deserialize, Serialize};
 
 pub use negatives::positive_aware;
 pub use pairs::{TrainPair, beir_pairs, inverse_cloze, read_pairs_jsonl, split_holdout};
+pub use tuner::Tuner;
 pub use versions::{ModelHistory, ModelVersion, TUNE_DIR};
 
 /// What is trained.
@@ -48,7 +58,7 @@ pub enum PairSource {
     SelfSupervised,
 }
 
-/// Options of [`Database::tune`](crate::Database::tune).
+/// Options of [`Tuner::tune`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TuneOptions {
     /// Fraction of the distinct queries held out for evaluation (ignored with `eval_pairs`).
@@ -161,7 +171,7 @@ pub struct StageReport {
     pub last_loss: f64,
 }
 
-/// What [`Database::tune`](crate::Database::tune) did.
+/// What [`Tuner::tune`] did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuneReport {
     /// The collection.

@@ -1,7 +1,8 @@
 //! Training pairs for tuning: (query text, positive document id), read from a JSONL file, from
-//! a BEIR split, or made from the collection's own text (inverse cloze), and the held-out split.
+//! a BEIR split, or made from the collection's own text (inverse cloze), and the held-out split;
+//! and the pairs phase of a tuning run ([`Plan`]): the pairs resolved against the collection.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -9,8 +10,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::eval::BeirDataset;
+use crate::eval::metrics::Qrels;
 
 use super::rng::SplitMix64;
+use super::{PairSource, TuneOptions};
 
 /// One training example: a query and the id of a document that answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +161,122 @@ pub fn split_holdout(
         .collect();
     let (eval, train) = pairs.into_iter().partition(|p| held.contains(&p.query));
     Ok((train, eval))
+}
+
+/// The pairs phase's result: training and held-out pairs resolved against the collection, the
+/// distinct query texts, and the held-out judgments.
+pub(super) struct Plan {
+    /// Training pairs whose positive is a document of the collection.
+    pub train: Vec<TrainPair>,
+    /// Held-out pairs.
+    pub eval_pairs: usize,
+    /// Training pairs dropped because their positive is not in the collection.
+    pub unknown_positives: usize,
+    /// Distinct query texts (training and held out), by query index.
+    pub query_texts: Vec<String>,
+    /// The query index of each training pair.
+    pub train_q: Vec<usize>,
+    /// Held-out judgments, keyed by [`Plan::eval_keys`].
+    pub qrels: Qrels,
+    /// The distinct held-out query indices, ascending.
+    pub eval_queries: Vec<usize>,
+    /// The qrels key of each of `eval_queries`.
+    pub eval_keys: Vec<String>,
+}
+
+impl Plan {
+    /// Pairs from `source` over the documents `ids` (with `texts`), split into training and
+    /// held-out pairs (`opts.eval_pairs` or a holdout of `opts.holdout`).
+    pub(super) fn build(
+        ids: &[String],
+        texts: &[&str],
+        by_id: &HashMap<&str, usize>,
+        source: PairSource,
+        opts: &TuneOptions,
+    ) -> Result<Plan> {
+        let pairs = match source {
+            PairSource::Pairs(p) => p,
+            PairSource::SelfSupervised => {
+                let owned: Vec<(String, String)> = ids
+                    .iter()
+                    .zip(texts)
+                    .map(|(i, t)| (i.clone(), t.to_string()))
+                    .collect();
+                inverse_cloze(&owned, opts.seed)
+            }
+        };
+        let (train, eval) = match &opts.eval_pairs {
+            Some(e) => {
+                let held: HashSet<&str> = e.iter().map(|p| p.query.as_str()).collect();
+                let train: Vec<TrainPair> = pairs
+                    .into_iter()
+                    .filter(|p| !held.contains(p.query.as_str()))
+                    .collect();
+                (train, e.clone())
+            }
+            None => split_holdout(pairs, opts.holdout, opts.seed)?,
+        };
+        let before_filter = train.len();
+        let train: Vec<TrainPair> = train
+            .into_iter()
+            .filter(|p| by_id.contains_key(p.positive.as_str()))
+            .collect();
+        let unknown_positives = before_filter - train.len();
+        if train.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no training pair has a positive that is a document of the collection".into(),
+            ));
+        }
+        if eval.is_empty() {
+            return Err(Error::InvalidArgument(
+                "nothing is held out for evaluation (raise --holdout)".into(),
+            ));
+        }
+        let mut query_texts: Vec<String> = Vec::new();
+        let mut query_index: HashMap<String, usize> = HashMap::new();
+        let mut intern = |q: &str| -> usize {
+            if let Some(&i) = query_index.get(q) {
+                return i;
+            }
+            query_texts.push(q.to_string());
+            query_index.insert(q.to_string(), query_texts.len() - 1);
+            query_texts.len() - 1
+        };
+        let train_q: Vec<usize> = train.iter().map(|p| intern(&p.query)).collect();
+        let eval_q: Vec<usize> = eval.iter().map(|p| intern(&p.query)).collect();
+        let key = |q: usize| format!("\u{1}q{q}");
+        let mut qrels = Qrels::new();
+        for (p, &q) in eval.iter().zip(&eval_q) {
+            qrels
+                .entry(key(q))
+                .or_default()
+                .insert(p.positive.clone(), 1);
+        }
+        let mut eval_queries = eval_q;
+        eval_queries.sort_unstable();
+        eval_queries.dedup();
+        let eval_keys = eval_queries.iter().map(|&q| key(q)).collect();
+        Ok(Plan {
+            train,
+            eval_pairs: eval.len(),
+            unknown_positives,
+            query_texts,
+            train_q,
+            qrels,
+            eval_queries,
+            eval_keys,
+        })
+    }
+
+    /// The training pairs with a positive text of their own (inverse cloze): (pair index,
+    /// text), in pair order.
+    pub(super) fn overrides(&self) -> Vec<(usize, &str)> {
+        self.train
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.positive_text.as_deref().map(|t| (i, t)))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -6,10 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use latentdb_embed::TokenStates;
-use latentdb_embed::head_train::{ContrastiveBatch, HeadTrainer, select_tokens, token_count};
+use latentdb_embed::head_train::{
+    ContrastiveBatch, HeadTrainer, TrainConfig, select_tokens, token_count,
+};
 use latentdb_embed::lora_train::LoraTrainer;
+use latentdb_embed::{LoraAdapters, LoraConfig, TokenStates};
 
+use super::encode::{Base, Prepared};
 use super::rng::SplitMix64;
 use super::{StageReport, TuneOptions, TuneProgress};
 use crate::error::{Error, Result};
@@ -87,6 +90,41 @@ fn mean(s: &[f64]) -> f64 {
 }
 
 impl Training {
+    /// The trainer for `prepared` inputs, starting from the live model `base`: the head alone,
+    /// or the head with the live version's LoRA adapters (new ones, at zero, if it has none).
+    pub(super) fn build(prepared: Prepared, base: &Base, opts: &TuneOptions) -> Result<Training> {
+        let config = TrainConfig {
+            lr: opts.lr,
+            weight_decay: 0.01,
+        };
+        Ok(match prepared {
+            Prepared::States(inputs) => Training::Head {
+                trainer: Box::new(HeadTrainer::new(&base.head0, config)?),
+                inputs,
+            },
+            Prepared::Ids(inputs) => {
+                let bert = base.embedder.base_bert().ok_or_else(|| {
+                    Error::FailedPrecondition("head+lora needs a BERT backbone".into())
+                })?;
+                let adapters = match base.embedder.lora() {
+                    Some(a) => a.clone(),
+                    None => {
+                        let mut c = LoraConfig::new(bert, base.embedder.backbone_ref());
+                        c.rank = opts.lora_rank;
+                        c.alpha = opts.lora_alpha;
+                        c.dropout = opts.lora_dropout;
+                        LoraAdapters::new(c, opts.seed)?
+                    }
+                };
+                let trainer = LoraTrainer::new(bert, &base.head0, &adapters, config, opts.seed)?;
+                Training::Lora {
+                    trainer: Box::new(trainer),
+                    inputs,
+                }
+            }
+        })
+    }
+
     /// Runs stage 1 (in-batch and hard negatives) and stage 2 (hard negatives only).
     pub(super) fn run_stages(
         &mut self,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use latentdb::embed::{ModelSpec, fetch_default, models_dir};
-use latentdb::eval::{BeirDataset, EvalOptions};
+use latentdb::eval::{BeirDataset, EvalOptions, Evaluator};
 use latentdb::{CollectionSpec, Database, Metric};
 
 #[test]
@@ -28,11 +28,11 @@ fn spamassassin_subjects_matches_the_reference() {
     )
     .unwrap();
     let ds = BeirDataset::open(&root).unwrap();
-    let ann = db
+    let ann = Evaluator::new(&db)
         .evaluate_beir("spam", &ds, &EvalOptions::default(), &|_| {})
         .unwrap();
     assert_eq!(ann.ingested, 1903);
-    let exact = db
+    let exact = Evaluator::new(&db)
         .evaluate_beir(
             "spam",
             &ds,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use latentdb::embed::{EmbedOptions, Embedder, Instruction, ModelSpec};
-use latentdb::ingest::{ChunkOptions, IngestEvent, IngestOptions};
+use latentdb::ingest::{ChunkOptions, IngestEvent, IngestOptions, Ingester};
 use latentdb::{CollectionSpec, Database, Document, Error, Metric, SearchRequest};
 use serde_json::{Value, json};
 
@@ -359,8 +359,8 @@ fn ingest_chunks_skips_replaces_resumes_and_deletes_parents() {
         IngestEvent::Started { files, .. } => *started.lock().unwrap() = Some(files),
         IngestEvent::Progress(_) => {}
     };
-    let stats = db
-        .ingest_with("rag", std::slice::from_ref(&corpus), &opts(), &on_event)
+    let stats = Ingester::new(&db)
+        .run_with("rag", std::slice::from_ref(&corpus), &opts(), &on_event)
         .unwrap();
     assert_eq!(*started.lock().unwrap(), Some(4));
     assert_eq!(stats.files, 4);
@@ -418,8 +418,8 @@ fn ingest_chunks_skips_replaces_resumes_and_deletes_parents() {
     assert_eq!(hits[0].id, html_id);
 
     // Unchanged: everything skipped, nothing written.
-    let again = db
-        .ingest("rag", std::slice::from_ref(&corpus), &opts())
+    let again = Ingester::new(&db)
+        .run("rag", std::slice::from_ref(&corpus), &opts())
         .unwrap();
     assert_eq!(
         (again.skipped, again.chunks, again.documents),
@@ -432,16 +432,16 @@ fn ingest_chunks_skips_replaces_resumes_and_deletes_parents() {
     // ingest completes them without duplicates.
     let last = format!("{source}#{}", chunks.len() - 1);
     db.delete("rag", &[last.as_str(), "j1#0"]).unwrap();
-    let resumed = db
-        .ingest("rag", std::slice::from_ref(&corpus), &opts())
+    let resumed = Ingester::new(&db)
+        .run("rag", std::slice::from_ref(&corpus), &opts())
         .unwrap();
     assert_eq!(resumed.documents, 2, "{resumed:?}");
     assert_eq!(db.count("rag").unwrap(), total);
 
     // Changed: a shorter long.txt replaces all its old chunks.
     std::fs::write(corpus.join("long.txt"), "Now a single short sentence.").unwrap();
-    let changed = db
-        .ingest("rag", std::slice::from_ref(&corpus), &opts())
+    let changed = Ingester::new(&db)
+        .run("rag", std::slice::from_ref(&corpus), &opts())
         .unwrap();
     assert_eq!(
         (changed.documents, changed.chunks, changed.skipped),
@@ -454,8 +454,8 @@ fn ingest_chunks_skips_replaces_resumes_and_deletes_parents() {
     // Different chunking re-chunks everything (the chunks depend on it).
     let mut other = opts();
     other.chunk.max_tokens = 32;
-    let rechunked = db
-        .ingest("rag", std::slice::from_ref(&corpus), &other)
+    let rechunked = Ingester::new(&db)
+        .run("rag", std::slice::from_ref(&corpus), &other)
         .unwrap();
     assert_eq!(rechunked.skipped, 0);
 
@@ -472,8 +472,8 @@ fn ingest_chunks_skips_replaces_resumes_and_deletes_parents() {
         glob: Some("*.md".into()),
         ..opts()
     };
-    let s = db2
-        .ingest("md", std::slice::from_ref(&corpus), &only_md)
+    let s = Ingester::new(&db2)
+        .run("md", std::slice::from_ref(&corpus), &only_md)
         .unwrap();
     assert_eq!((s.files, s.documents, s.chunks), (1, 1, 1));
 
@@ -486,14 +486,15 @@ fn ingest_chunks_skips_replaces_resumes_and_deletes_parents() {
         ..opts()
     };
     assert!(
-        db.ingest("rag", std::slice::from_ref(&corpus), &bad)
+        Ingester::new(&db)
+            .run("rag", std::slice::from_ref(&corpus), &bad)
             .unwrap_err()
             .is_caller_fault()
     );
     db.create_collection(CollectionSpec::new("plain", 4, Metric::Cosine))
         .unwrap();
-    let e = db
-        .ingest("plain", std::slice::from_ref(&corpus), &opts())
+    let e = Ingester::new(&db)
+        .run("plain", std::slice::from_ref(&corpus), &opts())
         .unwrap_err();
     assert!(
         e.is_caller_fault() && e.to_string().contains("no model"),

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use latentdb::embed::{ModelSpec, fetch_default, models_dir};
-use latentdb::eval::BeirDataset;
-use latentdb::tune::{PairSource, TrainTarget, TuneOptions, TuneProgress, TuneReport, beir_pairs};
-use latentdb::{CollectionSpec, Database, Document, Metric, SearchRequest};
+use latentdb::eval::{BeirDataset, Evaluator};
+use latentdb::tune::{
+    PairSource, TrainTarget, TuneOptions, TuneProgress, TuneReport, Tuner, beir_pairs,
+};
+use latentdb::{CollectionSpec, Database, Document, ErrorKind, Metric, SearchRequest};
 
 fn dataset_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets/spamassassin-subjects")
@@ -71,7 +73,9 @@ fn tune_full_corpus(label: &str, opts: TuneOptions) -> TuneReport {
     .unwrap();
     let ds = BeirDataset::open(&root).unwrap();
     let t = Instant::now();
-    let n = db.load_beir_corpus("spam", &ds, &|_| {}).unwrap();
+    let n = Evaluator::new(&db)
+        .load_beir_corpus("spam", &ds, &|_| {})
+        .unwrap();
     assert_eq!(n, 1903);
     eprintln!("ingest {:.1}s", t.elapsed().as_secs_f64());
     let train = beir_pairs(&ds, "train").unwrap();
@@ -95,7 +99,7 @@ fn tune_full_corpus(label: &str, opts: TuneOptions) -> TuneReport {
         ),
         TuneProgress::Step { .. } => {}
     };
-    let report = db
+    let report = Tuner::new(&db)
         .tune("spam", PairSource::Pairs(train), &opts, &progress)
         .unwrap();
     print_report(label, &report, t.elapsed().as_secs_f64());
@@ -211,7 +215,7 @@ fn tune_head_on_a_slice_of_spamassassin_subjects() {
             eprintln!("{:7.1}s {s}", t.elapsed().as_secs_f64());
         }
     };
-    let report = db
+    let report = Tuner::new(&db)
         .tune("slice", PairSource::Pairs(train), &opts, &progress)
         .unwrap();
     print_report("head, 400-doc slice", &report, t.elapsed().as_secs_f64());
@@ -251,69 +255,134 @@ fn small_collection(db: &Database, name: &str, n_docs: usize) -> Vec<latentdb::t
         .collect()
 }
 
+/// The largest componentwise difference of two vectors.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dimensions differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// Vectors computed twice by the same model agree to this (batching changes the float
+/// summation order, nothing else).
+const SAME_MODEL: f32 = 1e-4;
+
+/// Every stored document, in id order.
+fn all_records(db: &Database, name: &str) -> Vec<latentdb::Record> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = db.scroll(name, after.as_deref(), 256).unwrap();
+        out.extend(page.records);
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// Every stored vector is the live model's embedding of its document's text.
+fn assert_vectors_are_the_live_models(db: &Database, name: &str) {
+    let embedder = db.embedder(name).unwrap().unwrap();
+    let records = all_records(db, name);
+    let texts: Vec<String> = records.iter().map(|r| r.text.clone().unwrap()).collect();
+    let fresh = embedder
+        .embed(&texts, &latentdb::embed::EmbedOptions::default())
+        .unwrap();
+    for (r, v) in records.iter().zip(&fresh) {
+        let d = max_diff(&r.vector, v);
+        assert!(
+            d < SAME_MODEL,
+            "document {:?}: stored vector is not the live model's ({d})",
+            r.id
+        );
+    }
+}
+
+/// Small, fast, forced tuning options.
+fn small_opts() -> TuneOptions {
+    TuneOptions {
+        holdout: 0.3,
+        stage1_steps: 4,
+        stage2_steps: 2,
+        batch_size: 4,
+        hard_negatives: 3,
+        lr: 1e-3,
+        force: true,
+        ..TuneOptions::default()
+    }
+}
+
 #[test]
 fn a_forced_version_goes_live_survives_reopen_and_rolls_back() {
     ensure_model();
     let dir = tempfile::tempdir().unwrap();
-    let (original, vector_before) = {
+    let (original, probe, vector_before) = {
         let db = Database::open(dir.path()).unwrap();
         let pairs = small_collection(&db, "small", 40);
         let original = db.embedder_settings("small").unwrap().unwrap();
-        let vector_before = db.get("small", &[pairs[0].positive.as_str()]).unwrap()[0]
+        let probe = pairs[0].positive.clone();
+        let vector_before = db.get("small", &[probe.as_str()]).unwrap()[0]
             .clone()
             .unwrap()
             .vector;
-        let opts = TuneOptions {
-            holdout: 0.3,
-            stage1_steps: 4,
-            stage2_steps: 2,
-            batch_size: 4,
-            hard_negatives: 3,
-            lr: 1e-3,
-            force: true,
-            ..TuneOptions::default()
-        };
-        let report = db
-            .tune("small", PairSource::Pairs(pairs.clone()), &opts, &|_| {})
+        let report = Tuner::new(&db)
+            .tune(
+                "small",
+                PairSource::Pairs(pairs.clone()),
+                &small_opts(),
+                &|_| {},
+            )
             .unwrap();
         print_report("small", &report, report.seconds);
         assert!(report.switched);
         let now = db.embedder_settings("small").unwrap().unwrap();
         assert_ne!(now.identity.head_sha256, original.identity.head_sha256);
-        let h = db.model_history("small").unwrap();
+        let h = Tuner::new(&db).history("small").unwrap();
         assert_eq!(h.live, vec![0, 1]);
+        // The version directory was published whole: no temporary left beside it.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("tune/small"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["history.json", "v1"]);
         // Stored vectors are the new model's: a document's own text finds it first.
-        let doc = db.get("small", &[pairs[0].positive.as_str()]).unwrap()[0]
+        let doc = db.get("small", &[probe.as_str()]).unwrap()[0]
             .clone()
             .unwrap();
-        assert_ne!(doc.vector, vector_before);
+        assert!(max_diff(&doc.vector, &vector_before) > 10.0 * SAME_MODEL);
+        assert_vectors_are_the_live_models(&db, "small");
         assert_eq!(doc.metadata["k"], 1, "metadata is kept");
         let hits = db
             .search("small", &SearchRequest::text(doc.text.clone().unwrap()))
             .unwrap();
         assert_eq!(hits[0].id, doc.id);
-        (original, vector_before)
+        (original, probe, vector_before)
     };
     // Reopen: the collection loads its tuned model from the database directory.
     let db = Database::open(dir.path()).unwrap();
     let embedder = db.embedder("small").unwrap().unwrap();
     assert!(embedder.head().is_some_and(|h| !h.is_identity()));
-    let back = db.rollback_model("small", &|_| {}).unwrap();
+    let back = Tuner::new(&db).rollback("small", &|_| {}).unwrap();
     assert_eq!(back, 0);
     let now = db.embedder_settings("small").unwrap().unwrap();
     assert_eq!(now.identity, original.identity);
-    let h = db.model_history("small").unwrap();
+    let h = Tuner::new(&db).history("small").unwrap();
     assert_eq!(h.live, vec![0]);
     // Back on the original model, the original vectors come back.
-    let first = db.scroll("small", None, 1).unwrap().records;
-    assert!(!first.is_empty());
-    let restored = db.get("small", &[first[0].id.as_str()]).unwrap()[0]
+    let restored = db.get("small", &[probe.as_str()]).unwrap()[0]
         .clone()
         .unwrap();
-    assert_eq!(restored.vector.len(), vector_before.len());
-    assert!(
-        db.rollback_model("small", &|_| {}).is_err(),
-        "nothing older"
+    let d = max_diff(&restored.vector, &vector_before);
+    assert!(d < SAME_MODEL, "restored vector differs by {d}");
+    assert_vectors_are_the_live_models(&db, "small");
+    let e = Tuner::new(&db).rollback("small", &|_| {}).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::FailedPrecondition,
+        "nothing older: {e}"
     );
 }
 
@@ -327,11 +396,11 @@ fn bad_requests_are_refused() {
         lora_dropout: 1.0,
         ..TuneOptions::head_lora()
     };
-    let e = db
+    let e = Tuner::new(&db)
         .tune("small", PairSource::Pairs(pairs.clone()), &lora, &|_| {})
         .unwrap_err();
     assert!(e.is_caller_fault() && e.to_string().contains("LoRA"), "{e}");
-    let none = db
+    let none = Tuner::new(&db)
         .tune(
             "small",
             PairSource::Pairs(Vec::new()),
@@ -345,21 +414,23 @@ fn bad_requests_are_refused() {
         ..TuneOptions::default()
     };
     assert!(
-        db.tune("small", PairSource::Pairs(pairs), &bad_margin, &|_| {})
+        Tuner::new(&db)
+            .tune("small", PairSource::Pairs(pairs), &bad_margin, &|_| {})
             .is_err()
     );
     db.create_collection(CollectionSpec::new("vectors", 3, Metric::Cosine))
         .unwrap();
     assert!(
-        db.tune(
-            "vectors",
-            PairSource::SelfSupervised,
-            &TuneOptions::default(),
-            &|_| {}
-        )
-        .is_err()
+        Tuner::new(&db)
+            .tune(
+                "vectors",
+                PairSource::SelfSupervised,
+                &TuneOptions::default(),
+                &|_| {}
+            )
+            .is_err()
     );
-    assert!(db.rollback_model("small", &|_| {}).is_err());
+    assert!(Tuner::new(&db).rollback("small", &|_| {}).is_err());
 }
 
 #[test]
@@ -376,7 +447,7 @@ fn self_supervised_pairs_train_on_the_collection_text() {
         hard_negatives: 2,
         ..TuneOptions::default()
     };
-    let report = db
+    let report = Tuner::new(&db)
         .tune("small", PairSource::SelfSupervised, &opts, &|_| {})
         .unwrap();
     print_report("self-supervised", &report, report.seconds);
@@ -404,7 +475,7 @@ fn a_head_lora_version_embeds_with_its_adapters_after_reopen_and_rolls_back() {
             force: true,
             ..TuneOptions::head_lora()
         };
-        let report = db
+        let report = Tuner::new(&db)
             .tune("small", PairSource::Pairs(pairs.clone()), &opts, &|_| {})
             .unwrap();
         print_report("head+lora, small", &report, report.seconds);
@@ -453,12 +524,197 @@ fn a_head_lora_version_embeds_with_its_adapters_after_reopen_and_rolls_back() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(moved > 1e-5, "the adapters changed nothing");
-    let back = db.rollback_model("small", &|_| {}).unwrap();
+    let back = Tuner::new(&db).rollback("small", &|_| {}).unwrap();
     assert_eq!(back, 0);
     let now = db.embedder_settings("small").unwrap().unwrap();
     assert_eq!(now.identity, original.identity);
     let restored = db.get("small", &[probe.id.as_str()]).unwrap()[0]
         .clone()
         .unwrap();
-    assert_ne!(restored.vector, probe.vector);
+    assert!(max_diff(&restored.vector, &probe.vector) > 10.0 * SAME_MODEL);
+    assert_vectors_are_the_live_models(&db, "small");
+}
+
+/// Text documents written by the concurrent writers of the tests below.
+fn text_doc(id: &str, text: &str) -> Document {
+    Document {
+        id: Some(id.into()),
+        text: Some(text.into()),
+        metadata: serde_json::json!({"k": 2}),
+        vector: None,
+    }
+}
+
+#[test]
+fn writes_made_while_tuning_are_reconciled_before_the_switch() {
+    ensure_model();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    let pairs = small_collection(&db, "small", 40);
+    let ids: Vec<String> = all_records(&db, "small")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let (deleted, replaced) = (ids[0].clone(), ids[1].clone());
+    let added_text = "Cheap mortgage rates, refinance today with no closing costs";
+    let old_model = db.embedder("small").unwrap().unwrap();
+    // While the run trains (after it read every document), a writer deletes one document,
+    // replaces another's text and adds a third.
+    let written = std::sync::atomic::AtomicBool::new(false);
+    let progress = |p: TuneProgress| {
+        if matches!(
+            p,
+            TuneProgress::Step {
+                stage: 1,
+                step: 1,
+                ..
+            }
+        ) && !written.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    db.delete("small", &[deleted.as_str()]).unwrap();
+                    db.upsert(
+                        "small",
+                        vec![
+                            text_doc(&replaced, "Replaced while tuning: a new text"),
+                            text_doc("added", added_text),
+                        ],
+                    )
+                    .unwrap();
+                });
+            });
+        }
+    };
+    let report = Tuner::new(&db)
+        .tune("small", PairSource::Pairs(pairs), &small_opts(), &progress)
+        .unwrap();
+    assert!(written.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(report.switched);
+    // The deleted document stays deleted; the others hold what the writer wrote.
+    assert!(db.get("small", &[deleted.as_str()]).unwrap()[0].is_none());
+    let got = db.get("small", &[replaced.as_str(), "added"]).unwrap();
+    let replaced_doc = got[0].clone().unwrap();
+    let added = got[1].clone().unwrap();
+    assert_eq!(
+        replaced_doc.text.as_deref(),
+        Some("Replaced while tuning: a new text")
+    );
+    assert_eq!(replaced_doc.metadata["k"], 2);
+    assert_eq!(db.count("small").unwrap(), ids.len() as u64);
+    // Every vector, those written meanwhile included, is the new model's, not the old one's.
+    let old = old_model
+        .embed(&[added_text], &latentdb::embed::EmbedOptions::default())
+        .unwrap();
+    assert!(max_diff(&added.vector, &old[0]) > 10.0 * SAME_MODEL);
+    assert_vectors_are_the_live_models(&db, "small");
+    // The index agrees with storage: the deleted document is not found, the added one is.
+    let hits = db
+        .search("small", &SearchRequest::text(added_text))
+        .unwrap();
+    assert_eq!(hits[0].id, "added");
+    assert!(hits.iter().all(|h| h.id != deleted));
+}
+
+#[test]
+fn a_document_without_text_written_while_tuning_is_refused_before_anything_switches() {
+    ensure_model();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    let pairs = small_collection(&db, "small", 24);
+    let original = db.embedder_settings("small").unwrap().unwrap();
+    let dim = original.identity.dimension;
+    let progress = |p: TuneProgress| {
+        if matches!(
+            p,
+            TuneProgress::Step {
+                stage: 1,
+                step: 1,
+                ..
+            }
+        ) {
+            let v: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.1).sin()).collect();
+            db.upsert("small", vec![Document::new("bare", v)]).unwrap();
+        }
+    };
+    let e = Tuner::new(&db)
+        .tune("small", PairSource::Pairs(pairs), &small_opts(), &progress)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("bare"), "{e}");
+    let now = db.embedder_settings("small").unwrap().unwrap();
+    assert_eq!(now.identity, original.identity, "nothing switched");
+    assert_eq!(Tuner::new(&db).history("small").unwrap().live, vec![0]);
+    assert!(db.get("small", &["bare"]).unwrap()[0].is_some());
+}
+
+#[test]
+fn writes_made_during_a_rollback_are_reconciled_before_the_switch() {
+    ensure_model();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    let pairs = small_collection(&db, "small", 40);
+    Tuner::new(&db)
+        .tune("small", PairSource::Pairs(pairs), &small_opts(), &|_| {})
+        .unwrap();
+    let originals: Vec<String> = all_records(&db, "small")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    // A writer deletes original documents and adds new ones, one by one, for as long as the
+    // rollback runs (it re-embeds every document meanwhile).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (deleted, added) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let (mut deleted, mut added) = (Vec::new(), Vec::new());
+            for (i, id) in originals.iter().enumerate() {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let new_id = format!("new{i}");
+                // Refused only in the instant the model switches (embedded with the old one).
+                if db
+                    .upsert("small", vec![text_doc(&new_id, &format!("Fresh text {i}"))])
+                    .is_ok()
+                {
+                    added.push(new_id);
+                }
+                db.delete("small", &[id.as_str()]).unwrap();
+                deleted.push(id.clone());
+            }
+            (deleted, added)
+        });
+        let back = Tuner::new(&db).rollback("small", &|_| {}).unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(back, 0);
+        writer.join().unwrap()
+    });
+    assert!(!deleted.is_empty() && !added.is_empty());
+    let got = db.get("small", &deleted).unwrap();
+    assert!(
+        got.iter().all(Option::is_none),
+        "a document deleted during the rollback came back"
+    );
+    assert!(db.get("small", &added).unwrap().iter().all(Option::is_some));
+    assert_vectors_are_the_live_models(&db, "small");
+}
+
+#[test]
+fn a_failed_history_save_never_leaves_a_version_live_that_cannot_be_rolled_back() {
+    ensure_model();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    let pairs = small_collection(&db, "small", 24);
+    let original = db.embedder_settings("small").unwrap().unwrap();
+    // The history cannot be written: its path is a non-empty directory.
+    let blocked = dir.path().join("tune/small/history.json");
+    std::fs::create_dir_all(blocked.join("x")).unwrap();
+    let e = Tuner::new(&db)
+        .tune("small", PairSource::Pairs(pairs), &small_opts(), &|_| {})
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
+    // The collection did not switch to a version its history does not record.
+    let now = db.embedder_settings("small").unwrap().unwrap();
+    assert_eq!(now.identity, original.identity);
+    assert_vectors_are_the_live_models(&db, "small");
 }

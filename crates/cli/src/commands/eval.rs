@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use latentdb::Database;
-use latentdb::eval::{BeirDataset, EvalOptions};
+use latentdb::eval::{BeirDataset, EvalOptions, Evaluator};
 
 use crate::output::Out;
 
@@ -49,7 +49,7 @@ pub fn run(a: EvalArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
         ef: a.ef,
     };
     let quiet = out.is_json();
-    let report = db.evaluate_beir(&a.name, &ds, &opts, &|n| {
+    let report = Evaluator::new(db).evaluate_beir(&a.name, &ds, &opts, &|n| {
         if !quiet && n % 1024 == 0 {
             eprintln!("loaded {n} documents");
         }

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use latentdb::Database;
-use latentdb::ingest::{ChunkOptions, IngestEvent, IngestOptions};
+use latentdb::ingest::{ChunkOptions, IngestEvent, IngestOptions, Ingester};
 
 use crate::output::Out;
 
@@ -92,7 +92,7 @@ pub fn run(a: IngestArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCo
             }
         }
     };
-    let stats = db.ingest_with(&a.name, &a.paths, &opts, &on_event);
+    let stats = Ingester::new(db).run_with(&a.name, &a.paths, &opts, &on_event);
     if let Ok(mut b) = bar.lock()
         && let Some(pb) = b.take()
     {

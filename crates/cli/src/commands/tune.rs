@@ -11,7 +11,7 @@ use serde_json::json;
 use latentdb::Database;
 use latentdb::eval::BeirDataset;
 use latentdb::tune::{
-    PairSource, TrainPair, TuneOptions, TuneProgress, beir_pairs, read_pairs_jsonl,
+    PairSource, TrainPair, TuneOptions, TuneProgress, Tuner, beir_pairs, read_pairs_jsonl,
 };
 
 use crate::output::Out;
@@ -172,7 +172,7 @@ pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
             }
         }
     };
-    let report = db.tune(&a.name, source, &opts, &progress)?;
+    let report = Tuner::new(db).tune(&a.name, source, &opts, &progress)?;
     let value = serde_json::to_value(&report)?;
     out.either(&value, || {
         format!(
@@ -210,7 +210,7 @@ pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
 
 pub fn rollback(a: RollbackArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
     let quiet = out.is_json();
-    let version = db.rollback_model(&a.name, &|s| {
+    let version = Tuner::new(db).rollback(&a.name, &|s| {
         if !quiet {
             eprintln!("{s}");
         }
