@@ -404,6 +404,7 @@ mod tests {
     use super::*;
     use crate::bert::tiny_random;
     use crate::lora_train::pad_ids;
+    use latentdb_types::ErrorKind;
 
     fn backbone() -> BackboneRef {
         BackboneRef {
@@ -536,7 +537,8 @@ mod tests {
                 ..good.clone()
             },
         ] {
-            assert!(LoraAdapters::new(bad, 0).is_err());
+            let err = LoraAdapters::new(bad, 0).expect_err("a bad configuration");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         }
         let wide = LoraAdapters::new(
             LoraConfig {
@@ -545,9 +547,15 @@ mod tests {
             },
             0,
         )?;
-        assert!(wide.merge_into(&bert).is_err());
+        let err = wide
+            .merge_into(&bert)
+            .expect_err("more layers than the backbone");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         let (ids, mask, _) = inputs();
-        assert!(bert.forward_lora(&ids, &mask, &wide, None).is_err());
+        let err = bert
+            .forward_lora(&ids, &mask, &wide, None)
+            .expect_err("more layers than the backbone");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         Ok(())
     }
 }

@@ -116,9 +116,15 @@ mod tests {
         let q = Tensor::zeros((1, 2), DType::F32, &dev)?;
         let docs = Tensor::zeros((2, 2), DType::F32, &dev)?;
         let allowed = Tensor::ones((1, 2), DType::F32, &dev)?;
-        assert!(info_nce(&q, &docs, &[2], &allowed, 1.0).is_err());
-        assert!(info_nce(&q, &docs, &[0], &allowed, 0.0).is_err());
-        assert!(info_nce(&q, &docs, &[0, 1], &allowed, 1.0).is_err());
+        for (positive, temperature) in [(&[2][..], 1.0), (&[0][..], 0.0), (&[0, 1][..], 1.0)] {
+            let err =
+                info_nce(&q, &docs, positive, &allowed, temperature).expect_err("a bad argument");
+            assert_eq!(
+                err.kind(),
+                latentdb_types::ErrorKind::InvalidArgument,
+                "{err}"
+            );
+        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::common::fixture;
+use latentdb_embed::ErrorKind;
 use latentdb_embed::config::{LatentAttentionConfig, ModelConfig};
 use latentdb_embed::weights::weight_names;
 
@@ -75,12 +76,14 @@ fn tiny_checkpoint_tensors_match_its_plan() {
 #[test]
 fn unsupported_configs_are_rejected() {
     let bad = serde_json::json!({"model_type": "gpt2"});
-    assert!(ModelConfig::from_value(bad).is_err());
+    let err = ModelConfig::from_value(bad).expect_err("gpt2 is not supported");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     let mismatched = serde_json::json!({
         "model_type": "nvembed",
         "text_config": {"vocab_size": 10, "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2},
         "latent_attention_config": {"latent_dim": 32}
     });
-    assert!(ModelConfig::from_value(mismatched).is_err());
+    let err = ModelConfig::from_value(mismatched).expect_err("mismatched latent dims");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
