@@ -15,13 +15,33 @@
 //! A missing field fails `$eq`, `$in` and every comparison, and passes `$ne` and `$nin`
 //! (as in MongoDB). Equality against a field that holds an array also matches when any
 //! element is equal. Unknown operators, wrong operand types and malformed shapes are
-//! [`Error::InvalidFilter`] errors naming the place in the filter.
+//! [`Error::InvalidFilter`] errors naming the place in the filter (with caller input in the
+//! message cut to a bounded length).
+//!
+//! Limits keep one filter's work bounded: at most [`MAX_SET_OPERANDS`] operands per
+//! `$in`/`$nin` (matched through a hash set, see [`ValueSet`]), at most [`MAX_FILTER_DEPTH`]
+//! nested `$and`/`$or`/`$not` levels, at most [`MAX_FILTER_CLAUSES`] filters and conditions
+//! in all, and operand values nested at most [`MAX_VALUE_DEPTH`] arrays or objects deep.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
+use crate::echo::bounded;
 use crate::error::{Error, Result};
+pub use crate::value_set::ValueSet;
+use crate::value_set::value_eq;
+
+/// Most operands of one `$in` or `$nin`.
+pub const MAX_SET_OPERANDS: usize = 1024;
+/// Most nested levels of filter objects (`$and`/`$or` items and `$not` operands).
+pub const MAX_FILTER_DEPTH: usize = 32;
+/// Most filters and field conditions in one filter document.
+pub const MAX_FILTER_CLAUSES: usize = 1024;
+/// Most arrays or objects nested inside one operand value.
+pub const MAX_VALUE_DEPTH: usize = 32;
+/// Most characters of a path an error message shows.
+const MAX_PATH_ECHO: usize = 128;
 
 /// A parsed metadata filter. Build with [`Filter::parse`], test with [`Filter::matches`].
 #[derive(Debug, Clone, PartialEq)]
@@ -57,22 +77,63 @@ pub enum Condition {
     /// A number less than or equal to.
     Lte(f64),
     /// [`Condition::Eq`] to one of the values.
-    In(Vec<Value>),
+    In(ValueSet),
     /// Not [`Condition::In`].
-    Nin(Vec<Value>),
+    Nin(ValueSet),
     /// The field is present (`true`) or absent (`false`).
     Exists(bool),
 }
 
 fn invalid(path: &str, reason: impl Into<String>) -> Error {
+    let path = if path.is_empty() {
+        "<root>".to_string()
+    } else if path.chars().nth(MAX_PATH_ECHO).is_some() {
+        let mut cut: String = path.chars().take(MAX_PATH_ECHO).collect();
+        cut.push('…');
+        cut
+    } else {
+        path.to_string()
+    };
     Error::InvalidFilter {
-        path: if path.is_empty() {
-            "<root>".into()
-        } else {
-            path.into()
-        },
+        path,
         reason: reason.into(),
     }
+}
+
+/// How deeply arrays and objects nest in `v`, counting `v` itself; stops counting past
+/// `limit` (so that the walk is bounded too).
+fn value_depth(v: &Value, limit: usize) -> usize {
+    if limit == 0 {
+        return 1;
+    }
+    match v {
+        Value::Array(items) => {
+            1 + items
+                .iter()
+                .map(|i| value_depth(i, limit - 1))
+                .max()
+                .unwrap_or(0)
+        }
+        Value::Object(map) => {
+            1 + map
+                .values()
+                .map(|i| value_depth(i, limit - 1))
+                .max()
+                .unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// An operand value, checked for nesting depth.
+fn operand(v: &Value, here: &str) -> Result<Value> {
+    if value_depth(v, MAX_VALUE_DEPTH + 1) > MAX_VALUE_DEPTH {
+        return Err(invalid(
+            here,
+            format!("a value nests arrays or objects more than {MAX_VALUE_DEPTH} deep"),
+        ));
+    }
+    Ok(v.clone())
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -100,9 +161,9 @@ impl Filter {
         Filter::And(Vec::new())
     }
 
-    /// Parses a filter document (see the module docs for the syntax).
+    /// Parses a filter document (see the module docs for the syntax and limits).
     pub fn parse(doc: &Value) -> Result<Self> {
-        parse_doc(doc, "")
+        Parser { clauses: 0 }.doc(doc, "", 0)
     }
 
     /// Parses a filter from JSON text.
@@ -145,95 +206,126 @@ impl Filter {
     }
 }
 
-fn parse_doc(doc: &Value, at: &str) -> Result<Filter> {
-    let Value::Object(map) = doc else {
-        return Err(invalid(
-            at,
-            format!("a filter must be an object, found {}", type_name(doc)),
-        ));
-    };
-    let mut parts = Vec::with_capacity(map.len());
-    for (key, value) in map {
-        parts.push(parse_entry(key, value, at)?);
-    }
-    Ok(if parts.len() == 1 {
-        parts.pop().expect("one part")
-    } else {
-        Filter::And(parts)
-    })
+/// The parser's state: how many filters and conditions it has made so far.
+struct Parser {
+    clauses: usize,
 }
 
-fn parse_entry(key: &str, value: &Value, at: &str) -> Result<Filter> {
-    let here = join(at, key);
-    match key {
-        "$and" | "$or" => {
-            let Value::Array(items) = value else {
-                return Err(invalid(
-                    &here,
-                    format!(
-                        "{key} takes an array of filters, found {}",
-                        type_name(value)
-                    ),
-                ));
-            };
-            if items.is_empty() {
-                return Err(invalid(&here, format!("{key} needs at least one filter")));
-            }
-            let fs = items
-                .iter()
-                .enumerate()
-                .map(|(i, f)| parse_doc(f, &format!("{here}[{i}]")))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(if key == "$and" {
-                Filter::And(fs)
-            } else {
-                Filter::Or(fs)
-            })
+impl Parser {
+    /// Counts one more filter or condition.
+    fn count(&mut self, here: &str) -> Result<()> {
+        self.clauses += 1;
+        if self.clauses > MAX_FILTER_CLAUSES {
+            return Err(invalid(
+                here,
+                format!("a filter may hold at most {MAX_FILTER_CLAUSES} filters and conditions"),
+            ));
         }
-        "$not" => Ok(Filter::Not(Box::new(parse_doc(value, &here)?))),
-        k if k.starts_with('$') => Err(invalid(&here, format!("unknown logical operator {k}"))),
-        _ => {
-            if key.split('.').any(str::is_empty) {
-                return Err(invalid(
-                    &here,
-                    "field names and path segments must not be empty",
-                ));
-            }
-            parse_field(key, value, &here)
-        }
+        Ok(())
     }
-}
 
-fn parse_field(path: &str, value: &Value, here: &str) -> Result<Filter> {
-    let field = |cond| Filter::Field {
-        path: path.to_string(),
-        cond,
-    };
-    let Value::Object(ops) = value else {
-        return Ok(field(Condition::Eq(value.clone())));
-    };
-    let dollar = ops.keys().filter(|k| k.starts_with('$')).count();
-    if ops.is_empty() {
-        return Err(invalid(here, "empty operator object"));
+    fn doc(&mut self, doc: &Value, at: &str, depth: usize) -> Result<Filter> {
+        if depth > MAX_FILTER_DEPTH {
+            return Err(invalid(
+                at,
+                format!("filters nest at most {MAX_FILTER_DEPTH} levels deep"),
+            ));
+        }
+        let Value::Object(map) = doc else {
+            return Err(invalid(
+                at,
+                format!("a filter must be an object, found {}", type_name(doc)),
+            ));
+        };
+        self.count(at)?;
+        let mut parts = Vec::with_capacity(map.len().min(MAX_FILTER_CLAUSES));
+        for (key, value) in map {
+            parts.push(self.entry(key, value, at, depth)?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.swap_remove(0)
+        } else {
+            Filter::And(parts)
+        })
     }
-    if dollar == 0 {
-        return Ok(field(Condition::Eq(value.clone())));
+
+    fn entry(&mut self, key: &str, value: &Value, at: &str, depth: usize) -> Result<Filter> {
+        let here = join(at, key);
+        match key {
+            "$and" | "$or" => {
+                let Value::Array(items) = value else {
+                    return Err(invalid(
+                        &here,
+                        format!(
+                            "{key} takes an array of filters, found {}",
+                            type_name(value)
+                        ),
+                    ));
+                };
+                if items.is_empty() {
+                    return Err(invalid(&here, format!("{key} needs at least one filter")));
+                }
+                let mut fs = Vec::with_capacity(items.len().min(MAX_FILTER_CLAUSES));
+                for (i, f) in items.iter().enumerate() {
+                    fs.push(self.doc(f, &format!("{here}[{i}]"), depth + 1)?);
+                }
+                Ok(if key == "$and" {
+                    Filter::And(fs)
+                } else {
+                    Filter::Or(fs)
+                })
+            }
+            "$not" => Ok(Filter::Not(Box::new(self.doc(value, &here, depth + 1)?))),
+            k if k.starts_with('$') => Err(invalid(
+                &here,
+                format!("unknown logical operator {}", bounded(k)),
+            )),
+            _ => {
+                if key.split('.').any(str::is_empty) {
+                    return Err(invalid(
+                        &here,
+                        "field names and path segments must not be empty",
+                    ));
+                }
+                self.field(key, value, &here)
+            }
+        }
     }
-    if dollar != ops.len() {
-        return Err(invalid(
-            here,
-            "an operator object cannot mix $operators and field names",
-        ));
+
+    fn field(&mut self, path: &str, value: &Value, here: &str) -> Result<Filter> {
+        let field = |cond| Filter::Field {
+            path: path.to_string(),
+            cond,
+        };
+        let Value::Object(ops) = value else {
+            self.count(here)?;
+            return Ok(field(Condition::Eq(operand(value, here)?)));
+        };
+        let dollar = ops.keys().filter(|k| k.starts_with('$')).count();
+        if ops.is_empty() {
+            return Err(invalid(here, "empty operator object"));
+        }
+        if dollar == 0 {
+            self.count(here)?;
+            return Ok(field(Condition::Eq(operand(value, here)?)));
+        }
+        if dollar != ops.len() {
+            return Err(invalid(
+                here,
+                "an operator object cannot mix $operators and field names",
+            ));
+        }
+        let mut conds = Vec::with_capacity(ops.len().min(MAX_FILTER_CLAUSES));
+        for (op, arg) in ops {
+            self.count(here)?;
+            conds.push(field(parse_op(op, arg, &join(here, op))?));
+        }
+        Ok(if conds.len() == 1 {
+            conds.swap_remove(0)
+        } else {
+            Filter::And(conds)
+        })
     }
-    let mut conds = Vec::with_capacity(ops.len());
-    for (op, arg) in ops {
-        conds.push(field(parse_op(op, arg, &join(here, op))?));
-    }
-    Ok(if conds.len() == 1 {
-        conds.pop().expect("one condition")
-    } else {
-        Filter::And(conds)
-    })
 }
 
 fn parse_op(op: &str, arg: &Value, here: &str) -> Result<Condition> {
@@ -245,9 +337,18 @@ fn parse_op(op: &str, arg: &Value, here: &str) -> Result<Condition> {
             )
         })
     };
-    let array = || -> Result<Vec<Value>> {
+    let array = || -> Result<ValueSet> {
         match arg {
-            Value::Array(a) => Ok(a.clone()),
+            Value::Array(a) if a.len() > MAX_SET_OPERANDS => Err(invalid(
+                here,
+                format!(
+                    "{op} takes at most {MAX_SET_OPERANDS} values, found {}",
+                    a.len()
+                ),
+            )),
+            Value::Array(a) => Ok(ValueSet::new(
+                a.iter().map(|v| operand(v, here)).collect::<Result<_>>()?,
+            )),
             _ => Err(invalid(
                 here,
                 format!("{op} takes an array, found {}", type_name(arg)),
@@ -255,8 +356,8 @@ fn parse_op(op: &str, arg: &Value, here: &str) -> Result<Condition> {
         }
     };
     Ok(match op {
-        "$eq" => Condition::Eq(arg.clone()),
-        "$ne" => Condition::Ne(arg.clone()),
+        "$eq" => Condition::Eq(operand(arg, here)?),
+        "$ne" => Condition::Ne(operand(arg, here)?),
         "$gt" => Condition::Gt(number()?),
         "$gte" => Condition::Gte(number()?),
         "$lt" => Condition::Lt(number()?),
@@ -278,37 +379,22 @@ fn parse_op(op: &str, arg: &Value, here: &str) -> Result<Condition> {
                 format!("{op} belongs at the top of a filter, not on a field"),
             ));
         }
-        _ => return Err(invalid(here, format!("unknown operator {op}"))),
+        _ => return Err(invalid(here, format!("unknown operator {}", bounded(op)))),
     })
 }
 
 /// Follows a dotted path into nested objects. A key that itself contains dots is found too
 /// when it exists literally.
 fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    let obj: &Map<String, Value> = doc.as_object()?;
-    if let Some(v) = obj.get(path) {
-        return Some(v);
-    }
-    let (head, rest) = path.split_once('.')?;
-    lookup(obj.get(head)?, rest)
-}
-
-/// JSON equality where numbers compare by value.
-fn value_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(i), Some(j)) => i == j,
-            _ => x.as_f64() == y.as_f64(),
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| value_eq(p, q))
+    let mut obj: &Map<String, Value> = doc.as_object()?;
+    let mut path = path;
+    loop {
+        if let Some(v) = obj.get(path) {
+            return Some(v);
         }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| value_eq(v, w)))
-        }
-        _ => a == b,
+        let (head, rest) = path.split_once('.')?;
+        obj = obj.get(head)?.as_object()?;
+        path = rest;
     }
 }
 
@@ -316,6 +402,14 @@ fn value_eq(a: &Value, b: &Value) -> bool {
 fn field_eq(field: &Value, want: &Value) -> bool {
     value_eq(field, want)
         || matches!((field, want), (Value::Array(items), w) if !w.is_array() && items.iter().any(|i| value_eq(i, w)))
+}
+
+/// [`field_eq`] against any operand of `set`, through its hash index: the field itself is
+/// an operand, or it is an array with a non-array element that is one (an array element
+/// equals only an array operand, which containment excludes).
+fn set_has(set: &ValueSet, field: &Value) -> bool {
+    set.contains(field)
+        || matches!(field, Value::Array(items) if items.iter().any(|i| !i.is_array() && set.contains(i)))
 }
 
 impl Condition {
@@ -328,8 +422,8 @@ impl Condition {
             Condition::Gte(x) => num().is_some_and(|f| f >= *x),
             Condition::Lt(x) => num().is_some_and(|f| f < *x),
             Condition::Lte(x) => num().is_some_and(|f| f <= *x),
-            Condition::In(vs) => field.is_some_and(|f| vs.iter().any(|v| field_eq(f, v))),
-            Condition::Nin(vs) => !field.is_some_and(|f| vs.iter().any(|v| field_eq(f, v))),
+            Condition::In(vs) => field.is_some_and(|f| set_has(vs, f)),
+            Condition::Nin(vs) => !field.is_some_and(|f| set_has(vs, f)),
             Condition::Exists(want) => field.is_some() == *want,
         }
     }
@@ -453,7 +547,7 @@ mod tests {
     #[test]
     fn errors_are_typed_and_located() {
         assert!(err(json!({"year": {"$gt": "1990"}})).contains("compares numbers"));
-        assert!(err(json!({"year": {"$foo": 1}})).contains("unknown operator $foo"));
+        assert!(err(json!({"year": {"$foo": 1}})).contains("unknown operator \"$foo\""));
         assert!(err(json!({"$xor": []})).contains("unknown logical operator"));
         assert!(err(json!({"genre": {"$in": "jazz"}})).contains("takes an array"));
         assert!(err(json!({"genre": {"$nin": 3}})).contains("takes an array"));

@@ -26,9 +26,10 @@ mod params;
 mod parse;
 mod persist;
 pub mod synth;
+mod value_set;
 
 pub use error::{Error, Result};
-pub use filter::{Condition, Filter};
+pub use filter::{Condition, Filter, ValueSet};
 pub use index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats, MAX_DIMENSION};
 pub use latentdb_types::Metric;
 pub use metric::MetricExt;

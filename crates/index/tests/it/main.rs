@@ -2,6 +2,7 @@
 
 mod common;
 mod concurrent_build;
+mod dump_invariants;
 mod persist;
 mod recall;
 mod search;
