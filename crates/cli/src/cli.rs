@@ -23,6 +23,11 @@ pub struct Global {
     /// Print machine-readable output: one JSON object per line.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Open the database even if acknowledged writes are missing from its storage (a damaged
+    /// or truncated file): without it such an open is refused and nothing is changed. What
+    /// was lost is printed on stderr.
+    #[arg(long, global = true)]
+    pub accept_data_loss: bool,
 }
 
 /// The subcommands.
@@ -35,8 +40,8 @@ pub enum Command {
     Upsert(UpsertArgs),
     /// Print documents by id.
     Get(IdsArgs),
-    /// Delete documents by id.
-    Delete(IdsArgs),
+    /// Delete documents by id, by metadata filter, or all of them (--all).
+    Delete(DeleteArgs),
     /// Print the number of documents in a collection.
     Count(NameArg),
     /// Page through a collection in id order.
@@ -215,6 +220,23 @@ pub struct IdsArgs {
     /// Document ids.
     #[arg(required = true)]
     pub ids: Vec<String>,
+}
+
+/// Arguments of `delete`: exactly one of ids, `--filter` and `--all`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The collection name.
+    pub name: String,
+    /// Document ids.
+    #[arg(required_unless_present_any = ["filter", "all"], conflicts_with_all = ["filter", "all"])]
+    pub ids: Vec<String>,
+    /// Delete the documents whose metadata matches this filter, e.g. '{"year": {"$lt": 2000}}'
+    /// (an empty filter is refused: use --all).
+    #[arg(long, value_name = "JSON", conflicts_with = "all")]
+    pub filter: Option<String>,
+    /// Delete every document of the collection (the collection stays).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Arguments of `scroll`.

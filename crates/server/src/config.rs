@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use latentdb::embed::Embedder;
 
@@ -50,7 +51,16 @@ pub struct ServerConfig {
     pub embedder: Option<Arc<Embedder>>,
     /// Serve over TLS with this identity (none: plaintext HTTP/2).
     pub tls: Option<TlsIdentity>,
+    /// Let clients name any model directory on the server in `CreateCollection` (default
+    /// false: only `default` and names of models under the models root).
+    pub allow_model_paths: bool,
+    /// How long shutdown waits for calls in flight and open connections before it closes
+    /// them (default 10 s).
+    pub drain_timeout: Duration,
 }
+
+/// The default [`ServerConfig::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server's TLS identity: its certificate chain and private key, both PEM.
 #[derive(Clone, PartialEq, Eq)]
@@ -88,6 +98,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("embedder", &self.embedder.as_ref().map(|e| e.dimension()))
             .field("tls", &self.tls.is_some())
+            .field("allow_model_paths", &self.allow_model_paths)
+            .field("drain_timeout", &self.drain_timeout)
             .finish()
     }
 }
@@ -100,6 +112,8 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             embedder: None,
             tls: None,
+            allow_model_paths: false,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -111,7 +125,8 @@ impl ServerConfig {
         self
     }
 
-    /// Requires this API key on every call but health.
+    /// Requires this API key on every call but health. An empty key is refused when the
+    /// server starts ([`crate::ServeError::Config`]): it would not turn authentication off.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
@@ -126,6 +141,19 @@ impl ServerConfig {
     /// Serves over TLS with this identity.
     pub fn tls(mut self, identity: TlsIdentity) -> Self {
         self.tls = Some(identity);
+        self
+    }
+
+    /// Lets clients name any model directory on the server (see
+    /// [`ServerConfig::allow_model_paths`]).
+    pub fn allow_model_paths(mut self, allow: bool) -> Self {
+        self.allow_model_paths = allow;
+        self
+    }
+
+    /// Sets how long shutdown waits for calls in flight and open connections.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
         self
     }
 

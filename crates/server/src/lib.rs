@@ -17,6 +17,9 @@
 //! ```
 
 mod auth;
+mod bind;
+mod call;
+mod codec;
 mod config;
 mod convert;
 mod error;
@@ -25,9 +28,9 @@ mod server;
 mod service;
 
 pub use auth::ApiKeyAuth;
-pub use config::{Limits, ServerConfig, TlsIdentity};
-pub use error::{ServeError, ServiceError};
-pub use server::{serve, serve_with_listener, shutdown_signal};
+pub use config::{DEFAULT_DRAIN_TIMEOUT, Limits, ServerConfig, TlsIdentity};
+pub use error::{MAX_STATUS_MESSAGE_BYTES, ServeError, ServiceError, code};
+pub use server::{PreparedServer, prepare, serve, serve_with_listener, shutdown_signal};
 pub use service::LatentDbService;
 
 /// Code generated from `proto/latentdb/v1/latentdb.proto`: messages, the server trait and
@@ -35,6 +38,7 @@ pub use service::LatentDbService;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("latentdb.v1");
+    include!(concat!(env!("OUT_DIR"), "/codec_sides.rs"));
 
     /// The encoded `FileDescriptorSet` of the proto (with its imports), as served by
     /// reflection.

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use latentdb::Database;
 use serde_json::Value;
 
+use crate::call::CallToken;
 use crate::convert;
+use crate::error::echo;
 use crate::error::{ServiceError, limit};
 use crate::pb;
 use crate::service::{LatentDbService, blocking, check_text};
 
-/// The k used when a request leaves it 0.
-const DEFAULT_K: usize = 10;
+/// The k used when a request leaves it 0 (proto3's default): the contract in the proto.
+pub(crate) const DEFAULT_K: usize = 10;
 
 /// A protobuf search request as the library's, checked against the limits.
 fn request(
@@ -77,6 +79,7 @@ fn response(hits: Vec<latentdb::SearchHit>) -> pb::SearchResponse {
 /// `Search`.
 pub(crate) async fn search(
     svc: &LatentDbService,
+    call: CallToken,
     q: pb::SearchRequest,
 ) -> Result<pb::SearchResponse, ServiceError> {
     let collection = q.collection.clone();
@@ -87,13 +90,14 @@ pub(crate) async fn search(
     } else {
         None
     };
-    let hits = blocking(&svc.db, move |db| Ok(db.search(&collection, &req)?)).await?;
+    let hits = blocking(&call, &svc.db, move |db| Ok(db.search(&collection, &req)?)).await?;
     Ok(response(hits))
 }
 
 /// `SearchBatch`.
 pub(crate) async fn search_batch(
     svc: &LatentDbService,
+    call: CallToken,
     batch: pb::SearchBatchRequest,
 ) -> Result<pb::SearchBatchResponse, ServiceError> {
     let n = batch.queries.len();
@@ -105,8 +109,9 @@ pub(crate) async fn search_batch(
     for (i, q) in batch.queries.into_iter().enumerate() {
         if !q.collection.is_empty() && q.collection != collection {
             return Err(ServiceError::InvalidArgument(format!(
-                "query {i} names collection {:?}, the batch searches {collection:?}",
-                q.collection
+                "query {i} names collection {}, the batch searches {}",
+                echo(&q.collection),
+                echo(&collection)
             )));
         }
         reqs.push(request(svc, q).map_err(|e| at_query(i, e))?);
@@ -116,7 +121,10 @@ pub(crate) async fn search_batch(
     } else {
         None
     };
-    let results = blocking(&svc.db, move |db| Ok(db.search_batch(&collection, &reqs)?)).await?;
+    let results = blocking(&call, &svc.db, move |db| {
+        Ok(db.search_batch(&collection, &reqs)?)
+    })
+    .await?;
     Ok(pb::SearchBatchResponse {
         results: results.into_iter().map(response).collect(),
     })
@@ -135,19 +143,24 @@ fn at_query(i: usize, e: ServiceError) -> ServiceError {
 
 /// `Delete` with a filter.
 pub(crate) async fn delete_by_filter(
+    call: &CallToken,
     db: &Arc<Database>,
     collection: String,
     filter: Value,
 ) -> Result<Vec<String>, ServiceError> {
-    blocking(db, move |db| Ok(db.delete_by_filter(&collection, &filter)?)).await
+    blocking(call, db, move |db| {
+        Ok(db.delete_by_filter(&collection, &filter)?)
+    })
+    .await
 }
 
 /// `Compact`.
 pub(crate) async fn compact(
+    call: CallToken,
     db: &Arc<Database>,
     collection: String,
 ) -> Result<pb::CompactResponse, ServiceError> {
-    let report = blocking(db, move |db| Ok(db.compact(&collection)?)).await?;
+    let report = blocking(&call, db, move |db| Ok(db.compact(&collection)?)).await?;
     Ok(pb::CompactResponse {
         points: report.after_total as u64,
         removed: report.dropped as u64,

@@ -1,13 +1,15 @@
-//! [`serve`]: the tonic server with health, reflection, auth and graceful shutdown.
+//! [`serve`]: the tonic server with health, reflection, auth and graceful shutdown (with a
+//! drain deadline).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use latentdb::Database;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::ApiKeyAuth;
@@ -32,24 +34,78 @@ pub async fn serve(
 }
 
 /// Serves `latentdb.v1.LatentDb`, `grpc.health.v1.Health` and server reflection (v1 and
-/// v1alpha) on `listener` (its address wins over `config.addr`) until `shutdown` completes.
+/// v1alpha) on `listener` (its address wins over `config.addr`) until `shutdown` completes:
+/// [`prepare`] then [`PreparedServer::serve`].
 ///
-/// Then it stops accepting connections, lets the calls in flight finish, and flushes the
-/// database. With `config.api_key`, every service but health needs the key. With
-/// `config.tls`, every connection is TLS (HTTP/2 negotiated by ALPN); a bad certificate or
-/// key fails here, before anything is served ([`ServeError::Tls`]).
+/// Then it stops accepting connections, lets the calls in flight finish (at most
+/// `config.drain_timeout`), and flushes the database. With `config.api_key`, every service
+/// but health needs the key. With `config.tls`, every connection is TLS (HTTP/2 negotiated by
+/// ALPN); a bad certificate or key fails before anything is served ([`ServeError::Tls`]).
 pub async fn serve_with_listener(
     db: Arc<Database>,
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    prepare(db, config, listener).await?.serve(shutdown).await
+}
+
+/// A server whose configuration, TLS identity and services are checked and built, ready to
+/// [`serve`](PreparedServer::serve): announce it only once you hold one.
+pub struct PreparedServer {
+    addr: SocketAddr,
+    db: Arc<Database>,
+    service: LatentDbService,
+    health: tonic_health::server::HealthReporter,
+    router: Router,
+    incoming: TcpIncoming,
+    drain_timeout: Duration,
+    auth: bool,
+    tls: bool,
+}
+
+impl std::fmt::Debug for PreparedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedServer")
+            .field("addr", &self.addr)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks `config` and builds the server on `listener`, serving nothing yet.
+///
+/// Fails with [`ServeError::Config`] for an empty API key (it would silently turn
+/// authentication off) and [`ServeError::Tls`] for an unusable certificate or key. Logs a
+/// warning when the address is not loopback and the server has no TLS or no API key.
+pub async fn prepare(
+    db: Arc<Database>,
+    config: ServerConfig,
+    listener: TcpListener,
+) -> Result<PreparedServer, ServeError> {
     let addr = listener.local_addr().unwrap_or(config.addr);
+    if config
+        .api_key
+        .as_deref()
+        .is_some_and(|k| k.trim().is_empty())
+    {
+        return Err(ServeError::Config(
+            "the API key is empty: give a non-empty key, or none to serve without \
+             authentication"
+                .into(),
+        ));
+    }
+    if let Some(warning) = exposure_warning(addr, config.tls.is_some(), config.api_key.is_some()) {
+        tracing::warn!(%addr, "{warning}");
+    }
     let limits = config.limits.clone();
     let auth = ApiKeyAuth::new(config.api_key.as_deref());
 
-    let service = LatentDbService::new(Arc::clone(&db), limits.clone(), config.embedder.clone());
-    let latentdb = LatentDbServer::new(service)
+    let service = LatentDbService::new(Arc::clone(&db), limits.clone(), config.embedder.clone())
+        .allow_model_paths(config.allow_model_paths);
+    let latentdb = LatentDbServer::new(service.clone())
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
 
@@ -76,39 +132,107 @@ pub async fn serve_with_listener(
             .tls_config(ServerTlsConfig::new().identity(identity))
             .map_err(|e| ServeError::Tls(error_chain(&e)))?;
     }
-
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(
-        %addr,
-        auth = config.api_key.is_some(),
-        tls = config.tls.is_some(),
-        "latentdb gRPC server listening"
-    );
-
-    let reporter = health_reporter.clone();
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, finishing calls in flight");
-        reporter
-            .set_not_serving::<LatentDbServer<LatentDbService>>()
-            .await;
-    };
-    builder
+    let router = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health)
         .add_service(InterceptedService::new(latentdb, auth.clone()))
         .add_service(InterceptedService::new(reflection, auth.clone()))
-        .add_service(InterceptedService::new(reflection_alpha, auth))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(InterceptedService::new(reflection_alpha, auth));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(PreparedServer {
+        addr,
+        db,
+        service,
+        health: health_reporter,
+        router,
+        incoming,
+        drain_timeout: config.drain_timeout,
+        auth: config.api_key.is_some(),
+        tls: config.tls.is_some(),
+    })
+}
 
-    let flushed = tokio::task::spawn_blocking(move || db.flush()).await;
-    match flushed {
-        Ok(r) => r.map_err(ServeError::Flush)?,
-        Err(e) => return Err(ServeError::Setup(format!("flush task failed: {e}"))),
+/// The warning for a server reachable beyond this machine without TLS or an API key.
+fn exposure_warning(addr: SocketAddr, tls: bool, auth: bool) -> Option<String> {
+    if addr.ip().is_loopback() || (tls && auth) {
+        return None;
     }
-    tracing::info!("flushed; server stopped");
-    Ok(())
+    let missing = match (tls, auth) {
+        (false, false) => {
+            "without TLS and without an API key: anyone who can reach it can read \
+                           and change every collection, in clear text"
+        }
+        (false, true) => "without TLS: the API key and all data cross the network in clear text",
+        _ => "without an API key: anyone who can reach it can read and change every collection",
+    };
+    Some(format!(
+        "serving on the non-loopback address {addr} {missing} (use --tls-cert/--tls-key and \
+         --api-key, or bind 127.0.0.1)"
+    ))
+}
+
+impl PreparedServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes. Then it stops accepting connections, refuses new
+    /// upsert-stream batches (`UNAVAILABLE`), waits for the calls in flight (at most the drain
+    /// timeout, then closes what is still open), and flushes the database.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let PreparedServer {
+            addr,
+            db,
+            service,
+            health,
+            router,
+            incoming,
+            drain_timeout,
+            auth,
+            tls,
+        } = self;
+        tracing::info!(%addr, auth, tls, "latentdb gRPC server listening");
+
+        let (began, began_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                drain_timeout_ms = drain_timeout.as_millis() as u64,
+                "shutting down: no new connections, finishing calls in flight"
+            );
+            service.begin_shutdown();
+            health
+                .set_not_serving::<LatentDbServer<LatentDbService>>()
+                .await;
+            let _ = began.send(());
+        };
+        let serving = router.serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(serving);
+        let drained = async move {
+            if began_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(drain_timeout).await;
+        };
+        tokio::select! {
+            r = &mut serving => r?,
+            () = drained => {
+                tracing::warn!(
+                    drain_timeout_ms = drain_timeout.as_millis() as u64,
+                    "the drain timeout passed with calls or connections still open: closing them"
+                );
+            }
+        }
+
+        let flushed = tokio::task::spawn_blocking(move || db.flush()).await;
+        match flushed {
+            Ok(r) => r.map_err(ServeError::Flush)?,
+            Err(e) => return Err(ServeError::Setup(format!("flush task failed: {e}"))),
+        }
+        tracing::info!("flushed; server stopped");
+        Ok(())
+    }
 }
 
 /// An error and its sources, joined with `: ` (tonic's transport errors say little alone).
@@ -144,5 +268,22 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposed_addresses_warn() {
+        let public: SocketAddr = "0.0.0.0:1".parse().expect("addr");
+        let local: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert!(exposure_warning(local, false, false).is_none());
+        assert!(exposure_warning(public, true, true).is_none());
+        for (tls, auth) in [(false, false), (true, false), (false, true)] {
+            let w = exposure_warning(public, tls, auth).expect("a warning");
+            assert!(w.contains("0.0.0.0:1"), "{w}");
+        }
     }
 }

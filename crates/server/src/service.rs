@@ -3,20 +3,26 @@
 //! Every handler validates what it can against the [`Limits`], then runs the database call on
 //! the blocking pool (`spawn_blocking`): storage, index and embedder work never runs on the
 //! async threads. Each call logs one line at debug with its outcome and duration.
+//!
+//! Every call runs within its deadline (`grpc-timeout`), and its blocking work is not started
+//! once the deadline has passed or the client has gone ([`Call`]). After shutdown begins, new
+//! batches on open upsert streams are refused with `UNAVAILABLE`.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use latentdb::Database;
-use latentdb::embed::{EmbedOptions, Embedder, Instruction};
-use tokio::sync::Semaphore;
+use latentdb::embed::{EmbedOptions, Embedder, Instruction, ModelSpec};
+use serde_json::Value;
+use tokio::sync::{Semaphore, watch};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::call::{Call, CallToken};
 use crate::config::Limits;
 use crate::convert;
-use crate::error::{ServiceError, limit};
+use crate::error::{ServiceError, echo, limit};
 use crate::pb;
 use crate::pb::latent_db_server::LatentDb;
 
@@ -27,6 +33,12 @@ pub struct LatentDbService {
     pub(crate) limits: Limits,
     pub(crate) embedder: Option<Arc<Embedder>>,
     pub(crate) embed_permits: Arc<Semaphore>,
+    /// Whether clients may name model directories anywhere (else only under the models
+    /// root).
+    pub(crate) allow_model_paths: bool,
+    /// True once shutdown has begun.
+    shutting_down: watch::Receiver<bool>,
+    shutdown_tx: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for LatentDbService {
@@ -35,6 +47,8 @@ impl std::fmt::Debug for LatentDbService {
             .field("db", &self.db.path())
             .field("limits", &self.limits)
             .field("embedder", &self.embedder.is_some())
+            .field("allow_model_paths", &self.allow_model_paths)
+            .field("shutting_down", &*self.shutting_down.borrow())
             .finish()
     }
 }
@@ -43,34 +57,75 @@ impl LatentDbService {
     /// A service over `db` with `limits` and, for `Embed`, an embedder.
     pub fn new(db: Arc<Database>, limits: Limits, embedder: Option<Arc<Embedder>>) -> Self {
         let permits = limits.embed_concurrency.max(1);
+        let (shutdown_tx, shutting_down) = watch::channel(false);
         LatentDbService {
             db,
             limits,
             embedder,
             embed_permits: Arc::new(Semaphore::new(permits)),
+            allow_model_paths: false,
+            shutting_down,
+            shutdown_tx: Arc::new(shutdown_tx),
         }
+    }
+
+    /// Lets clients name any model directory on the server in `CreateCollection` (default:
+    /// only `default` and names of models under the models root).
+    pub fn allow_model_paths(mut self, allow: bool) -> Self {
+        self.allow_model_paths = allow;
+        self
+    }
+
+    /// Starts shutdown: open upsert streams take no new batches (`UNAVAILABLE`, with the
+    /// counts written so far) and end.
+    pub fn begin_shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// True once [`begin_shutdown`](Self::begin_shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutting_down.borrow()
     }
 }
 
-/// Runs `f(db)` on the blocking pool.
-pub(crate) async fn blocking<T, F>(db: &Arc<Database>, f: F) -> Result<T, ServiceError>
+/// Runs `f(db)` on the blocking pool, unless the call's deadline has passed or its client has
+/// gone by the time it would start. A panic in `f` is `INTERNAL`.
+pub(crate) async fn blocking<T, F>(
+    call: &CallToken,
+    db: &Arc<Database>,
+    f: F,
+) -> Result<T, ServiceError>
 where
     T: Send + 'static,
     F: FnOnce(&Database) -> Result<T, ServiceError> + Send + 'static,
 {
+    call.check()?;
     let db = Arc::clone(db);
-    tokio::task::spawn_blocking(move || f(&db))
-        .await
-        .map_err(|e| ServiceError::Worker(e.to_string()))?
+    let token = call.clone();
+    tokio::task::spawn_blocking(move || {
+        // It may have waited in the pool's queue.
+        token.check()?;
+        f(&db)
+    })
+    .await
+    .map_err(|e| {
+        if e.is_panic() {
+            ServiceError::Worker("a worker task panicked".into())
+        } else {
+            ServiceError::Unavailable("the server is shutting down".into())
+        }
+    })?
 }
 
-/// Awaits a handler body, logs one line, and turns its error into a status.
+/// Awaits a handler body within the call's deadline, logs one line, and turns its error into
+/// a status.
 pub(crate) async fn observe<T>(
     rpc: &'static str,
+    call: &Call,
     body: impl Future<Output = Result<T, ServiceError>>,
 ) -> Result<Response<T>, Status> {
     let start = Instant::now();
-    let out = body.await;
+    let out = call.within(body).await;
     let micros = start.elapsed().as_micros() as u64;
     match out {
         Ok(v) => {
@@ -131,12 +186,37 @@ impl LatentDbService {
         self.embed_permits
             .acquire()
             .await
-            .map_err(|e| ServiceError::Worker(e.to_string()))
+            .map_err(|_| ServiceError::Unavailable("the server is shutting down".into()))
+    }
+
+    /// The model a `CreateCollection` names: `default`, or (unless the operator allowed
+    /// model paths) the name of a model directory under the models root. A client cannot make
+    /// the server load an arbitrary directory.
+    fn model_spec(&self, model: &str) -> Result<ModelSpec, ServiceError> {
+        let spec = ModelSpec::parse(model);
+        if self.allow_model_paths || spec == ModelSpec::Default {
+            return Ok(spec);
+        }
+        let path = std::path::Path::new(model);
+        let mut parts = path.components();
+        let plain = matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        );
+        if !plain || model.contains(['/', '\\']) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "model {}: this server loads only `default` and models named under its models \
+                 root (start it with --allow-model-paths to allow model directories)",
+                echo(model)
+            )));
+        }
+        Ok(ModelSpec::Dir(latentdb::embed::models_dir().join(model)))
     }
 
     async fn upsert_batch(
         &self,
-        collection: String,
+        call: &CallToken,
+        collection: Target,
         docs: Vec<pb::Document>,
     ) -> Result<Vec<String>, ServiceError> {
         check_batch("documents per batch", docs.len(), &self.limits)?;
@@ -147,33 +227,70 @@ impl LatentDbService {
             None
         };
         let docs: Vec<latentdb::Document> = docs.into_iter().map(convert::document).collect();
-        blocking(&self.db, move |db| Ok(db.upsert(&collection, docs)?.ids)).await
+        blocking(call, &self.db, move |db| {
+            let ids = match collection {
+                Target::Name(name) => db.upsert(&name, docs)?.ids,
+                Target::Bound(name, uid) => crate::bind::upsert(db, &name, uid, docs)?,
+            };
+            Ok(ids)
+        })
+        .await
     }
 
     async fn stream_upsert(
         &self,
+        call: &Call,
         mut stream: Streaming<pb::UpsertRequest>,
     ) -> Result<pb::UpsertStreamResponse, Status> {
-        let mut collection: Option<String> = None;
+        let token = call.token();
+        // The collection's name and identity, bound at the first message: a collection
+        // dropped and re-created under the same name during the stream is another one.
+        let mut bound: Option<(String, u64)> = None;
         let (mut written, mut batches) = (0u64, 0u64);
-        while let Some(msg) = stream.message().await? {
-            let name = match (&collection, msg.collection) {
-                (None, name) if name.is_empty() => Err(ServiceError::InvalidArgument(
-                    "the first message of UpsertStream must name the collection".into(),
-                )),
-                (None, name) => Ok(name),
-                (Some(first), name) if name.is_empty() || &name == first => Ok(first.clone()),
-                (Some(first), name) => Err(ServiceError::InvalidArgument(format!(
-                    "message names collection {name:?}, the stream writes to {first:?}"
-                ))),
+        let mut shutdown = self.shutting_down.clone();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => None,
+                m = stream.message() => Some(m),
             };
-            let result = match name {
-                Ok(name) => {
-                    collection = Some(name.clone());
-                    self.upsert_batch(name, msg.documents).await
-                }
-                Err(e) => Err(e),
+            let msg = match next {
+                None => return Err(failed_batch(shutting_down(), batches, written)),
+                Some(Err(status)) => return Err(failed_batch(status, batches, written)),
+                Some(Ok(None)) => break,
+                Some(Ok(Some(msg))) => msg,
             };
+            if self.is_shutting_down() {
+                return Err(failed_batch(shutting_down(), batches, written));
+            }
+            let result = async {
+                let target = match (&bound, msg.collection) {
+                    (None, name) if name.is_empty() => {
+                        return Err(ServiceError::InvalidArgument(
+                            "the first message of UpsertStream must name the collection".into(),
+                        ));
+                    }
+                    (None, name) => {
+                        let n = name.clone();
+                        let uid =
+                            blocking(&token, &self.db, move |db| crate::bind::uid(db, &n)).await?;
+                        bound = Some((name.clone(), uid));
+                        Target::Bound(name, uid)
+                    }
+                    (Some((first, uid)), name) if name.is_empty() || &name == first => {
+                        Target::Bound(first.clone(), *uid)
+                    }
+                    (Some((first, _)), name) => {
+                        return Err(ServiceError::InvalidArgument(format!(
+                            "message names collection {}, the stream writes to {}",
+                            echo(&name),
+                            echo(first)
+                        )));
+                    }
+                };
+                self.upsert_batch(&token, target, msg.documents).await
+            }
+            .await;
             match result {
                 Ok(ids) => {
                     written += ids.len() as u64;
@@ -186,11 +303,26 @@ impl LatentDbService {
     }
 }
 
-/// The status of a failed stream batch: "batch N: ..." and the counts in metadata.
+/// Where an upsert goes: a collection by name, or a collection bound by identity (streams).
+enum Target {
+    Name(String),
+    Bound(String, u64),
+}
+
+/// The status of a batch refused because the server is shutting down.
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down and takes no new batches")
+}
+
+/// The status of a failed stream batch: "batch N: ..." with the counts written before it, in
+/// the message and in metadata.
 fn failed_batch(status: Status, batch: u64, written: u64) -> Status {
     let mut out = Status::new(
         status.code(),
-        format!("batch {batch}: {}", status.message()),
+        format!(
+            "batch {batch}: {} ({batch} batches, {written} documents written before it)",
+            status.message()
+        ),
     );
     let md = out.metadata_mut();
     md.insert("latentdb-failed-batch", MetadataValue::from(batch));
@@ -199,21 +331,51 @@ fn failed_batch(status: Status, batch: u64, written: u64) -> Status {
     out
 }
 
+/// The most missing ids a `require_all` error names.
+const MAX_MISSING_NAMED: usize = 10;
+
+/// "N documents not found: "a", "b", ... and M more".
+fn missing_message(missing: &[String]) -> String {
+    let named: Vec<String> = missing
+        .iter()
+        .take(MAX_MISSING_NAMED)
+        .map(|id| format!("{:?}", crate::error::truncate(id, 32)))
+        .collect();
+    let mut msg = format!(
+        "{} documents not found: {}",
+        missing.len(),
+        named.join(", ")
+    );
+    if missing.len() > MAX_MISSING_NAMED {
+        msg.push_str(&format!(" and {} more", missing.len() - MAX_MISSING_NAMED));
+    }
+    msg
+}
+
+/// True for a filter that matches every document (`{}`).
+fn matches_everything(filter: &Value) -> bool {
+    filter.as_object().is_some_and(|m| m.is_empty())
+}
+
 #[tonic::async_trait]
 impl LatentDb for LatentDbService {
     async fn create_collection(
         &self,
         req: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
-        observe("CreateCollection", async {
+        let call = Call::of(&req);
+        observe("CreateCollection", &call, async {
+            let token = call.token();
             let (spec, model) = convert::collection_spec(req.into_inner())?;
             let info = match model {
-                None => blocking(&self.db, move |db| Ok(db.create_collection(spec)?)).await?,
+                None => {
+                    blocking(&token, &self.db, move |db| Ok(db.create_collection(spec)?)).await?
+                }
                 Some(model) => {
+                    let model = self.model_spec(&model)?;
                     // Loading a model is embedding work.
                     let _permit = self.embed_permit().await?;
-                    let model = latentdb::embed::ModelSpec::parse(&model);
-                    blocking(&self.db, move |db| {
+                    blocking(&token, &self.db, move |db| {
                         Ok(db.create_collection_with_model(spec, &model)?)
                     })
                     .await?
@@ -228,9 +390,13 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::GetCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
-        observe("GetCollection", async {
+        let call = Call::of(&req);
+        observe("GetCollection", &call, async {
             let name = req.into_inner().name;
-            let info = blocking(&self.db, move |db| Ok(db.collection_info(&name)?)).await?;
+            let info = blocking(&call.token(), &self.db, move |db| {
+                Ok(db.collection_info(&name)?)
+            })
+            .await?;
             Ok(convert::collection_info(info))
         })
         .await
@@ -238,10 +404,11 @@ impl LatentDb for LatentDbService {
 
     async fn list_collections(
         &self,
-        _req: Request<pb::ListCollectionsRequest>,
+        req: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        observe("ListCollections", async {
-            let list = blocking(&self.db, |db| Ok(db.list_collections())).await?;
+        let call = Call::of(&req);
+        observe("ListCollections", &call, async {
+            let list = blocking(&call.token(), &self.db, |db| Ok(db.list_collections())).await?;
             Ok(pb::ListCollectionsResponse {
                 collections: list.into_iter().map(convert::collection_info).collect(),
             })
@@ -253,9 +420,13 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
-        observe("DeleteCollection", async {
+        let call = Call::of(&req);
+        observe("DeleteCollection", &call, async {
             let name = req.into_inner().name;
-            blocking(&self.db, move |db| Ok(db.drop_collection(&name)?)).await?;
+            blocking(&call.token(), &self.db, move |db| {
+                Ok(db.drop_collection(&name)?)
+            })
+            .await?;
             Ok(pb::DeleteCollectionResponse {})
         })
         .await
@@ -265,9 +436,12 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
-        observe("Upsert", async {
+        let call = Call::of(&req);
+        observe("Upsert", &call, async {
             let req = req.into_inner();
-            let ids = self.upsert_batch(req.collection, req.documents).await?;
+            let ids = self
+                .upsert_batch(&call.token(), Target::Name(req.collection), req.documents)
+                .await?;
             Ok(pb::UpsertResponse { ids })
         })
         .await
@@ -277,8 +451,9 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<Streaming<pb::UpsertRequest>>,
     ) -> Result<Response<pb::UpsertStreamResponse>, Status> {
+        let call = Call::of(&req);
         let start = Instant::now();
-        let out = self.stream_upsert(req.into_inner()).await;
+        let out = self.stream_upsert(&call, req.into_inner()).await;
         let micros = start.elapsed().as_micros() as u64;
         match &out {
             Ok(r) => tracing::debug!(
@@ -297,11 +472,12 @@ impl LatentDb for LatentDbService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        observe("Get", async {
+        let call = Call::of(&req);
+        observe("Get", &call, async {
             let req = req.into_inner();
             check_batch("ids per call", req.ids.len(), &self.limits)?;
             let (collection, ids) = (req.collection, req.ids);
-            let (found, ids) = blocking(&self.db, move |db| {
+            let (found, ids) = blocking(&call.token(), &self.db, move |db| {
                 let found = db.get(&collection, &ids)?;
                 Ok((found, ids))
             })
@@ -314,10 +490,7 @@ impl LatentDb for LatentDbService {
                 }
             }
             if req.require_all && !out.missing_ids.is_empty() {
-                return Err(ServiceError::NotFound(format!(
-                    "documents not found: {:?}",
-                    out.missing_ids
-                )));
+                return Err(ServiceError::NotFound(missing_message(&out.missing_ids)));
             }
             Ok(out)
         })
@@ -328,31 +501,60 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        observe("Delete", async {
+        let call = Call::of(&req);
+        observe("Delete", &call, async {
+            let token = call.token();
             let req = req.into_inner();
             let filter = convert::filter(req.filter)?;
             let collection = req.collection;
-            let deleted_ids = match (req.ids.is_empty(), filter) {
-                (false, Some(_)) => {
-                    return Err(ServiceError::InvalidArgument(
-                        "give ids or a filter, not both".into(),
-                    ));
-                }
-                (true, None) => {
-                    return Err(ServiceError::InvalidArgument(
-                        "give the ids to delete or a filter".into(),
-                    ));
-                }
-                (false, None) => {
+            let deleted_ids = match (req.ids.is_empty(), filter, req.all_documents) {
+                (false, None, false) => {
                     check_batch("ids per call", req.ids.len(), &self.limits)?;
                     let ids = req.ids;
-                    blocking(&self.db, move |db| Ok(db.delete(&collection, &ids)?)).await?
+                    blocking(
+                        &token,
+                        &self.db,
+                        move |db| Ok(db.delete(&collection, &ids)?),
+                    )
+                    .await?
                 }
-                (true, Some(filter)) => {
-                    crate::search::delete_by_filter(&self.db, collection, filter).await?
+                (true, Some(filter), false) => {
+                    if matches_everything(&filter) {
+                        return Err(ServiceError::InvalidArgument(
+                            "an empty filter matches every document: to delete them all, set \
+                             all_documents (with no ids and no filter)"
+                                .into(),
+                        ));
+                    }
+                    crate::search::delete_by_filter(&token, &self.db, collection, filter).await?
+                }
+                (true, None, true) => {
+                    // Listing every id of the collection would make an unbounded response:
+                    // the count only.
+                    let deleted_count = blocking(&token, &self.db, move |db| {
+                        crate::bind::delete_all(db, &collection)
+                    })
+                    .await?;
+                    return Ok(pb::DeleteResponse {
+                        deleted_ids: Vec::new(),
+                        deleted_count,
+                    });
+                }
+                (true, None, false) => {
+                    return Err(ServiceError::InvalidArgument(
+                        "give the ids to delete, a filter, or all_documents".into(),
+                    ));
+                }
+                _ => {
+                    return Err(ServiceError::InvalidArgument(
+                        "give exactly one of ids, a filter, or all_documents".into(),
+                    ));
                 }
             };
-            Ok(pb::DeleteResponse { deleted_ids })
+            Ok(pb::DeleteResponse {
+                deleted_count: deleted_ids.len() as u64,
+                deleted_ids,
+            })
         })
         .await
     }
@@ -361,9 +563,10 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        observe("Count", async {
+        let call = Call::of(&req);
+        observe("Count", &call, async {
             let name = req.into_inner().collection;
-            let count = blocking(&self.db, move |db| Ok(db.count(&name)?)).await?;
+            let count = blocking(&call.token(), &self.db, move |db| Ok(db.count(&name)?)).await?;
             Ok(pb::CountResponse { count })
         })
         .await
@@ -373,7 +576,8 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::ScrollRequest>,
     ) -> Result<Response<pb::ScrollResponse>, Status> {
-        observe("Scroll", async {
+        let call = Call::of(&req);
+        observe("Scroll", &call, async {
             let req = req.into_inner();
             let limit = if req.limit == 0 {
                 100
@@ -381,7 +585,7 @@ impl LatentDb for LatentDbService {
                 req.limit as usize
             };
             let (collection, after, with_vectors) = (req.collection, req.after, req.with_vectors);
-            let page = blocking(&self.db, move |db| {
+            let page = blocking(&call.token(), &self.db, move |db| {
                 Ok(db.scroll(&collection, after.as_deref(), limit)?)
             })
             .await?;
@@ -401,16 +605,24 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        observe("Search", crate::search::search(self, req.into_inner())).await
+        let call = Call::of(&req);
+        observe(
+            "Search",
+            &call,
+            crate::search::search(self, call.token(), req.into_inner()),
+        )
+        .await
     }
 
     async fn search_batch(
         &self,
         req: Request<pb::SearchBatchRequest>,
     ) -> Result<Response<pb::SearchBatchResponse>, Status> {
+        let call = Call::of(&req);
         observe(
             "SearchBatch",
-            crate::search::search_batch(self, req.into_inner()),
+            &call,
+            crate::search::search_batch(self, call.token(), req.into_inner()),
         )
         .await
     }
@@ -419,7 +631,9 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        observe("Embed", async {
+        let call = Call::of(&req);
+        observe("Embed", &call, async {
+            let token = call.token();
             let req = req.into_inner();
             let embedder = self.embedder.clone().ok_or_else(|| {
                 ServiceError::FailedPrecondition(
@@ -437,9 +651,12 @@ impl LatentDb for LatentDbService {
             let _permit = self.embed_permit().await?;
             let texts = req.texts;
             let dimension = u32::try_from(embedder.dimension()).unwrap_or(u32::MAX);
-            let vectors = tokio::task::spawn_blocking(move || embedder.embed(&texts, &opts))
-                .await
-                .map_err(|e| ServiceError::Worker(e.to_string()))??;
+            let vectors = blocking(
+                &token,
+                &self.db,
+                move |_| Ok(embedder.embed(&texts, &opts)?),
+            )
+            .await?;
             Ok(pb::EmbedResponse {
                 vectors: vectors
                     .into_iter()
@@ -453,10 +670,11 @@ impl LatentDb for LatentDbService {
 
     async fn flush(
         &self,
-        _req: Request<pb::FlushRequest>,
+        req: Request<pb::FlushRequest>,
     ) -> Result<Response<pb::FlushResponse>, Status> {
-        observe("Flush", async {
-            blocking(&self.db, |db| Ok(db.flush()?)).await?;
+        let call = Call::of(&req);
+        observe("Flush", &call, async {
+            blocking(&call.token(), &self.db, |db| Ok(db.flush()?)).await?;
             Ok(pb::FlushResponse {})
         })
         .await
@@ -466,10 +684,41 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
+        let call = Call::of(&req);
         observe(
             "Compact",
-            crate::search::compact(&self.db, req.into_inner().collection),
+            &call,
+            crate::search::compact(call.token(), &self.db, req.into_inner().collection),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ids_are_capped() {
+        let ids: Vec<String> = (0..100_000).map(|i| format!("{i:0>200}")).collect();
+        let msg = missing_message(&ids);
+        // Short enough that the status message cap never cuts off the count at its end.
+        assert!(
+            msg.len() <= crate::error::MAX_STATUS_MESSAGE_BYTES,
+            "{}",
+            msg.len()
+        );
+        assert!(msg.starts_with("100000 documents not found"));
+        assert!(msg.ends_with("and 99990 more"));
+        assert_eq!(
+            missing_message(&["a".into()]),
+            "1 documents not found: \"a\""
+        );
+    }
+
+    #[test]
+    fn only_empty_objects_match_everything() {
+        assert!(matches_everything(&serde_json::json!({})));
+        assert!(!matches_everything(&serde_json::json!({"a": 1})));
     }
 }

@@ -39,15 +39,39 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
         }
         CollectionCommand::List => {
             let all = db.list_collections();
+            // A collection whose stored state could not be opened is listed with its error
+            // (the rest of the database works).
+            let quarantined: std::collections::BTreeMap<String, String> =
+                db.quarantined().into_iter().collect();
+            let listed: std::collections::BTreeSet<&str> =
+                all.iter().map(|i| i.name.as_str()).collect();
             if out.is_json() {
                 for info in &all {
-                    out.json(&collection_json(info))?;
+                    let mut v = collection_json(info);
+                    if let Some(reason) = quarantined.get(&info.name) {
+                        v["quarantined"] = json!(reason);
+                    }
+                    out.json(&v)?;
                 }
-            } else if all.is_empty() {
+                for (name, reason) in &quarantined {
+                    if !listed.contains(name.as_str()) {
+                        out.json(&json!({"name": name, "quarantined": reason}))?;
+                    }
+                }
+            } else if all.is_empty() && quarantined.is_empty() {
                 out.either(&json!({}), || "no collections".into())?;
             } else {
                 for info in &all {
-                    out.either(&json!({}), || collection_text(info))?;
+                    let line = match quarantined.get(&info.name) {
+                        Some(reason) => format!("{}\tquarantined: {reason}", collection_text(info)),
+                        None => collection_text(info),
+                    };
+                    out.either(&json!({}), || line)?;
+                }
+                for (name, reason) in &quarantined {
+                    if !listed.contains(name.as_str()) {
+                        out.either(&json!({}), || format!("{name}\tquarantined: {reason}"))?;
+                    }
                 }
             }
         }

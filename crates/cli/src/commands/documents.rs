@@ -9,7 +9,7 @@ use serde_json::json;
 
 use latentdb::{Database, Document, Durability};
 
-use crate::cli::{DurabilityArg, IdsArgs, NameArg, ScrollArgs, UpsertArgs};
+use crate::cli::{DeleteArgs, DurabilityArg, IdsArgs, NameArg, ScrollArgs, UpsertArgs};
 use crate::output::{Out, record_json};
 
 pub fn upsert(a: UpsertArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -90,10 +90,21 @@ pub fn get(a: IdsArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode>
     }
 }
 
-pub fn delete(a: IdsArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let deleted = db.delete(&a.name, &a.ids)?;
-    out.either(&json!({"deleted": deleted.len()}), || {
-        format!("deleted {}", deleted.len())
+pub fn delete(a: DeleteArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let deleted = if a.all {
+        db.delete_all(&a.name)?
+    } else if let Some(filter) = &a.filter {
+        let filter: serde_json::Value =
+            serde_json::from_str(filter).context("--filter is not valid JSON")?;
+        if filter.as_object().is_some_and(|m| m.is_empty()) {
+            bail!("--filter '{{}}' matches every document: use --all to delete them all");
+        }
+        db.delete_by_filter(&a.name, &filter)?.len() as u64
+    } else {
+        db.delete(&a.name, &a.ids)?.len() as u64
+    };
+    out.either(&json!({"deleted": deleted}), || {
+        format!("deleted {deleted}")
     })?;
     Ok(ExitCode::SUCCESS)
 }

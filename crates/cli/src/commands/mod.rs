@@ -14,17 +14,50 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{BenchCommand, Cli, Command};
+use crate::cli::{BenchCommand, Cli, Command, Global};
 use crate::output::Out;
+
+/// Opens the database of `--data` with the global options, and reports on stderr any
+/// acknowledged writes found lost (opened with `--accept-data-loss`).
+pub fn open_database(global: &Global) -> anyhow::Result<latentdb::Database> {
+    let dir = global
+        .data
+        .as_deref()
+        .context("no database directory: pass --data DIR or set LATENTDB_DATA")?;
+    let options = latentdb::DatabaseOptions::new().accept_data_loss(global.accept_data_loss);
+    let db = latentdb::Database::open_with(dir, options)
+        .with_context(|| format!("cannot open {}", dir.display()))?;
+    report_data_loss(&db, global.json);
+    Ok(db)
+}
+
+/// Prints what was lost (one line per collection, on stderr: stdout stays the command's).
+fn report_data_loss(db: &latentdb::Database, json: bool) {
+    for loss in db.data_loss() {
+        if json {
+            eprintln!(
+                "{}",
+                serde_json::json!({"data_loss": {
+                    "collection": loss.collection,
+                    "acknowledged_sequence": loss.expected,
+                    "found_sequence": loss.found,
+                }})
+            );
+        } else {
+            eprintln!(
+                "warning: data loss accepted in collection {:?}: writes were acknowledged up to \
+                 change {}, storage holds changes up to {}; the missing writes are lost",
+                loss.collection, loss.expected, loss.found
+            );
+        }
+    }
+}
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = Out::new(cli.global.json);
-    let data = cli.global.data.clone();
-    let open = move || -> anyhow::Result<latentdb::Database> {
-        let dir = data.context("no database directory: pass --data DIR or set LATENTDB_DATA")?;
-        latentdb::Database::open(&dir).with_context(|| format!("cannot open {}", dir.display()))
-    };
+    let global = &cli.global;
+    let open = || open_database(global);
     match cli.command {
         Command::Collection(c) => collection::run(c, &open()?, &mut out),
         Command::Upsert(a) => documents::upsert(a, &open()?, &mut out),
@@ -49,7 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::GenData(a)) => bench_ann::gen_data(a, &mut out),
         Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
         Command::Eval(a) => eval::run(a, &open()?, &mut out),
-        Command::Serve(a) => serve::serve(a, cli.global.data.as_deref(), &mut out),
+        Command::Serve(a) => serve::serve(a, global, &mut out),
         Command::Tune(a) => tune::run(a, &open()?, &mut out),
     }
 }

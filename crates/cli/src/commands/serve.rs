@@ -1,15 +1,20 @@
 //! `latentdb serve`: the gRPC server (see `proto/latentdb/v1/latentdb.proto`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use latentdb_server::{Limits, ServerConfig, TlsIdentity};
 
+use crate::cli::Global;
 use crate::output::Out;
+
+/// The environment variable that can hold the API key.
+const API_KEY_ENV: &str = "LATENTDB_API_KEY";
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -18,8 +23,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
     /// Require this API key (`authorization: Bearer KEY` or `x-api-key: KEY`) on every call
-    /// but health.
-    #[arg(long, env = "LATENTDB_API_KEY", hide_env_values = true)]
+    /// but health. An empty key (or an empty LATENTDB_API_KEY) is an error, not "no auth".
+    #[arg(long, env = API_KEY_ENV, hide_env_values = true)]
     pub api_key: Option<String>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "F", requires = "tls_key")]
@@ -49,12 +54,35 @@ pub struct ServeArgs {
     /// Embedding calls (Embed, text search, text upserts) running at once.
     #[arg(long, default_value_t = Limits::default().embed_concurrency)]
     pub embed_concurrency: usize,
+    /// Let clients name any model directory on this machine in CreateCollection (default:
+    /// only `default` and names of models under the models root).
+    #[arg(long)]
+    pub allow_model_paths: bool,
+    /// Seconds shutdown waits for calls in flight and open connections before closing them.
+    #[arg(long, value_name = "SECS", default_value_t = latentdb_server::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
+    pub drain_timeout: f64,
+}
+
+/// The API key of `--api-key` (or LATENTDB_API_KEY): an empty one is an error, where it used
+/// to turn authentication off without a word.
+fn api_key(given: Option<String>) -> anyhow::Result<Option<String>> {
+    match given {
+        Some(k) if k.trim().is_empty() => bail!(
+            "the API key (--api-key or {API_KEY_ENV}) is empty: give a non-empty key, or leave \
+             both unset to serve without authentication"
+        ),
+        other => Ok(other),
+    }
 }
 
 /// Runs the server until SIGINT or SIGTERM, then finishes the calls in flight, flushes and
 /// exits 0.
-pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let dir = data.context("no database directory: pass --data DIR or set LATENTDB_DATA")?;
+pub fn serve(args: ServeArgs, global: &Global, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let api_key = api_key(args.api_key)?;
+    if !(args.drain_timeout.is_finite() && (0.0..=86_400.0).contains(&args.drain_timeout)) {
+        bail!("--drain-timeout must be between 0 and 86400 seconds");
+    }
+    let drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsIdentity::from_pem(
             std::fs::read(cert)
@@ -64,8 +92,7 @@ pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Res
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
-    let db =
-        latentdb::Database::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let db = super::open_database(global)?;
     let embedder = match &args.model {
         Some(spec) => Some(Arc::new(
             latentdb::embed::Embedder::load(&latentdb::embed::ModelSpec::parse(spec))
@@ -75,7 +102,7 @@ pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Res
     };
     let config = ServerConfig {
         addr: args.addr,
-        api_key: args.api_key.filter(|k| !k.is_empty()),
+        api_key,
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
             max_batch_docs: args.max_batch_docs,
@@ -86,6 +113,8 @@ pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Res
         },
         embedder,
         tls,
+        allow_model_paths: args.allow_model_paths,
+        drain_timeout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,7 +124,11 @@ pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Res
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
-        let addr = listener.local_addr().context("no local address")?;
+        // Announce only a server whose key and certificate are checked.
+        let server = latentdb_server::prepare(Arc::new(db), config.clone(), listener)
+            .await
+            .context("cannot start the server")?;
+        let addr = server.local_addr();
         out.either(
             &serde_json::json!({
                 "listening": addr.to_string(),
@@ -107,14 +140,10 @@ pub fn serve(args: ServeArgs, data: Option<&Path>, out: &mut Out) -> anyhow::Res
                 format!("latentdb serving{tls} on {addr}")
             },
         )?;
-        latentdb_server::serve_with_listener(
-            Arc::new(db),
-            config,
-            listener,
-            latentdb_server::shutdown_signal(),
-        )
-        .await
-        .context("server failed")
+        server
+            .serve(latentdb_server::shutdown_signal())
+            .await
+            .context("server failed")
     })?;
     Ok(ExitCode::SUCCESS)
 }

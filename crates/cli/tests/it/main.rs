@@ -2,5 +2,6 @@
 
 mod cli_documents;
 mod cli_embed;
+mod safety;
 mod search;
 mod serve_crash;

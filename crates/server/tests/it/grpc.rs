@@ -278,6 +278,7 @@ async fn documents_upsert_get_count_scroll_delete() {
     let deleted = c
         .delete(pb::DeleteRequest {
             collection: "docs".into(),
+            all_documents: false,
             ids: vec!["d00".into(), "d01".into(), "nope".into()],
             filter: None,
         })
@@ -290,6 +291,7 @@ async fn documents_upsert_get_count_scroll_delete() {
     let deleted = c
         .delete(pb::DeleteRequest {
             collection: "docs".into(),
+            all_documents: false,
             ids: vec![],
             filter: Some(pb::Filter {
                 kind: Some(pb::filter::Kind::Json(
@@ -313,6 +315,7 @@ async fn documents_upsert_get_count_scroll_delete() {
     let deleted = c
         .delete(pb::DeleteRequest {
             collection: "docs".into(),
+            all_documents: false,
             ids: vec![],
             filter: Some(pb::Filter {
                 kind: Some(pb::filter::Kind::Structured(structured)),
@@ -337,6 +340,7 @@ async fn documents_upsert_get_count_scroll_delete() {
     let both = c
         .delete(pb::DeleteRequest {
             collection: "docs".into(),
+            all_documents: false,
             ids: vec!["d02".into()],
             filter: Some(pb::Filter {
                 kind: Some(pb::filter::Kind::Json("{}".into())),
@@ -355,6 +359,7 @@ async fn documents_upsert_get_count_scroll_delete() {
         let r = c
             .delete(pb::DeleteRequest {
                 collection: "docs".into(),
+                all_documents: false,
                 ids: vec![],
                 filter: Some(pb::Filter {
                     kind: Some(pb::filter::Kind::Json(bad.into())),
@@ -612,11 +617,13 @@ async fn search_search_batch_and_compact() {
             Code::InvalidArgument,
         ),
         (
+            // A collection without a model cannot embed the query: the request is fine, the
+            // collection is not set up for it.
             pb::SearchRequest {
                 text: Some("a text query".into()),
                 ..Default::default()
             },
-            Code::InvalidArgument,
+            Code::FailedPrecondition,
         ),
         (
             pb::SearchRequest {
@@ -664,6 +671,7 @@ async fn search_search_batch_and_compact() {
     // Compact after deletes drops the tombstones; search still works.
     c.delete(pb::DeleteRequest {
         collection: "s".into(),
+        all_documents: false,
         ids: (0..10).map(|i| format!("d{i:02}")).collect(),
         filter: None,
     })

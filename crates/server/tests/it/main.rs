@@ -1,6 +1,8 @@
 //! The crate's integration tests, in one binary (one link step instead of one per file).
 
 mod common;
+mod contract;
 mod grpc;
 mod services;
+mod streams;
 mod tls;

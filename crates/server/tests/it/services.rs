@@ -245,7 +245,13 @@ async fn embed_and_text_search_with_the_tiny_model() {
         latentdb::embed::Embedder::from_dir(&fixture, &Default::default()).expect("tiny model");
     let dim = embedder.dimension();
     let server =
-        TestServer::start(ServerConfig::default().embedder(std::sync::Arc::new(embedder))).await;
+        // The test names the fixture model by its path: the operator's opt-in.
+        TestServer::start(
+            ServerConfig::default()
+                .embedder(std::sync::Arc::new(embedder))
+                .allow_model_paths(true),
+        )
+        .await;
     let mut c = server.client().await;
 
     let out = c
