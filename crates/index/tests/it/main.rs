@@ -3,6 +3,7 @@
 mod common;
 mod concurrent_build;
 mod dump_invariants;
+mod filter_limits;
 mod persist;
 mod recall;
 mod search;
