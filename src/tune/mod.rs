@@ -13,7 +13,7 @@
 //! the new version goes live only if it is better (or when forced). [`Tuner::rollback`]
 //! returns to the previous version.
 //!
-//! A run's phases each have a module: pairs ([`pairs`]), encode, mine ([`negatives`]), train,
+//! A run's phases each have a module: pairs (`pairs.rs`), encode, mine (`negatives.rs`), train,
 //! evaluate and publish. Writes to the collection go on during a run; the switch reconciles
 //! them (see `snapshot.rs`): documents deleted meanwhile stay deleted, documents written
 //! meanwhile are embedded with the new model before it goes live, under the collection's

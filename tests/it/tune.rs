@@ -413,24 +413,27 @@ fn bad_requests_are_refused() {
         margin: 1.5,
         ..TuneOptions::default()
     };
-    assert!(
-        Tuner::new(&db)
-            .tune("small", PairSource::Pairs(pairs), &bad_margin, &|_| {})
-            .is_err()
-    );
+    let e = Tuner::new(&db)
+        .tune("small", PairSource::Pairs(pairs), &bad_margin, &|_| {})
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("margin"), "{e}");
     db.create_collection(CollectionSpec::new("vectors", 3, Metric::Cosine))
         .unwrap();
-    assert!(
-        Tuner::new(&db)
-            .tune(
-                "vectors",
-                PairSource::SelfSupervised,
-                &TuneOptions::default(),
-                &|_| {}
-            )
-            .is_err()
-    );
-    assert!(Tuner::new(&db).rollback("small", &|_| {}).is_err());
+    let e = Tuner::new(&db)
+        .tune(
+            "vectors",
+            PairSource::SelfSupervised,
+            &TuneOptions::default(),
+            &|_| {},
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("no model"), "{e}");
+    let e = Tuner::new(&db).rollback("small", &|_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    // Nothing was switched or recorded by the refused runs.
+    assert_eq!(Tuner::new(&db).history("small").unwrap().live, vec![0]);
 }
 
 #[test]
@@ -716,5 +719,52 @@ fn a_failed_history_save_never_leaves_a_version_live_that_cannot_be_rolled_back(
     // The collection did not switch to a version its history does not record.
     let now = db.embedder_settings("small").unwrap().unwrap();
     assert_eq!(now.identity, original.identity);
+    assert_vectors_are_the_live_models(&db, "small");
+}
+
+#[test]
+fn an_ingest_racing_a_model_switch_never_stores_the_old_models_vectors() {
+    ensure_model();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("db")).unwrap();
+    let pairs = small_collection(&db, "small", 24);
+    Tuner::new(&db)
+        .tune("small", PairSource::Pairs(pairs), &small_opts(), &|_| {})
+        .unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            corpus.join(format!("f{i}.txt")),
+            format!("File number {i} is about mortgages, refinancing and closing costs."),
+        )
+        .unwrap();
+    }
+    // The ingester embeds with the tuned model; after its first batch is written, the
+    // collection rolls back to the original model. Later batches must not be stored.
+    let switched = std::sync::atomic::AtomicBool::new(false);
+    let on_event = |e: latentdb::ingest::IngestEvent<'_>| {
+        if let latentdb::ingest::IngestEvent::Progress(stats) = e
+            && stats.chunks > 0
+            && !switched.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            assert_eq!(Tuner::new(&db).rollback("small", &|_| {}).unwrap(), 0);
+        }
+    };
+    let opts = latentdb::ingest::IngestOptions {
+        batch_size: 1,
+        ..latentdb::ingest::IngestOptions::default()
+    };
+    let e = latentdb::ingest::Ingester::new(&db)
+        .run_with("small", std::slice::from_ref(&corpus), &opts, &on_event)
+        .unwrap_err();
+    assert!(switched.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert_vectors_are_the_live_models(&db, "small");
+    // Run again on the model now live: everything is ingested.
+    let stats = latentdb::ingest::Ingester::new(&db)
+        .run("small", std::slice::from_ref(&corpus), &opts)
+        .unwrap();
+    assert_eq!(stats.documents + stats.skipped, 6);
     assert_vectors_are_the_live_models(&db, "small");
 }
