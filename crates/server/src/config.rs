@@ -52,7 +52,9 @@ pub struct ServerConfig {
     /// Serve over TLS with this identity (none: plaintext HTTP/2).
     pub tls: Option<TlsIdentity>,
     /// Let clients name any model directory on the server in `CreateCollection` (default
-    /// false: only `default` and names of models under the models root).
+    /// false: only `default` and relative paths without `..`). Open the database with the
+    /// same `DatabaseOptions::allow_model_paths` so that it resolves those relative names
+    /// under its models root (as `latentdb serve` does).
     pub allow_model_paths: bool,
     /// How long shutdown waits for calls in flight and open connections before it closes
     /// them (default 10 s).

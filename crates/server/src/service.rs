@@ -190,27 +190,29 @@ impl LatentDbService {
     }
 
     /// The model a `CreateCollection` names: `default`, or (unless the operator allowed
-    /// model paths) the name of a model directory under the models root. A client cannot make
-    /// the server load an arbitrary directory.
+    /// model paths) a relative path of plain names, which the database resolves under its
+    /// models root when it was opened with `DatabaseOptions::allow_model_paths(false)` (as
+    /// `latentdb serve` opens it). A client cannot name an absolute path or climb out with
+    /// `..`.
     fn model_spec(&self, model: &str) -> Result<ModelSpec, ServiceError> {
         let spec = ModelSpec::parse(model);
         if self.allow_model_paths || spec == ModelSpec::Default {
             return Ok(spec);
         }
         let path = std::path::Path::new(model);
-        let mut parts = path.components();
-        let plain = matches!(
-            (parts.next(), parts.next()),
-            (Some(std::path::Component::Normal(_)), None)
-        );
-        if !plain || model.contains(['/', '\\']) {
+        let plain = path.components().next().is_some()
+            && path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || model.contains('\\') {
             return Err(ServiceError::FailedPrecondition(format!(
-                "model {}: this server loads only `default` and models named under its models \
-                 root (start it with --allow-model-paths to allow model directories)",
+                "model {}: this server loads only `default` and models named by a relative path \
+                 under its models root (its operator can allow any directory with \
+                 --allow-model-paths)",
                 echo(model)
             )));
         }
-        Ok(ModelSpec::Dir(latentdb::embed::models_dir().join(model)))
+        Ok(spec)
     }
 
     async fn upsert_batch(

@@ -20,11 +20,19 @@ use crate::output::Out;
 /// Opens the database of `--data` with the global options, and reports on stderr any
 /// acknowledged writes found lost (opened with `--accept-data-loss`).
 pub fn open_database(global: &Global) -> anyhow::Result<latentdb::Database> {
+    open_database_with(global, latentdb::DatabaseOptions::new())
+}
+
+/// [`open_database`] with more options.
+pub fn open_database_with(
+    global: &Global,
+    options: latentdb::DatabaseOptions,
+) -> anyhow::Result<latentdb::Database> {
     let dir = global
         .data
         .as_deref()
         .context("no database directory: pass --data DIR or set LATENTDB_DATA")?;
-    let options = latentdb::DatabaseOptions::new().accept_data_loss(global.accept_data_loss);
+    let options = options.accept_data_loss(global.accept_data_loss);
     let db = latentdb::Database::open_with(dir, options)
         .with_context(|| format!("cannot open {}", dir.display()))?;
     report_data_loss(&db, global.json);

@@ -55,7 +55,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().embed_concurrency)]
     pub embed_concurrency: usize,
     /// Let clients name any model directory on this machine in CreateCollection (default:
-    /// only `default` and names of models under the models root).
+    /// only `default` and relative paths under the models root, without `..`).
     #[arg(long)]
     pub allow_model_paths: bool,
     /// Seconds shutdown waits for calls in flight and open connections before closing them.
@@ -92,7 +92,11 @@ pub fn serve(args: ServeArgs, global: &Global, out: &mut Out) -> anyhow::Result<
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
-    let db = super::open_database(global)?;
+    // Clients name models under the models root unless the operator allows any directory.
+    let db = super::open_database_with(
+        global,
+        latentdb::DatabaseOptions::new().allow_model_paths(args.allow_model_paths),
+    )?;
     let embedder = match &args.model {
         Some(spec) => Some(Arc::new(
             latentdb::embed::Embedder::load(&latentdb::embed::ModelSpec::parse(spec))

@@ -24,8 +24,13 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on 127.0.0.1:0 over a fresh database.
     pub async fn start(config: ServerConfig) -> TestServer {
+        Self::start_with(config, latentdb::DatabaseOptions::new()).await
+    }
+
+    /// Starts a server on 127.0.0.1:0 over a fresh database opened with `options`.
+    pub async fn start_with(config: ServerConfig, options: latentdb::DatabaseOptions) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Arc::new(Database::open(dir.path()).expect("open"));
+        let db = Arc::new(Database::open_with(dir.path(), options).expect("open"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

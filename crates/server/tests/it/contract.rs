@@ -50,6 +50,12 @@ fn doc(id: &str, seed: u64) -> pb::Document {
 async fn setup(config: ServerConfig) -> (TestServer, LatentDbClient<Channel>) {
     let server = TestServer::start(config).await;
     let mut c = server.client().await;
+    seed(&mut c).await;
+    (server, c)
+}
+
+/// Creates collection `c` with [`DOCS`] documents.
+async fn seed(c: &mut LatentDbClient<Channel>) {
     c.create_collection(pb::CreateCollectionRequest {
         name: COLL.into(),
         dimension: DIM as u32,
@@ -63,7 +69,6 @@ async fn setup(config: ServerConfig) -> (TestServer, LatentDbClient<Channel>) {
     })
     .await
     .expect("upsert");
-    (server, c)
 }
 
 async fn count(c: &mut LatentDbClient<Channel>, name: &str) -> u64 {
@@ -410,16 +415,31 @@ async fn huge_in_lists_are_refused() {
 
 #[tokio::test]
 async fn client_named_model_paths_are_refused_unless_allowed() {
-    let (server, mut c) = setup(ServerConfig::default()).await;
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/nvembed-tiny")
         .canonicalize()
         .expect("fixture model");
+    // A models root holding one model, `tiny`; the database resolves names under it.
+    let models = tempfile::tempdir().expect("tempdir");
+    let tiny = models.path().join("tiny");
+    std::fs::create_dir(&tiny).expect("mkdir");
+    for f in std::fs::read_dir(&fixture).expect("fixture") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, tiny.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let options = || {
+        latentdb::DatabaseOptions::new()
+            .allow_model_paths(false)
+            .models_dir(models.path())
+    };
+    let server = TestServer::start_with(ServerConfig::default(), options()).await;
+    let mut c = server.client().await;
+    seed(&mut c).await;
     for model in [
         fixture.display().to_string(),
         "/".to_string(),
         "../../etc".to_string(),
-        "sub/dir".to_string(),
+        "tiny/../../..".to_string(),
     ] {
         let r = c
             .create_collection(pb::CreateCollectionRequest {
@@ -430,10 +450,32 @@ async fn client_named_model_paths_are_refused_unless_allowed() {
             .await;
         refused(&mut c, &model, r, Code::FailedPrecondition).await;
     }
+    // A name under the models root that holds no model is the caller's mistake too.
+    let r = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "m".into(),
+            model: "absent".into(),
+            ..Default::default()
+        })
+        .await;
+    refused(&mut c, "a name with no model", r, Code::NotFound).await;
+    // A model under the root loads.
+    let info = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "m".into(),
+            model: "tiny".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a model under the models root")
+        .into_inner();
+    assert!(info.dimension > 0);
     server.stop().await.expect("clean stop");
 
     // With --allow-model-paths, a directory that does not exist is the caller's mistake.
-    let (server, mut c) = setup(ServerConfig::default().allow_model_paths(true)).await;
+    let server = TestServer::start(ServerConfig::default().allow_model_paths(true)).await;
+    let mut c = server.client().await;
+    seed(&mut c).await;
     let r = c
         .create_collection(pb::CreateCollectionRequest {
             name: "m".into(),
