@@ -223,6 +223,7 @@ impl Error {
             Error::IdSpaceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::Locked { .. } => ErrorKind::Unavailable,
             Error::DataLoss { .. } | Error::Corrupt(_) => ErrorKind::DataLoss,
+            Error::Sled(sled::Error::Corruption { .. }) => ErrorKind::DataLoss,
             Error::UnsupportedFormat { .. }
             | Error::Internal(_)
             | Error::Io { .. }
@@ -254,3 +255,117 @@ impl From<sled::transaction::TransactionError<Error>> for Error {
 
 /// The storage result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_echo_of_caller_input_is_bounded() {
+        let huge = "n".repeat(16 * 1024);
+        let errors = [
+            Error::CollectionNotFound(huge.clone()),
+            Error::CollectionExists(huge.clone()),
+            Error::InvalidCollectionName {
+                name: huge.clone(),
+                reason: "r",
+            },
+            Error::DimensionMismatch {
+                id: huge.clone(),
+                expected: 1,
+                got: 2,
+            },
+            Error::NonFiniteVector {
+                id: huge.clone(),
+                index: 0,
+            },
+            Error::MissingVector { id: huge.clone() },
+            Error::InvalidId {
+                id: huge.clone(),
+                reason: huge.clone(),
+            },
+            Error::InvalidMetadata {
+                id: huge.clone(),
+                kind: "a string",
+            },
+            Error::TextTooLong {
+                id: huge.clone(),
+                len: 1,
+                limit: 0,
+            },
+            Error::DuplicateId { id: huge.clone() },
+            Error::InvalidArgument(huge.clone()),
+            Error::Corrupt(huge.clone()),
+            Error::IdSpaceExhausted(huge.clone()),
+            Error::DataLoss {
+                collection: huge.clone(),
+                expected: 2,
+                found: 1,
+            },
+            Error::Internal(huge.clone()),
+        ];
+        for e in errors {
+            let msg = e.to_string();
+            assert!(msg.chars().count() < 1_400, "{} chars: {e:?}", msg.len());
+            assert!(msg.contains('…'), "{msg}");
+        }
+        // Short input is shown whole, quoted, and multi-byte characters are never split.
+        assert_eq!(
+            Error::CollectionNotFound("é".repeat(200)).to_string(),
+            format!("collection \"{}\"… does not exist", "é".repeat(128))
+        );
+        assert_eq!(
+            Error::CollectionNotFound("x".into()).to_string(),
+            "collection \"x\" does not exist"
+        );
+    }
+
+    #[test]
+    fn kinds_separate_the_callers_faults_from_the_systems() {
+        use ErrorKind as K;
+        let io = || Error::Io {
+            path: PathBuf::from("/x"),
+            source: std::io::Error::other("disk"),
+        };
+        for (e, kind) in [
+            (Error::CollectionNotFound("c".into()), K::NotFound),
+            (Error::CollectionExists("c".into()), K::AlreadyExists),
+            (Error::InvalidArgument("x".into()), K::InvalidArgument),
+            (Error::DuplicateId { id: "a".into() }, K::InvalidArgument),
+            (Error::IdSpaceExhausted("c".into()), K::ResourceExhausted),
+            (
+                Error::Locked {
+                    path: PathBuf::from("/x"),
+                },
+                K::Unavailable,
+            ),
+            (Error::Corrupt("x".into()), K::DataLoss),
+            (
+                Error::DataLoss {
+                    collection: "c".into(),
+                    expected: 2,
+                    found: 1,
+                },
+                K::DataLoss,
+            ),
+            (
+                Error::UnsupportedFormat {
+                    found: 2,
+                    supported: 1,
+                },
+                K::Internal,
+            ),
+            (Error::Internal("x".into()), K::Internal),
+            (io(), K::Internal),
+            (
+                Error::Sled(sled::Error::Unsupported("x".into())),
+                K::Internal,
+            ),
+        ] {
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(e.is_caller_fault(), kind.is_caller_fault(), "{e}");
+        }
+        assert!(!io().is_caller_fault());
+        assert!(Error::InvalidArgument("x".into()).is_caller_fault());
+    }
+}

@@ -210,11 +210,7 @@ impl Storage {
             Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
         let marks = watermark::read(&path);
-        let db = sled::Config::new()
-            .path(path.join(SLED_DIR))
-            .cache_capacity(options.cache_capacity)
-            .flush_every_ms(Some(options.flush_every_ms.max(1)))
-            .open()?;
+        let db = open_sled(&path, &options)?;
         let format = db.get(key::FORMAT_VERSION_KEY)?;
         if let Some(v) = &format {
             let found = key::be_u32(v)?;
@@ -473,6 +469,28 @@ pub(crate) fn not_found(name: &str) -> Error {
         name,
         crate::error::MAX_ECHO_CHARS,
     ))
+}
+
+/// Opens sled. We hold the directory's `LOCK`, so a conflict on sled's own file lock can only
+/// come from a `Storage` of this process that was just dropped and whose sled threads are
+/// still letting go of the file: wait for them (a bounded while) instead of failing.
+fn open_sled(path: &Path, options: &StorageOptions) -> Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(path.join(SLED_DIR))
+        .cache_capacity(options.cache_capacity)
+        .flush_every_ms(Some(options.flush_every_ms.max(1)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Reads the registry and opens every collection's tree.

@@ -459,4 +459,31 @@ mod tests {
         assert_eq!(std::fs::read(&b).unwrap(), b"second");
         assert!(!dir.path().join(WATERMARK_FILE).exists());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn any_bytes_decode_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160),
+            prefix in proptest::prelude::any::<bool>(),
+        ) {
+            let mut b = if prefix { encode(&marks())[..16].to_vec() } else { Vec::new() };
+            b.extend(bytes);
+            let _ = decode(&b);
+        }
+
+        #[test]
+        fn any_marks_round_trip(
+            m in proptest::collection::btree_map(
+                proptest::prelude::any::<u64>(),
+                ("[A-Za-z0-9_.-]{1,128}", proptest::prelude::any::<u64>()),
+                0..8,
+            )
+        ) {
+            let marks: BTreeMap<u64, Mark> =
+                m.into_iter().map(|(c, (name, seq))| (c, Mark { name, seq })).collect();
+            proptest::prop_assert_eq!(decode(&encode(&marks)).unwrap(), marks);
+        }
+    }
 }
