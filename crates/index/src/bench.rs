@@ -36,7 +36,8 @@ pub fn ground_truth(
         .par_chunks_exact(dim)
         .map(|q| {
             let q = prep(q);
-            let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+            let mut heap =
+                std::collections::BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16));
             for (i, v) in base.chunks_exact(dim).enumerate() {
                 let c = Cand {
                     d: metric.distance(&q, v),

@@ -125,3 +125,43 @@ fn whose(id: u32) -> String {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_put_the_fault_where_it_is() {
+        let io = Error::io("x", std::io::Error::other("disk"));
+        let corrupt = Error::CorruptDump {
+            dir: "d".into(),
+            reason: "r".into(),
+        };
+        for system in [&io, &corrupt] {
+            assert_eq!(system.kind(), ErrorKind::Internal, "{system}");
+            assert!(!system.is_caller_fault());
+        }
+        let caller = [
+            (Error::VectorOverflow { id: 1 }, ErrorKind::InvalidArgument),
+            (Error::ZeroVector { id: 1 }, ErrorKind::InvalidArgument),
+            (
+                Error::InvalidArgument("k".into()),
+                ErrorKind::InvalidArgument,
+            ),
+            (Error::DuplicateId(3), ErrorKind::AlreadyExists),
+            (
+                Error::ResourceExhausted("mem".into()),
+                ErrorKind::ResourceExhausted,
+            ),
+        ];
+        for (e, kind) in caller {
+            assert_eq!(e.kind(), kind, "{e}");
+            assert!(e.is_caller_fault(), "{e}");
+        }
+        assert!(
+            Error::NonFiniteVector { id: u32::MAX }
+                .to_string()
+                .contains("query vector")
+        );
+    }
+}

@@ -291,7 +291,8 @@ impl Index {
         Self::check_k(k)?;
         let q = self.prepare_query(query)?;
         let graph = self.graph();
-        let mut out = Vec::with_capacity(k);
+        // Sized by what the graph can return, not by the caller's k.
+        let mut out = Vec::with_capacity(k.min(graph.nodes.read().len()));
         graph.search(&q, k, ef.unwrap_or(self.params.ef_search), filter, &mut out);
         Ok(self.hits(&graph, &out))
     }
@@ -375,7 +376,7 @@ impl Index {
                         d: self.metric.distance(&q, nodes.vector(slot)),
                         slot,
                     });
-                    if acc.len() >= 4 * k + 64 {
+                    if acc.len() >= k.saturating_mul(4).saturating_add(64) {
                         acc = top_k(acc.into_iter(), k);
                     }
                 }
@@ -448,7 +449,7 @@ impl Index {
 
 /// The `k` smallest candidates, ascending.
 fn top_k(iter: impl Iterator<Item = Cand>, k: usize) -> Vec<Cand> {
-    let mut heap: BinaryHeap<Cand> = BinaryHeap::with_capacity(k + 1);
+    let mut heap: BinaryHeap<Cand> = BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16));
     for c in iter {
         if heap.len() < k {
             heap.push(c);
@@ -557,6 +558,24 @@ mod tests {
             let err = Graph::with_capacity(Metric::L2, 65_536, params, cap).unwrap_err();
             assert!(matches!(err, Error::ResourceExhausted(_)), "{cap}: {err}");
             assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+        }
+    }
+
+    #[test]
+    fn any_k_is_answered_without_panicking() {
+        let idx = index(Metric::Dot);
+        for i in 0..50u32 {
+            idx.insert(i, &[i as f32 + 1.0, 1.0, 0.0]).unwrap();
+        }
+        let q = [1.0, 0.0, 0.0];
+        for k in [51, 1 << 40, usize::MAX] {
+            assert_eq!(idx.search(&q, k, None).unwrap().len(), 50);
+            assert_eq!(idx.search(&q, k, Some(usize::MAX)).unwrap().len(), 50);
+            assert_eq!(idx.exact_search(&q, k, &[1, 2, 3]).unwrap().len(), 3);
+            assert_eq!(
+                idx.exact_search_filtered(&q, k, &|_| true).unwrap().len(),
+                50
+            );
         }
     }
 

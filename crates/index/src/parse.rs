@@ -214,7 +214,7 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
     }
     nodes.levels.extend_from_slice(levels);
 
-    if n % 8 != 0 && bitmap[n / 8] >> (n % 8) != 0 {
+    if !n.is_multiple_of(8) && bitmap[n / 8] >> (n % 8) != 0 {
         return Err(bad("tombstone bit set past the last point".into()));
     }
     nodes

@@ -183,6 +183,9 @@ fn base_for(metric: Metric) -> Dump {
     d
 }
 
+/// A way to break a dump.
+type Breaker = Box<dyn Fn(&mut Dump)>;
+
 /// Loads `d` and expects a corrupt-dump error whose reason contains `reason`.
 fn expect_corrupt(d: &Dump, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -250,7 +253,7 @@ fn an_upper_link_to_a_lower_level_node_is_rejected() {
 #[test]
 fn every_broken_link_invariant_is_rejected() {
     let n = base().n() as u32;
-    let mut cases: Vec<(&str, Box<dyn Fn(&mut Dump)>)> = vec![
+    let mut cases: Vec<(&str, Breaker)> = vec![
         ("past the last point", Box::new(move |d| d.list0(5)[1] = n)),
         (
             "past the last point",
@@ -311,7 +314,7 @@ fn every_broken_link_invariant_is_rejected() {
 
 #[test]
 fn every_broken_node_invariant_is_rejected() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Dump)>)> = vec![
+    let cases: Vec<(&str, Breaker)> = vec![
         ("appears twice", Box::new(|d| d.ids[7] = d.ids[8])),
         (
             "tombstones",

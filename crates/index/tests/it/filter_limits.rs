@@ -99,7 +99,8 @@ fn reference_in(operands: &[Value], field: Option<&Value>) -> bool {
     }
     let Some(f) = field else { return false };
     operands.iter().any(|v| {
-        eq(f, v) || matches!(f, Value::Array(items) if !v.is_array() && items.iter().any(|i| eq(i, v)))
+        eq(f, v)
+            || matches!(f, Value::Array(items) if !v.is_array() && items.iter().any(|i| eq(i, v)))
     })
 }
 
