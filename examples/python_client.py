@@ -227,6 +227,19 @@ def main():
     got = stub.Get(pb.GetRequest(collection=name, ids=["s-0-0", "s-1-9", "s-2-0", "s-3-0"]), metadata=md)
     check("acknowledged batches kept", [r.id for r in got.records] == ["s-0-0", "s-1-9"], str(got.missing_ids))
 
+    # An empty filter deletes nothing (it would match everything); all_documents empties it.
+    before = stub.Count(pb.CountRequest(collection=name), metadata=md).count
+    expect_code(
+        "empty delete filter",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: stub.Delete(pb.DeleteRequest(collection=name, filter=pb.Filter(json="{}")), metadata=md),
+    )
+    count = stub.Count(pb.CountRequest(collection=name), metadata=md).count
+    check("empty filter deleted nothing", count == before, f"count={count}, before={before}")
+    deleted = stub.Delete(pb.DeleteRequest(collection=name, all_documents=True), metadata=md)
+    count = stub.Count(pb.CountRequest(collection=name), metadata=md).count
+    check("delete all_documents", deleted.deleted_count == before and count == 0, str(deleted))
+
     stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), metadata=md)
     expect_code(
         "deleted collection",

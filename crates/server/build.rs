@@ -36,14 +36,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let name = ty
                         .strip_prefix(".latentdb.v1.")
                         .ok_or_else(|| format!("{ty}: a message outside latentdb.v1"))?;
-                    if let Some(prev) = sides.insert(name.to_string(), code) {
-                        if prev != code {
-                            return Err(format!(
-                                "{name} is both a request and a response: the codec cannot \
-                                 tell who sent a bad one"
-                            )
-                            .into());
-                        }
+                    if let Some(prev) = sides.insert(name.to_string(), code)
+                        && prev != code
+                    {
+                        return Err(format!(
+                            "{name} is both a request and a response: the codec cannot tell \
+                             who sent a bad one"
+                        )
+                        .into());
                     }
                 }
             }

@@ -336,7 +336,7 @@ fn failed_batch(status: Status, batch: u64, written: u64) -> Status {
 /// The most missing ids a `require_all` error names.
 const MAX_MISSING_NAMED: usize = 10;
 
-/// "N documents not found: "a", "b", ... and M more".
+/// "documents not found (N): "a", "b", ... and M more".
 fn missing_message(missing: &[String]) -> String {
     let named: Vec<String> = missing
         .iter()
@@ -344,7 +344,7 @@ fn missing_message(missing: &[String]) -> String {
         .map(|id| format!("{:?}", crate::error::truncate(id, 32)))
         .collect();
     let mut msg = format!(
-        "{} documents not found: {}",
+        "documents not found ({}): {}",
         missing.len(),
         named.join(", ")
     );
@@ -710,11 +710,11 @@ mod tests {
             "{}",
             msg.len()
         );
-        assert!(msg.starts_with("100000 documents not found"));
+        assert!(msg.starts_with("documents not found (100000): "));
         assert!(msg.ends_with("and 99990 more"));
         assert_eq!(
             missing_message(&["a".into()]),
-            "1 documents not found: \"a\""
+            "documents not found (1): \"a\""
         );
     }
 

@@ -86,7 +86,10 @@ fn serve_refuses_an_empty_api_key() {
     for (args, env) in [
         (vec!["--addr", "127.0.0.1:0", "--api-key", ""], vec![]),
         (vec!["--addr", "127.0.0.1:0", "--api-key", "  "], vec![]),
-        (vec!["--addr", "127.0.0.1:0"], vec![("LATENTDB_API_KEY", "")]),
+        (
+            vec!["--addr", "127.0.0.1:0"],
+            vec![("LATENTDB_API_KEY", "")],
+        ),
     ] {
         let out = serve_exits(&data, &args, &env);
         assert!(!out.status.success(), "{args:?} {env:?} served");
@@ -155,7 +158,11 @@ fn a_public_address_without_tls_and_key_is_warned_about() {
 fn delete_with_an_empty_filter_deletes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    ok(&latentdb(d, &["collection", "create", "docs", "--dim", "2"], None));
+    ok(&latentdb(
+        d,
+        &["collection", "create", "docs", "--dim", "2"],
+        None,
+    ));
     let docs = concat!(
         r#"{"id": "a", "vector": [1, 0], "metadata": {"g": "x"}}"#,
         "\n",
@@ -165,7 +172,11 @@ fn delete_with_an_empty_filter_deletes_nothing() {
         "\n"
     );
     ok(&latentdb(d, &["upsert", "docs", "--file", "-"], Some(docs)));
-    let count = |d: &Path| ok(&latentdb(d, &["count", "docs"], None)).trim().to_string();
+    let count = |d: &Path| {
+        ok(&latentdb(d, &["count", "docs"], None))
+            .trim()
+            .to_string()
+    };
 
     let out = latentdb(d, &["delete", "docs", "--filter", "{}"], None);
     assert!(!out.status.success(), "an empty filter was accepted");
@@ -187,11 +198,20 @@ fn delete_with_an_empty_filter_deletes_nothing() {
         &["delete", "docs", "--filter", r#"{"g": "x"}"#, "--json"],
         None,
     ));
-    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), json!({"deleted": 1}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"deleted": 1})
+    );
     let out = ok(&latentdb(d, &["delete", "docs", "b", "--json"], None));
-    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), json!({"deleted": 1}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"deleted": 1})
+    );
     let out = ok(&latentdb(d, &["delete", "docs", "--all", "--json"], None));
-    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), json!({"deleted": 1}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"deleted": 1})
+    );
     assert_eq!(count(d), "0");
 }
 
@@ -199,7 +219,11 @@ fn delete_with_an_empty_filter_deletes_nothing() {
 fn collection_list_shows_a_quarantined_collection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    ok(&latentdb(d, &["collection", "create", "good", "--dim", "2"], None));
+    ok(&latentdb(
+        d,
+        &["collection", "create", "good", "--dim", "2"],
+        None,
+    ));
     {
         // A spec stored straight through storage, as an old database may hold it: its index
         // cannot be built (2^61 points overflowed the capacity computation).
@@ -251,13 +275,25 @@ fn lost_writes_need_accept_data_loss_which_reports_them() {
     let d = dir.path();
     let snapshot = tempfile::tempdir().expect("tempdir");
     let line = |i: u32| format!("{{\"id\": \"d{i}\", \"vector\": [{i}, 1]}}\n");
-    ok(&latentdb(d, &["collection", "create", "c", "--dim", "2"], None));
+    ok(&latentdb(
+        d,
+        &["collection", "create", "c", "--dim", "2"],
+        None,
+    ));
     let first: String = (1..=10).map(line).collect();
-    ok(&latentdb(d, &["upsert", "c", "--file", "-", "--batch-size", "5"], Some(&first)));
+    ok(&latentdb(
+        d,
+        &["upsert", "c", "--file", "-", "--batch-size", "5"],
+        Some(&first),
+    ));
     let sled = d.join(latentdb::storage::SLED_DIR);
     copy_dir(&sled, snapshot.path());
     let more: String = (11..=30).map(line).collect();
-    ok(&latentdb(d, &["upsert", "c", "--file", "-", "--batch-size", "5"], Some(&more)));
+    ok(&latentdb(
+        d,
+        &["upsert", "c", "--file", "-", "--batch-size", "5"],
+        Some(&more),
+    ));
     // Storage comes back behind what was acknowledged (as after a damaged log).
     std::fs::remove_dir_all(&sled).expect("rm");
     copy_dir(snapshot.path(), &sled);
@@ -267,14 +303,25 @@ fn lost_writes_need_accept_data_loss_which_reports_them() {
 
     for _ in 0..2 {
         let out = latentdb(d, &["count", "c"], None);
-        assert!(!out.status.success(), "opened with acknowledged writes lost");
-        assert!(stderr(&out).contains("--accept-data-loss"), "{}", stderr(&out));
+        assert!(
+            !out.status.success(),
+            "opened with acknowledged writes lost"
+        );
+        assert!(
+            stderr(&out).contains("--accept-data-loss"),
+            "{}",
+            stderr(&out)
+        );
     }
     let out = latentdb(d, &["--accept-data-loss", "count", "c"], None);
     assert_eq!(ok(&out).trim(), "10");
     let err = stderr(&out);
     assert!(err.contains("data loss") && err.contains("\"c\""), "{err}");
-    let out = latentdb(copy.path(), &["count", "c", "--json", "--accept-data-loss"], None);
+    let out = latentdb(
+        copy.path(),
+        &["count", "c", "--json", "--accept-data-loss"],
+        None,
+    );
     assert_eq!(ok(&out).trim(), r#"{"count":10}"#);
     // Among any log lines, one JSON line reports the loss.
     let report: Value = stderr(&out)
@@ -282,5 +329,8 @@ fn lost_writes_need_accept_data_loss_which_reports_them() {
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no JSON report: {}", stderr(&out)));
     assert_eq!(report["data_loss"]["collection"], "c", "{report}");
-    assert_eq!(report["data_loss"]["found_sequence"].as_u64().map(|_| ()), Some(()));
+    assert_eq!(
+        report["data_loss"]["found_sequence"].as_u64().map(|_| ()),
+        Some(())
+    );
 }

@@ -28,7 +28,10 @@ impl TestServer {
     }
 
     /// Starts a server on 127.0.0.1:0 over a fresh database opened with `options`.
-    pub async fn start_with(config: ServerConfig, options: latentdb::DatabaseOptions) -> TestServer {
+    pub async fn start_with(
+        config: ServerConfig,
+        options: latentdb::DatabaseOptions,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Arc::new(Database::open_with(dir.path(), options).expect("open"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
