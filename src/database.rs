@@ -1,80 +1,25 @@
 //! [`Database`]: the in-process API that ties storage, index and embedder together.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use latentdb_storage::{
-    CollectionInfo, CollectionSpec, DataLossReport, DeleteOutcome, Document, Durability,
-    Record, ScrollPage, Storage, StorageOptions,
+    CollectionInfo, CollectionSpec, DataLossReport, DeleteOutcome, Document, Durability, Record,
+    ScrollPage, Storage,
 };
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
 
+use latentdb_embed::{Embedder, ModelIdentity, ModelSpec};
+
 use crate::collection::{self, Collection, CompactReport, IndexInfo};
+use crate::embedding::{EmbedderSettings, identity_difference};
 use crate::error::{Error, Result, bounded};
+use crate::options::DatabaseOptions;
 use crate::recovery::{self, Quarantine};
 use crate::search::{self, SearchHit, SearchRequest};
-
-/// Options for [`Database::open_with`], built with chained setters.
-///
-/// ```
-/// use latentdb::{DatabaseOptions, Durability};
-/// let opts = DatabaseOptions::new().durability(Durability::Buffered).max_text_bytes(4096);
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct DatabaseOptions {
-    storage: StorageOptions,
-    models_dir: Option<PathBuf>,
-}
-
-impl DatabaseOptions {
-    /// The defaults: synchronous durability, 256 MiB page cache, 1 MiB text limit.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets when writes are acknowledged. [`Durability::Sync`] (the default) never acknowledges
-    /// a write that a crash can lose; [`Durability::Buffered`] is for bulk loads.
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.storage.durability = durability;
-        self
-    }
-
-    /// Sets the page cache size in bytes.
-    pub fn cache_capacity(mut self, bytes: u64) -> Self {
-        self.storage.cache_capacity = bytes;
-        self
-    }
-
-    /// Sets the background flush interval used by [`Durability::Buffered`].
-    pub fn flush_every_ms(mut self, ms: u64) -> Self {
-        self.storage.flush_every_ms = ms;
-        self
-    }
-
-    /// Sets the longest document text accepted, in bytes.
-    pub fn max_text_bytes(mut self, bytes: usize) -> Self {
-        self.storage.max_text_bytes = bytes;
-        self
-    }
-
-    /// Opens even when storage holds fewer changes than were acknowledged (a damaged or
-    /// truncated file): without it (the default) such an open fails with a data-loss error
-    /// and changes nothing. With it, the database opens with what is left, keeps the evidence
-    /// (the old watermark and index dumps are moved aside, never overwritten), and
-    /// [`Database::data_loss`] lists what was lost. The CLI's `--accept-data-loss`.
-    pub fn accept_data_loss(mut self, accept: bool) -> Self {
-        self.storage.accept_data_loss = accept;
-        self
-    }
-
-    /// Sets the model cache where `default` is found (default: [`crate::embed::models_dir`]).
-    pub fn models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.models_dir = Some(dir.into());
-        self
-    }
-}
 
 /// The result of an upsert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +78,11 @@ impl Database {
             collections: RwLock::new(opened.collections),
             quarantine: opened.quarantine,
             lost: opened.lost,
-            embedders: crate::embedding::Embedders::new(options.models_dir.clone()),
+            embedders: crate::embedding::Embedders::new(
+                options.models_dir.clone(),
+                options.allow_model_paths,
+                options.max_loaded_models,
+            ),
         })
     }
 
@@ -222,6 +171,10 @@ impl Database {
         if w.dropped {
             return Err(Error::collection_not_found(name));
         }
+        // The dump goes first: a dump whose collection storage no longer has is then always
+        // the trace of a lost collection, never of a drop interrupted by a crash (see
+        // `recovery`). A crash in between leaves a collection without a dump: rebuilt on open.
+        coll.remove_dump();
         self.storage.drop_collection(name)?;
         w.dropped = true;
         drop(w);
@@ -231,7 +184,6 @@ impl Database {
                 map.remove(name);
             }
         }
-        coll.remove_dump();
         Ok(())
     }
 
@@ -594,6 +546,145 @@ impl Database {
     /// Bytes the storage engine occupies on disk.
     pub fn storage_size(&self) -> Result<u64> {
         Ok(self.storage.size_on_disk()?)
+    }
+
+    // ---- collections with an embedder (see `crate::embedding`) ------------------------------
+
+    /// Creates a collection whose documents and queries are embedded by `model` (`default` or
+    /// a model directory, under the database's model path policy: see
+    /// [`DatabaseOptions::allow_model_paths`]). The dimension comes from the model
+    /// (`spec.dimension` must be 0 or equal to it); the model's identity is stored with the
+    /// collection.
+    pub fn create_collection_with_model(
+        &self,
+        mut spec: CollectionSpec,
+        model: &ModelSpec,
+    ) -> Result<CollectionInfo> {
+        let model = self.embedders.caller_spec(model)?;
+        let embedder = self.embedders.load(&model)?;
+        let dim = embedder.dimension();
+        if spec.dimension != 0 && spec.dimension != dim {
+            return Err(Error::InvalidArgument(format!(
+                "dimension {} differs from the model's {dim}",
+                spec.dimension
+            )));
+        }
+        spec.dimension = dim;
+        let settings = EmbedderSettings::new(&model, &embedder)?;
+        spec.embedder = serde_json::to_value(&settings)
+            .map_err(|e| Error::Internal(format!("embedder settings do not serialise: {e}")))?;
+        self.create_collection(spec)
+    }
+
+    /// The embedder settings of a collection, `None` for a vectors-only collection.
+    pub fn embedder_settings(&self, collection: &str) -> Result<Option<EmbedderSettings>> {
+        let info = self.collection_info(collection)?;
+        EmbedderSettings::of(collection, &info.embedder)
+    }
+
+    /// The collection's model, loaded on first use and checked against the stored identity;
+    /// `None` for a vectors-only collection.
+    pub fn embedder(&self, collection: &str) -> Result<Option<Arc<Embedder>>> {
+        let Some(settings) = self.embedder_settings(collection)? else {
+            return Ok(None);
+        };
+        self.embedder_of(collection, &settings).map(Some)
+    }
+
+    /// The model of `settings`, loaded and checked against their identity.
+    fn embedder_of(&self, collection: &str, settings: &EmbedderSettings) -> Result<Arc<Embedder>> {
+        let embedder = self.embedders.load(&settings.spec())?;
+        match identity_difference(&settings.identity, embedder.identity()) {
+            None => Ok(embedder),
+            Some(reason) => Err(Error::ModelMismatch {
+                collection: collection.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    /// Checks that `model` (under the model path policy) is the collection's model: an error
+    /// naming both models when it is not (or when the collection has no embedder).
+    pub fn check_model(&self, collection: &str, model: &ModelSpec) -> Result<Arc<Embedder>> {
+        let Some(mut settings) = self.embedder_settings(collection)? else {
+            return Err(Error::ModelMismatch {
+                collection: collection.to_string(),
+                reason: "it stores vectors only and has no model".into(),
+            });
+        };
+        settings.model = match self.embedders.caller_spec(model)? {
+            ModelSpec::Default => "default".into(),
+            ModelSpec::Dir(d) => d.to_string_lossy().into_owned(),
+        };
+        self.embedder_of(collection, &settings)
+    }
+
+    /// Adds or replaces a named query instruction of a collection with an embedder.
+    pub fn set_task(&self, collection: &str, name: &str, instruction: &str) -> Result<()> {
+        let Some(mut settings) = self.embedder_settings(collection)? else {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {:?} has no embedder",
+                bounded(collection)
+            )));
+        };
+        crate::embedding::check_task(&settings, name, instruction)?;
+        settings
+            .tasks
+            .insert(name.to_string(), instruction.to_string());
+        let value = serde_json::to_value(&settings)
+            .map_err(|e| Error::Internal(format!("embedder settings do not serialise: {e}")))?;
+        self.update_embedder_settings(collection, value)
+    }
+
+    /// Fills in the vector of each document that has text and no vector, with the
+    /// collection's model, batched across the documents (before any lock is taken).
+    /// Documents with a vector are left as they are; a vectors-only collection is left to
+    /// storage validation. Returns the model that embedded them (`None` when none was).
+    pub(crate) fn embed_documents(
+        &self,
+        collection: &str,
+        docs: &mut [Document],
+    ) -> Result<Option<ModelIdentity>> {
+        if crate::embedding::needs_embedding(docs).is_empty() {
+            return Ok(None);
+        }
+        let Some(embedder) = self.embedder(collection)? else {
+            return Ok(None);
+        };
+        Ok(crate::embedding::embed_passages(&embedder, docs)?.then(|| embedder.identity().clone()))
+    }
+
+    /// Requests with their text queries embedded (those with a vector are kept as they are).
+    pub(crate) fn embed_queries<'r>(
+        &self,
+        collection: &str,
+        reqs: &'r [SearchRequest],
+    ) -> Result<Vec<Cow<'r, SearchRequest>>> {
+        let mut out: Vec<Cow<'r, SearchRequest>> = reqs.iter().map(Cow::Borrowed).collect();
+        let todo = crate::embedding::text_queries(reqs)?;
+        if todo.is_empty() {
+            return Ok(out);
+        }
+        let Some(settings) = self.embedder_settings(collection)? else {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {:?} stores vectors only; text queries need a collection created \
+                 with a model",
+                bounded(collection)
+            )));
+        };
+        let embedder = self.embedder_of(collection, &settings)?;
+        crate::embedding::embed_query_texts(&settings, &embedder, reqs, &todo, &mut out)?;
+        Ok(out)
+    }
+
+    /// The ids of the chunks of parent documents `ids` (`{id}#{n}` with metadata `parent` =
+    /// `id`), found by a key-only prefix scan per parent (`Storage::chunk_ids`).
+    pub(crate) fn chunk_ids_of(&self, collection: &str, ids: &[&str]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.storage.chunk_ids(collection, id)?);
+        }
+        Ok(out)
     }
 }
 

@@ -17,13 +17,12 @@ use std::sync::Arc;
 use latentdb_embed::{
     EmbedOptions, Embedder, Instruction, LoadOptions, ModelIdentity, ModelSpec, tasks,
 };
-use latentdb_storage::{CollectionInfo, CollectionSpec, Document};
+use latentdb_storage::Document;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::database::Database;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bounded};
 use crate::search::SearchRequest;
 
 /// The instruction NV-Embed-style models put on queries when a request names none: NVIDIA's
@@ -33,6 +32,44 @@ pub const DEFAULT_QUERY_INSTRUCTION: &str =
 
 /// Texts per forward pass when embedding documents and queries.
 pub const EMBED_BATCH: usize = 32;
+
+/// The most task names an "unknown task" error lists.
+const MAX_TASKS_NAMED: usize = 32;
+
+/// The most named tasks a collection stores.
+pub const MAX_TASKS: usize = 256;
+
+/// The longest task name, in characters.
+pub const MAX_TASK_NAME_CHARS: usize = 128;
+
+/// The longest task instruction, in bytes.
+pub const MAX_INSTRUCTION_BYTES: usize = 4096;
+
+/// Checks a named task before it is stored with a collection's `settings`.
+pub(crate) fn check_task(settings: &EmbedderSettings, name: &str, instruction: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("a task needs a name".into()));
+    }
+    if name.chars().count() > MAX_TASK_NAME_CHARS {
+        return Err(Error::InvalidArgument(format!(
+            "task name {:?} is over {MAX_TASK_NAME_CHARS} characters",
+            bounded(name)
+        )));
+    }
+    if instruction.len() > MAX_INSTRUCTION_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "the instruction of task {:?} is {} bytes, the limit is {MAX_INSTRUCTION_BYTES}",
+            bounded(name),
+            instruction.len()
+        )));
+    }
+    if !settings.tasks.contains_key(name) && settings.tasks.len() >= MAX_TASKS {
+        return Err(Error::ResourceExhausted(format!(
+            "the collection has {MAX_TASKS} tasks, the limit"
+        )));
+    }
+    Ok(())
+}
 
 /// What a collection stores about its embedder (its `spec.embedder`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,10 +143,16 @@ impl EmbedderSettings {
                     return Ok(Some(Instruction::Text(text.clone())));
                 }
                 let task = tasks::task(name).map_err(|_| {
-                    let mut known: Vec<String> = self.tasks.keys().cloned().collect();
+                    let mut known: Vec<String> = self.tasks.keys().map(|k| bounded(k)).collect();
                     known.extend(tasks::tasks().into_iter().map(|t| t.name));
+                    let more = known.len().saturating_sub(MAX_TASKS_NAMED);
+                    known.truncate(MAX_TASKS_NAMED);
+                    if more > 0 {
+                        known.push(format!("and {more} more"));
+                    }
                     Error::InvalidArgument(format!(
-                        "unknown task `{name}`; known tasks: {}",
+                        "unknown task `{}`; known tasks: {}",
+                        bounded(name),
                         known.join(", ")
                     ))
                 })?;
@@ -170,49 +213,139 @@ fn short(sha: &str) -> &str {
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(dir).map_err(|e| {
-        Error::Embed(latentdb_embed::Error::Io {
+    std::fs::canonicalize(dir).map_err(|e| match e.kind() {
+        // A directory the caller named that is not there is theirs to fix.
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+            Error::NotFound(format!(
+                "model directory {:?} does not exist",
+                bounded(&dir.to_string_lossy())
+            ))
+        }
+        std::io::ErrorKind::InvalidFilename => Error::InvalidArgument(format!(
+            "model directory {:?} is not a valid path: {e}",
+            bounded(&dir.to_string_lossy())
+        )),
+        _ => Error::Embed(latentdb_embed::Error::Io {
             path: dir.to_path_buf(),
             source: e,
-        })
+        }),
     })
 }
 
-/// Loaded models, shared by the collections that use them.
-#[derive(Default)]
+/// Loaded models, shared by the collections that use them, at most `max` at a time.
+///
+/// The cache holds each model by its spec; a model is *in use* while a caller holds its
+/// `Arc` (an embedding call, a tuning run). Loading a model past the limit evicts the least
+/// recently used model not in use; when every loaded model is in use, the load fails with
+/// [`Error::ResourceExhausted`] instead of growing memory without bound.
 pub(crate) struct Embedders {
-    /// By model spec string (`default` or an absolute directory).
-    loaded: Mutex<HashMap<String, Arc<Embedder>>>,
+    loaded: Mutex<Loaded>,
     models_dir: Option<PathBuf>,
+    allow_paths: bool,
+    max: usize,
+}
+
+/// The cache's state: models by spec string (`default` or an absolute directory), each with
+/// the tick of its last use.
+#[derive(Default)]
+struct Loaded {
+    models: HashMap<String, (Arc<Embedder>, u64)>,
+    tick: u64,
 }
 
 impl std::fmt::Debug for Embedders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Embedders")
-            .field("loaded", &self.loaded.lock().len())
+            .field("loaded", &self.loaded.lock().models.len())
+            .field("max", &self.max)
+            .field("allow_paths", &self.allow_paths)
             .finish()
     }
 }
 
 impl Embedders {
-    /// A cache that loads models from `models_dir` (`None`: the default model cache).
-    pub(crate) fn new(models_dir: Option<PathBuf>) -> Embedders {
+    /// A cache that loads models from `models_dir` (`None`: the default model cache), keeps
+    /// at most `max` loaded, and (unless `allow_paths`) lets callers name only models under
+    /// the models directory.
+    pub(crate) fn new(models_dir: Option<PathBuf>, allow_paths: bool, max: usize) -> Embedders {
         Embedders {
-            loaded: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(Loaded::default()),
             models_dir,
+            allow_paths,
+            max: max.max(1),
         }
     }
 
-    /// Loads (once) the model for `spec`. Loading holds the cache lock: concurrent first uses
-    /// wait for one load instead of loading twice.
+    /// The models root: where `default` and, when paths are not allowed, every model a caller
+    /// names must be.
+    fn root(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(latentdb_embed::models_dir)
+    }
+
+    /// The spec to load for a model a *caller* named (creating a collection, offering a model
+    /// for ingestion), under the database's model path policy. A collection's stored spec is
+    /// not checked again: it was accepted when the collection was created.
+    pub(crate) fn caller_spec(&self, spec: &ModelSpec) -> Result<ModelSpec> {
+        let ModelSpec::Dir(dir) = spec else {
+            return Ok(ModelSpec::Default);
+        };
+        if self.allow_paths {
+            return Ok(spec.clone());
+        }
+        let plain = dir.components().next().is_some()
+            && dir
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(Error::FailedPrecondition(format!(
+                "model {:?} is not allowed: this database loads only `default` or a model \
+                 named by a relative path (no `..`) under its models directory; the server's \
+                 operator can allow any directory with --allow-model-paths",
+                bounded(&dir.to_string_lossy())
+            )));
+        }
+        Ok(ModelSpec::Dir(self.root().join(dir)))
+    }
+
+    /// Loads (once) the model for `spec`, evicting the least recently used idle model when
+    /// the cache is full. Loading holds the cache lock: concurrent first uses wait for one
+    /// load instead of loading twice.
     pub(crate) fn load(&self, spec: &ModelSpec) -> Result<Arc<Embedder>> {
         let key = match spec {
             ModelSpec::Default => "default".to_string(),
             ModelSpec::Dir(d) => absolute(d)?.to_string_lossy().into_owned(),
         };
-        let mut loaded = self.loaded.lock();
-        if let Some(e) = loaded.get(&key) {
+        let mut guard = self.loaded.lock();
+        let loaded = &mut *guard;
+        loaded.tick += 1;
+        if let Some((e, used)) = loaded.models.get_mut(&key) {
+            *used = loaded.tick;
             return Ok(e.clone());
+        }
+        if loaded.models.len() >= self.max {
+            // Only the cache holds an idle model's `Arc`.
+            let idle = loaded
+                .models
+                .iter()
+                .filter(|(_, (e, _))| Arc::strong_count(e) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            match idle {
+                Some(k) => {
+                    tracing::info!(model = %k, "unloading the least recently used model");
+                    loaded.models.remove(&k);
+                }
+                None => {
+                    return Err(Error::ResourceExhausted(format!(
+                        "{} models are loaded and all in use (the limit is {}); retry when a \
+                         request finishes",
+                        loaded.models.len(),
+                        self.max
+                    )));
+                }
+            }
         }
         let opts = LoadOptions {
             models_dir: self.models_dir.clone(),
@@ -223,211 +356,89 @@ impl Embedders {
             ModelSpec::Dir(_) => ModelSpec::Dir(PathBuf::from(&key)),
         };
         let e = Arc::new(Embedder::load_with(&spec, &opts)?);
-        loaded.insert(key, e.clone());
+        loaded.models.insert(key, (e.clone(), loaded.tick));
         Ok(e)
     }
 }
 
-impl Database {
-    /// Creates a collection whose documents and queries are embedded by `model` (`default` or
-    /// a model directory). The dimension comes from the model (`spec.dimension` must be 0 or
-    /// equal to it); the model's identity is stored with the collection.
-    pub fn create_collection_with_model(
-        &self,
-        mut spec: CollectionSpec,
-        model: &ModelSpec,
-    ) -> Result<CollectionInfo> {
-        let embedder = self.embedders().load(model)?;
-        let dim = embedder.dimension();
-        if spec.dimension != 0 && spec.dimension != dim {
-            return Err(Error::InvalidArgument(format!(
-                "dimension {} differs from the model's {dim}",
-                spec.dimension
-            )));
+/// Fills in the vector of each document that has text and no vector with `embedder`
+/// (passages carry no instruction), batched across the documents; true when any was.
+pub(crate) fn embed_passages(embedder: &Embedder, docs: &mut [Document]) -> Result<bool> {
+    let todo: Vec<usize> = needs_embedding(docs);
+    if todo.is_empty() {
+        return Ok(false);
+    }
+    let texts: Vec<&str> = todo
+        .iter()
+        .map(|&i| docs[i].text.as_deref().unwrap_or(""))
+        .collect();
+    let opts = EmbedOptions {
+        batch_size: EMBED_BATCH,
+        ..EmbedOptions::default()
+    };
+    let vectors = embedder.embed(&texts, &opts)?;
+    for (&i, v) in todo.iter().zip(vectors) {
+        docs[i].vector = Some(v);
+    }
+    Ok(true)
+}
+
+/// The documents that have text and no vector.
+pub(crate) fn needs_embedding(docs: &[Document]) -> Vec<usize> {
+    docs.iter()
+        .enumerate()
+        .filter(|(_, d)| d.vector.is_none() && d.text.is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Checks that no request gives both a vector and a text; the indexes of those with a text.
+pub(crate) fn text_queries(reqs: &[SearchRequest]) -> Result<Vec<usize>> {
+    if reqs.iter().any(|r| r.text.is_some() && r.vector.is_some()) {
+        return Err(Error::InvalidArgument(
+            "give a query vector or a query text, not both".into(),
+        ));
+    }
+    Ok((0..reqs.len())
+        .filter(|&i| reqs[i].text.is_some())
+        .collect())
+}
+
+/// Embeds the text queries `todo` of `reqs` into `out` with the collection's `settings` and
+/// `embedder`, one batched call per distinct query instruction.
+pub(crate) fn embed_query_texts<'r>(
+    settings: &EmbedderSettings,
+    embedder: &Embedder,
+    reqs: &'r [SearchRequest],
+    todo: &[usize],
+    out: &mut [Cow<'r, SearchRequest>],
+) -> Result<()> {
+    let mut groups: Vec<(Option<Instruction>, Vec<usize>)> = Vec::new();
+    for &i in todo {
+        let instr =
+            settings.query_instruction(reqs[i].task.as_deref(), reqs[i].instruction.as_deref())?;
+        match groups.iter_mut().find(|(g, _)| *g == instr) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((instr, vec![i])),
         }
-        spec.dimension = dim;
-        let settings = EmbedderSettings::new(model, &embedder)?;
-        spec.embedder = serde_json::to_value(&settings)
-            .map_err(|e| Error::InvalidArgument(format!("embedder settings: {e}")))?;
-        self.create_collection(spec)
     }
-
-    /// The embedder settings of a collection, `None` for a vectors-only collection.
-    pub fn embedder_settings(&self, collection: &str) -> Result<Option<EmbedderSettings>> {
-        let info = self.collection_info(collection)?;
-        EmbedderSettings::of(collection, &info.embedder)
-    }
-
-    /// The collection's model, loaded on first use and checked against the stored identity;
-    /// `None` for a vectors-only collection.
-    pub fn embedder(&self, collection: &str) -> Result<Option<Arc<Embedder>>> {
-        let Some(settings) = self.embedder_settings(collection)? else {
-            return Ok(None);
-        };
-        let embedder = self.embedders().load(&settings.spec())?;
-        if let Some(reason) = identity_difference(&settings.identity, embedder.identity()) {
-            return Err(Error::ModelMismatch {
-                collection: collection.to_string(),
-                reason,
-            });
-        }
-        Ok(Some(embedder))
-    }
-
-    /// Checks that `model` is the collection's model: an error naming both models when it is
-    /// not (or when the collection has no embedder).
-    pub fn check_model(&self, collection: &str, model: &ModelSpec) -> Result<Arc<Embedder>> {
-        let Some(settings) = self.embedder_settings(collection)? else {
-            return Err(Error::ModelMismatch {
-                collection: collection.to_string(),
-                reason: "it stores vectors only and has no model".into(),
-            });
-        };
-        let offered = self.embedders().load(model)?;
-        if let Some(reason) = identity_difference(&settings.identity, offered.identity()) {
-            return Err(Error::ModelMismatch {
-                collection: collection.to_string(),
-                reason,
-            });
-        }
-        Ok(offered)
-    }
-
-    /// Adds or replaces a named query instruction of a collection with an embedder.
-    pub fn set_task(&self, collection: &str, name: &str, instruction: &str) -> Result<()> {
-        let Some(mut settings) = self.embedder_settings(collection)? else {
-            return Err(Error::InvalidArgument(format!(
-                "collection {collection:?} has no embedder"
-            )));
-        };
-        if name.is_empty() {
-            return Err(Error::InvalidArgument("a task needs a name".into()));
-        }
-        settings
-            .tasks
-            .insert(name.to_string(), instruction.to_string());
-        let value = serde_json::to_value(&settings)
-            .map_err(|e| Error::InvalidArgument(format!("embedder settings: {e}")))?;
-        self.update_embedder_settings(collection, value)
-    }
-
-    /// Fills in the vector of each document that has text and no vector, with the
-    /// collection's model (passages carry no instruction), batched across the documents.
-    /// Documents with a vector are left as they are; a vectors-only collection is left to
-    /// storage validation.
-    pub(crate) fn embed_documents(&self, collection: &str, docs: &mut [Document]) -> Result<()> {
-        let todo: Vec<usize> = docs
+    for (instruction, members) in groups {
+        let texts: Vec<&str> = members
             .iter()
-            .enumerate()
-            .filter(|(_, d)| d.vector.is_none() && d.text.is_some())
-            .map(|(i, _)| i)
-            .collect();
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let Some(embedder) = self.embedder(collection)? else {
-            return Ok(());
-        };
-        let texts: Vec<&str> = todo
-            .iter()
-            .map(|&i| docs[i].text.as_deref().unwrap_or(""))
+            .map(|&i| reqs[i].text.as_deref().unwrap_or(""))
             .collect();
         let opts = EmbedOptions {
+            instruction,
             batch_size: EMBED_BATCH,
             ..EmbedOptions::default()
         };
         let vectors = embedder.embed(&texts, &opts)?;
-        for (&i, v) in todo.iter().zip(vectors) {
-            docs[i].vector = Some(v);
+        for (&i, v) in members.iter().zip(vectors) {
+            let mut r = reqs[i].clone();
+            r.vector = Some(v);
+            r.text = None;
+            out[i] = Cow::Owned(r);
         }
-        Ok(())
     }
-
-    /// Requests with their text queries embedded (those with a vector are kept as they are).
-    pub(crate) fn embed_queries<'r>(
-        &self,
-        collection: &str,
-        reqs: &'r [SearchRequest],
-    ) -> Result<Vec<Cow<'r, SearchRequest>>> {
-        let mut out: Vec<Cow<'r, SearchRequest>> = reqs.iter().map(Cow::Borrowed).collect();
-        let todo: Vec<usize> = (0..reqs.len())
-            .filter(|&i| reqs[i].text.is_some())
-            .collect();
-        for r in reqs {
-            if r.text.is_some() && r.vector.is_some() {
-                return Err(Error::InvalidArgument(
-                    "give a query vector or a query text, not both".into(),
-                ));
-            }
-        }
-        if todo.is_empty() {
-            return Ok(out);
-        }
-        let Some(settings) = self.embedder_settings(collection)? else {
-            return Err(Error::InvalidArgument(format!(
-                "collection {collection:?} stores vectors only; text queries need a collection \
-                 created with a model"
-            )));
-        };
-        let embedder = self.embedder(collection)?.ok_or_else(|| {
-            Error::InvalidArgument(format!("collection {collection:?} has no embedder"))
-        })?;
-        // Group by instruction so each group is one batched embed call.
-        let mut groups: Vec<(Option<Instruction>, Vec<usize>)> = Vec::new();
-        for &i in &todo {
-            let instr = settings
-                .query_instruction(reqs[i].task.as_deref(), reqs[i].instruction.as_deref())?;
-            match groups.iter_mut().find(|(g, _)| *g == instr) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((instr, vec![i])),
-            }
-        }
-        for (instruction, members) in groups {
-            let texts: Vec<&str> = members
-                .iter()
-                .map(|&i| reqs[i].text.as_deref().unwrap_or(""))
-                .collect();
-            let opts = EmbedOptions {
-                instruction,
-                batch_size: EMBED_BATCH,
-                ..EmbedOptions::default()
-            };
-            let vectors = embedder.embed(&texts, &opts)?;
-            for (&i, v) in members.iter().zip(vectors) {
-                let mut r = reqs[i].clone();
-                r.vector = Some(v);
-                r.text = None;
-                out[i] = Cow::Owned(r);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The ids of the chunks of parent documents `ids` (`{id}#{n}` with metadata `parent` =
-    /// `id`), found by an id-range scan per parent.
-    pub(crate) fn chunk_ids_of(&self, collection: &str, ids: &[&str]) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for id in ids {
-            let prefix = format!("{id}#");
-            let mut after = prefix.clone();
-            loop {
-                let page = self.scroll(collection, Some(&after), 256)?;
-                let mut more = page.next_cursor.is_some();
-                for r in &page.records {
-                    if !r.id.starts_with(&prefix) {
-                        more = false;
-                        break;
-                    }
-                    if r.metadata.get("parent").and_then(Value::as_str) == Some(id) {
-                        out.push(r.id.clone());
-                    }
-                }
-                match (more, page.records.last()) {
-                    (true, Some(last)) => after = last.id.clone(),
-                    _ => break,
-                }
-            }
-        }
-        Ok(out)
-    }
+    Ok(())
 }

@@ -28,13 +28,14 @@ mod embedding;
 mod error;
 pub mod eval;
 pub mod ingest;
+mod options;
 mod payload;
 mod recovery;
 mod search;
 pub mod tune;
 
 pub use collection::{CompactReport, INDEX_DIR, IndexInfo};
-pub use database::{Database, DatabaseOptions, UpsertResult};
+pub use database::{Database, UpsertResult};
 pub use embedding::{DEFAULT_QUERY_INSTRUCTION, EmbedderSettings};
 pub use error::{Error, Result};
 pub use latentdb_index::IndexParams;
@@ -44,6 +45,7 @@ pub use latentdb_storage::{
 };
 /// The class of an error ([`Error::kind`]), shared by every latentdb crate.
 pub use latentdb_types::ErrorKind;
+pub use options::{DEFAULT_MAX_LOADED_MODELS, DatabaseOptions};
 pub use search::{MAX_EF, MAX_K, SearchHit, SearchRequest};
 
 /// The built-in embedder, for callers that need its lower-level API.

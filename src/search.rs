@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 
+use latentdb_index::distance::VectorDefect;
 use latentdb_index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Filter, Hit, Index};
 use latentdb_storage::Storage;
 use serde::{Deserialize, Serialize};
@@ -142,8 +143,13 @@ pub(crate) fn validate<'r>(
             "query vector component {i} is not a finite number"
         )));
     }
-    if let Some(defect) = latentdb_index::distance::vector_defect(coll.metric, v) {
-        return Err(Error::InvalidArgument(format!("query vector: {defect}")));
+    match latentdb_index::distance::vector_defect(coll.metric, v) {
+        None => {}
+        // Finite but huge components: every score would be inf or NaN.
+        Some(VectorDefect::Overflow) => {
+            return Err(latentdb_index::Error::VectorOverflow { id: u32::MAX }.into());
+        }
+        Some(defect) => return Err(Error::InvalidArgument(format!("query vector: {defect}"))),
     }
     if req.k == 0 {
         return Err(Error::InvalidArgument("k must be at least 1".into()));

@@ -213,3 +213,52 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A filter that matches every document never deletes them: it is an invalid argument, and
+/// deleting everything takes `delete_all`.
+#[test]
+fn an_empty_delete_filter_is_refused_and_delete_all_is_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    db.create_collection(CollectionSpec::new("c", 4, Metric::L2))
+        .unwrap();
+    db.upsert("c", (0..50).map(|n| crate::common::doc(n, 4)).collect())
+        .unwrap();
+    for filter in [
+        json!({}),
+        json!(null),
+        json!({"$and": []}),
+        json!({"$and": [{}]}),
+    ] {
+        let e = db.delete_by_filter("c", &filter).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            latentdb::ErrorKind::InvalidArgument,
+            "{filter}: {e}"
+        );
+        if !filter.is_null() {
+            assert!(e.to_string().contains("delete_all"), "{e}");
+        }
+        assert_eq!(db.count("c").unwrap(), 50, "{filter} deleted documents");
+    }
+    // A real filter still deletes what it matches.
+    assert_eq!(
+        db.delete_by_filter("c", &json!({"even": true}))
+            .unwrap()
+            .len(),
+        25
+    );
+    assert_eq!(db.delete_all("c").unwrap(), 25);
+    assert_eq!(db.count("c").unwrap(), 0);
+    assert!(
+        db.search("c", &latentdb::SearchRequest::vector(vec![0.1; 4]))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(db.delete_all("c").unwrap(), 0);
+    let e = db.delete_all("nope").unwrap_err();
+    assert_eq!(e.kind(), latentdb::ErrorKind::NotFound);
+    // The collection stays, and takes writes.
+    db.upsert("c", vec![crate::common::doc(1, 4)]).unwrap();
+    assert_eq!(db.count("c").unwrap(), 1);
+}

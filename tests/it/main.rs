@@ -2,11 +2,15 @@
 
 mod collections;
 mod common;
+mod corruption;
 mod crash;
 mod eval_minilm;
 mod index_persistence;
 mod ingest;
 mod lock;
+mod models;
+mod quarantine;
+mod races;
 mod search;
 mod tune;
 mod validation;

@@ -340,3 +340,58 @@ fn bad_requests_are_caller_faults() {
             .is_empty()
     );
 }
+
+/// `k = 0` is an invalid argument with its own message, never a default; finite but huge
+/// query vectors (whose scores would be inf or NaN) are refused with the index's overflow
+/// error under every metric, as are such documents, before anything is stored.
+#[test]
+fn k_zero_and_overflowing_vectors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        let name = metric.to_string();
+        db.create_collection(CollectionSpec::new(&name, 3, metric))
+            .unwrap();
+        db.upsert(&name, vec![Document::new("a", vec![1.0, 0.5, 0.0])])
+            .unwrap();
+        let e = db
+            .search(
+                &name,
+                &SearchRequest {
+                    k: 0,
+                    ..SearchRequest::vector(vec![1.0, 0.0, 0.0])
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), latentdb::ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("k must be at least 1"), "{e}");
+        for huge in [
+            vec![1e20, 0.0, 0.0],
+            vec![3e38, 3e38, 0.0],
+            vec![-2e19, 1.0, 1.0],
+        ] {
+            let e = db
+                .search(&name, &SearchRequest::vector(huge.clone()))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Index(latentdb::index::Error::VectorOverflow { .. })
+                ),
+                "{metric}: {huge:?}: {e}"
+            );
+            assert_eq!(e.kind(), latentdb::ErrorKind::InvalidArgument);
+            let e = db
+                .upsert(&name, vec![Document::new("huge", huge)])
+                .unwrap_err();
+            assert!(e.is_caller_fault(), "{e}");
+            assert!(db.get(&name, &["huge"]).unwrap()[0].is_none());
+        }
+        // Large but representable vectors score finitely.
+        let hits = db
+            .search(&name, &SearchRequest::vector(vec![1e15, 1e15, 0.0]))
+            .unwrap();
+        assert_eq!(hits.len(), 1);
+        assert!(hits[0].score.is_finite(), "{metric}: {}", hits[0].score);
+    }
+}
