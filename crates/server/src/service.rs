@@ -319,12 +319,12 @@ fn shutting_down() -> Status {
 /// The status of a failed stream batch: "batch N: ..." with the counts written before it, in
 /// the message and in metadata.
 fn failed_batch(status: Status, batch: u64, written: u64) -> Status {
+    // The counts at the end must survive the message cap: the cause gives way.
+    let cause =
+        crate::error::truncate(status.message(), crate::error::MAX_STATUS_MESSAGE_BYTES / 2);
     let mut out = Status::new(
         status.code(),
-        format!(
-            "batch {batch}: {} ({batch} batches, {written} documents written before it)",
-            status.message()
-        ),
+        format!("batch {batch}: {cause} ({batch} batches, {written} documents written before it)"),
     );
     let md = out.metadata_mut();
     md.insert("latentdb-failed-batch", MetadataValue::from(batch));
@@ -715,6 +715,18 @@ mod tests {
         assert_eq!(
             missing_message(&["a".into()]),
             "documents not found (1): \"a\""
+        );
+    }
+
+    #[test]
+    fn failed_batch_messages_keep_their_counts() {
+        let long = Status::invalid_argument("é".repeat(10_000));
+        let s = failed_batch(long, 7, 700);
+        assert!(s.message().len() <= crate::error::MAX_STATUS_MESSAGE_BYTES);
+        assert!(s.message().starts_with("batch 7: "));
+        assert!(
+            s.message()
+                .ends_with("(7 batches, 700 documents written before it)")
         );
     }
 

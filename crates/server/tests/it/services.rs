@@ -156,6 +156,29 @@ async fn auth_on_requires_the_key_except_for_health() {
 }
 
 #[tokio::test]
+async fn an_empty_api_key_is_refused_at_startup() {
+    // An empty key used to turn authentication off without a word.
+    for key in ["", "   "] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = std::sync::Arc::new(latentdb::Database::open(dir.path()).expect("open"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let r = latentdb_server::serve_with_listener(
+            db,
+            ServerConfig::default().api_key(key),
+            listener,
+            async {},
+        )
+        .await;
+        assert!(
+            matches!(r, Err(latentdb_server::ServeError::Config(_))),
+            "{key:?}: {r:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn auth_off_lets_everything_through() {
     let server = TestServer::start(ServerConfig::default()).await;
     let mut c = server.client().await;
