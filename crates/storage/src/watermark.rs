@@ -200,7 +200,15 @@ pub(crate) fn keep_as_evidence(dir: &Path) -> Result<PathBuf> {
                 return Ok(to);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(source) => return Err(Error::Io { path: to, source }),
+            // A filesystem without hard links: a rename to the name just checked to be free.
+            Err(_) => {
+                std::fs::rename(&from, &to).map_err(|source| Error::Io {
+                    path: to.clone(),
+                    source,
+                })?;
+                sync_dir(dir);
+                return Ok(to);
+            }
         }
     }
     Err(Error::Internal("no free name for the old watermark".into()))
