@@ -15,8 +15,7 @@ pub enum ErrorKind {
     /// What the request creates exists already (`ALREADY_EXISTS`).
     AlreadyExists,
     /// The request is valid but the state it needs does not hold (`FAILED_PRECONDITION`):
-    /// a collection without an embedder asked to embed, a quarantined collection, a database
-    /// whose storage is behind its own records of acknowledged writes.
+    /// a collection without an embedder asked to embed, a quarantined collection.
     FailedPrecondition,
     /// A limit was reached: too many items, too much memory asked for (`RESOURCE_EXHAUSTED`).
     ResourceExhausted,
@@ -27,7 +26,8 @@ pub enum ErrorKind {
     Cancelled,
     /// The call's deadline passed before the work finished (`DEADLINE_EXCEEDED`).
     DeadlineExceeded,
-    /// Stored data is damaged or lost (`DATA_LOSS`).
+    /// Stored data is damaged or lost (`DATA_LOSS`): a database whose storage opens behind its
+    /// own records of acknowledged writes, a record that does not decode.
     DataLoss,
     /// The system failed: I/O, a panicked worker, a broken invariant (`INTERNAL`).
     Internal,
