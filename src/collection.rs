@@ -122,20 +122,10 @@ pub(crate) struct Collection {
     inject_panics: std::sync::atomic::AtomicU32,
 }
 
-/// Index parameters from a collection's `spec.index` JSON (`null`: the defaults).
+/// Index parameters from a collection's `spec.index` JSON (`null`: the defaults): unknown
+/// keys, wrong types and values out of bounds are errors (the index crate's checks).
 pub(crate) fn params_of(spec_index: &Value) -> Result<IndexParams> {
-    let invalid = |e: &dyn std::fmt::Display| {
-        Error::InvalidArgument(latentdb_storage::truncate_echo(
-            &format!("index settings: {e}"),
-            300,
-        ))
-    };
-    let params: IndexParams = match spec_index {
-        Value::Null => IndexParams::default(),
-        v => serde_json::from_value(v.clone()).map_err(|e| invalid(&e))?,
-    };
-    params.validate().map_err(|e| invalid(&e))?;
-    Ok(params)
+    Ok(IndexParams::from_json(spec_index)?)
 }
 
 /// A new, empty index for a collection, built and checked before anything is stored: an
@@ -182,7 +172,7 @@ fn insert_points(index: &Index, name: &str, points: &[(u32, &[f32])]) -> Result<
     for &(p, v) in points {
         match index.insert(p, v) {
             Ok(()) => {}
-            Err(e) if matches!(e, latentdb_index::Error::DuplicateId(_)) => {}
+            Err(latentdb_index::Error::DuplicateId(_)) => {}
             Err(e) if skippable(&e) => {
                 tracing::warn!(collection = name, point = p, error = %e, "point not indexed");
             }

@@ -10,7 +10,10 @@
 //!   with [`Error::DataLoss`] and nothing on disk is changed, unless the caller accepts the
 //!   loss, in which case the dump is moved aside as evidence (`index/<cid>.lost-<unix
 //!   seconds>`) before the index is rebuilt from what storage holds, and the loss is
-//!   reported by `Database::data_loss`.
+//!   reported by `Database::data_loss`;
+//! - a loadable index dump of a collection storage does not have (with writes in it) is the
+//!   trace of a collection storage lost entirely (a drop removes the dump before the
+//!   collection): data loss too, refused or, when accepted, moved aside and reported.
 //!
 //! The storage engine's own check (its watermark of acknowledged sequences) runs first, in
 //! `Storage::open`; see `docs/FORMAT.md`.
@@ -20,6 +23,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use latentdb_index::Index;
 use latentdb_storage::{DataLossReport, Storage};
 use parking_lot::RwLock;
 
@@ -79,10 +83,11 @@ impl Quarantine {
             return Ok(false);
         }
         let cid = storage.collection_config(name)?.cid;
+        // The dump first, as for any drop (see `Database::drop_collection`).
+        remove_dump_dir(&dump_dir(root, cid));
         storage.drop_collection(name)?;
         map.remove(name);
         drop(map);
-        remove_dump_dir(&dump_dir(root, cid));
         tracing::info!(collection = name, "quarantined collection dropped");
         Ok(true)
     }
@@ -107,20 +112,40 @@ pub(crate) fn open_collections(
     accept_data_loss: bool,
 ) -> Result<Opened> {
     let mut lost: Vec<DataLossReport> = storage.data_loss().to_vec();
-    let storage_lost = !lost.is_empty();
-    let quarantine = Quarantine::default();
-    let mut collections = HashMap::new();
+    let mut configs = Vec::new();
     let mut live_dirs = HashSet::new();
+    let quarantine = Quarantine::default();
     for info in storage.list_collections() {
-        let name = info.name;
-        let config = match storage.collection_config(&name) {
-            Ok(c) => c,
-            Err(e) => {
-                quarantine.insert(&name, &e.to_string());
-                continue;
+        match storage.collection_config(&info.name) {
+            Ok(c) => {
+                live_dirs.insert(c.cid.to_string());
+                configs.push(c);
             }
-        };
-        live_dirs.insert(config.cid.to_string());
+            Err(e) => quarantine.insert(&info.name, &e.to_string()),
+        }
+    }
+    // Dumps of collections storage does not have: checked before anything is changed.
+    let orphans = orphan_dumps(root, &live_dirs);
+    for (dir, seq) in &orphans {
+        if *seq > 0 {
+            let cid = dir.file_name().unwrap_or_default().to_string_lossy();
+            let name = format!("(unknown: storage lost the collection of index dump {cid})");
+            let report = dump_ahead(dir, &name, *seq, 0, accept_data_loss)?;
+            // Storage's watermark may have reported the same collection by name.
+            let known = lost.iter().any(|l| l.found == 0 && l.expected == *seq);
+            if !known {
+                lost.push(report);
+            }
+        }
+    }
+    for (dir, seq) in orphans {
+        if seq == 0 {
+            remove_dump_dir(&dir);
+        }
+    }
+    let mut collections = HashMap::new();
+    for config in configs {
+        let name = config.spec.name.clone();
         let mut found = Vec::new();
         let opened = catch_unwind(AssertUnwindSafe(|| {
             Collection::open(storage, root, &config, accept_data_loss, &mut found)
@@ -145,7 +170,6 @@ pub(crate) fn open_collections(
             ),
         }
     }
-    tidy_dumps(root, &live_dirs, storage_lost);
     Ok(Opened {
         collections,
         quarantine,
@@ -223,31 +247,27 @@ fn move_aside(dir: &Path) -> Result<PathBuf> {
     )))
 }
 
-/// Removes the dump directories of collections that no longer exist (dropped before a
-/// crash). When storage reported lost writes, a dump without a collection may be the last
-/// trace of a lost one: it is moved aside instead. Directories kept as evidence (`*.lost-*`)
-/// and anything else not named by a collection id are left alone.
-fn tidy_dumps(root: &Path, live: &HashSet<String>, storage_lost: bool) {
+/// The dump directories of collections storage does not have, each with the change sequence
+/// it reflects (0: none, or no loadable dump: nothing to lose). Directories kept as evidence
+/// (`*.lost-*`) and anything else not named by a collection id are left alone.
+fn orphan_dumps(root: &Path, live: &HashSet<String>) -> Vec<(PathBuf, u64)> {
     let Ok(entries) = std::fs::read_dir(root.join(INDEX_DIR)) else {
-        return;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.parse::<u64>().is_err() || live.contains(&name) {
             continue;
         }
-        if storage_lost {
-            match move_aside(&e.path()) {
-                Ok(to) => tracing::warn!(
-                    evidence = %to.display(),
-                    "kept the index dump of a collection storage no longer has"
-                ),
-                Err(err) => tracing::warn!(error = %err, "cannot keep an orphan index dump"),
-            }
-        } else {
-            remove_dump_dir(&e.path());
-        }
+        let dir = e.path();
+        let seq = match catch_unwind(|| Index::load(&dir)) {
+            Ok(Ok(Some((_, seq)))) => seq,
+            _ => 0,
+        };
+        out.push((dir, seq));
     }
+    out
 }
 
 /// Removes a dump directory, logging any failure but a missing directory.
