@@ -702,14 +702,17 @@ fn writes_made_during_a_rollback_are_reconciled_before_the_switch() {
     assert_vectors_are_the_live_models(&db, "small");
 }
 
+/// An unreadable history is an error, not a fresh start that would lose the versions it
+/// records (the old code started afresh and switched anyway). That the history is saved
+/// before the switch is checked in `src/tune/tuner.rs` with a failing save.
 #[test]
-fn a_failed_history_save_never_leaves_a_version_live_that_cannot_be_rolled_back() {
+fn an_unreadable_history_is_refused_and_nothing_switches() {
     ensure_model();
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path()).unwrap();
     let pairs = small_collection(&db, "small", 24);
     let original = db.embedder_settings("small").unwrap().unwrap();
-    // The history cannot be written: its path is a non-empty directory.
+    // The history cannot be read or written: its path is a non-empty directory.
     let blocked = dir.path().join("tune/small/history.json");
     std::fs::create_dir_all(blocked.join("x")).unwrap();
     let e = Tuner::new(&db)
