@@ -620,7 +620,15 @@ impl Database {
     }
 
     /// Adds or replaces a named query instruction of a collection with an embedder.
+    ///
+    /// The settings are read and written back under the collection's writer lock, so that a
+    /// concurrent model switch (tuning, rollback) is never undone by a stale copy.
     pub fn set_task(&self, collection: &str, name: &str, instruction: &str) -> Result<()> {
+        let coll = self.coll(collection)?;
+        let w = coll.writer.lock();
+        if w.dropped {
+            return Err(Error::collection_not_found(collection));
+        }
         let Some(mut settings) = self.embedder_settings(collection)? else {
             return Err(Error::FailedPrecondition(format!(
                 "collection {:?} has no embedder",
