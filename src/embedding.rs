@@ -201,10 +201,10 @@ pub fn identity_difference(stored: &ModelIdentity, found: &ModelIdentity) -> Opt
     Some(format!(
         "the collection was embedded with model `{}` ({}) but the model offered is `{}` ({}): {what}; \
          vectors of different models cannot be mixed (create a new collection for this model)",
-        stored.name,
-        stored.path.display(),
-        found.name,
-        found.path.display()
+        bounded(&stored.name),
+        bounded(&stored.path.to_string_lossy()),
+        bounded(&found.name),
+        bounded(&found.path.to_string_lossy())
     ))
 }
 
