@@ -159,3 +159,66 @@ pub(crate) fn bounded(s: &str) -> String {
 
 /// The facade's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_failures_are_internal_and_caller_mistakes_are_not() {
+        let internal = Error::panicked("search");
+        assert_eq!(internal.kind(), ErrorKind::Internal);
+        assert!(!internal.is_caller_fault());
+        for (e, kind) in [
+            (
+                Error::InvalidArgument("x".into()),
+                ErrorKind::InvalidArgument,
+            ),
+            (Error::InvalidFilter("x".into()), ErrorKind::InvalidArgument),
+            (Error::NotFound("x".into()), ErrorKind::NotFound),
+            (
+                Error::FailedPrecondition("x".into()),
+                ErrorKind::FailedPrecondition,
+            ),
+            (
+                Error::ResourceExhausted("x".into()),
+                ErrorKind::ResourceExhausted,
+            ),
+            (
+                Error::ModelMismatch {
+                    collection: "c".into(),
+                    reason: "r".into(),
+                },
+                ErrorKind::FailedPrecondition,
+            ),
+            (Error::collection_not_found("c"), ErrorKind::NotFound),
+            (
+                crate::eval::BeirError::Io {
+                    path: "corpus.jsonl".into(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                }
+                .into(),
+                ErrorKind::NotFound,
+            ),
+        ] {
+            assert_eq!(e.kind(), kind, "{e}");
+            assert!(e.is_caller_fault(), "{e}");
+        }
+        let io: Error = crate::eval::BeirError::Io {
+            path: "corpus.jsonl".into(),
+            source: std::io::Error::other("disk on fire"),
+        }
+        .into();
+        assert_eq!(io.kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn echoes_are_bounded() {
+        let long = "é".repeat(10_000);
+        let shown = bounded(&long);
+        assert_eq!(shown.chars().count(), MAX_ECHO_CHARS + 1);
+        assert!(shown.ends_with('…'));
+        assert_eq!(bounded("short"), "short");
+        assert!(Error::collection_not_found(&long).to_string().len() < 400);
+    }
+}
