@@ -133,13 +133,29 @@ fn a_bad_stored_index_spec_quarantines_its_collection_not_the_database() {
 fn a_spec_whose_index_cannot_be_built_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path()).unwrap();
-    for (what, index) in [
-        ("capacity overflow", json!({"initial_capacity": 1u64 << 61})),
-        ("unknown key", json!({"ef_construct": 100})),
-        ("wrong type", json!({"m": "sixteen"})),
-        ("m out of range", json!({"m": 1000})),
+    for (what, dim, index) in [
+        (
+            "capacity overflow",
+            DIM,
+            json!({"initial_capacity": 1u64 << 61}),
+        ),
+        (
+            "allocation abort",
+            DIM,
+            json!({"initial_capacity": 1_000_000_000_000u64}),
+        ),
+        // Within the capacity bound, but too many bytes at this dimension: only building
+        // the index finds it.
+        (
+            "too many bytes",
+            4096,
+            json!({"initial_capacity": 1u64 << 26}),
+        ),
+        ("unknown key", DIM, json!({"ef_construct": 100})),
+        ("wrong type", DIM, json!({"m": "sixteen"})),
+        ("m out of range", DIM, json!({"m": 1000})),
     ] {
-        let mut spec = CollectionSpec::new("c", DIM, Metric::Cosine);
+        let mut spec = CollectionSpec::new("c", dim, Metric::Cosine);
         spec.index = index;
         let err = db
             .create_collection(spec)
