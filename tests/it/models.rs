@@ -138,3 +138,40 @@ fn the_model_cache_is_bounded() {
     db.search("c", &SearchRequest::text("hello")).unwrap();
     drop(held_a);
 }
+
+/// Task names come from the caller: an unknown one is quoted bounded, and a collection stores
+/// only bounded task names and instructions.
+#[test]
+fn task_names_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    db.create_collection_with_model(spec("t"), &ModelSpec::Dir(tiny()))
+        .unwrap();
+    let huge = "t".repeat(16 * 1024);
+    let e = db
+        .search(
+            "t",
+            &SearchRequest {
+                task: Some(huge.clone()),
+                ..SearchRequest::text("q")
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().len() < 2048, "{} bytes", e.to_string().len());
+    let e = db.set_task("t", &huge, "x").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().len() < 1024, "{} bytes", e.to_string().len());
+    let e = db.set_task("t", "long", &huge).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    db.set_task("t", "short", "Given a query, find the answer")
+        .unwrap();
+    db.search(
+        "t",
+        &SearchRequest {
+            task: Some("short".into()),
+            ..SearchRequest::text("q")
+        },
+    )
+    .unwrap();
+}

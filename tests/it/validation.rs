@@ -183,3 +183,81 @@ fn collection_arguments_are_validated() {
     assert!(matches!(storage_err(err), StorageError::InvalidArgument(_)));
     assert_eq!(db.list_collections().len(), 1);
 }
+
+/// Error messages that quote caller input quote at most a bounded part of it: a 16 KiB
+/// collection name, id, filter field or task name never comes back whole (a gRPC client
+/// refuses metadata that large).
+#[test]
+fn error_messages_echo_a_bounded_part_of_the_input() {
+    let (_dir, db) = open();
+    let huge = "n".repeat(16 * 1024);
+    let v = vec![0.5; DIM];
+    let check = |what: &str, r: latentdb::Result<()>| {
+        let e = r.expect_err(what);
+        let shown = e.to_string();
+        assert!(
+            shown.len() < 1024,
+            "{what}: a {}-byte message: {}…",
+            shown.len(),
+            &shown[..200]
+        );
+        assert!(e.is_caller_fault(), "{what}: {e}");
+    };
+    let name = huge.as_str();
+    check(
+        "upsert",
+        db.upsert(name, vec![Document::new("a", v.clone())])
+            .map(drop),
+    );
+    check(
+        "upsert_bound",
+        db.upsert_bound(name, 1, vec![], None).map(drop),
+    );
+    check("collection_uid", db.collection_uid(name).map(drop));
+    check(
+        "search",
+        db.search(name, &latentdb::SearchRequest::vector(v.clone()))
+            .map(drop),
+    );
+    check("get", db.get(name, &["a"]).map(drop));
+    check("delete", db.delete(name, &["a"]).map(drop));
+    check("delete_all", db.delete_all(name).map(drop));
+    check(
+        "delete_by_filter",
+        db.delete_by_filter(name, &json!({"a": 1})).map(drop),
+    );
+    check("count", db.count(name).map(drop));
+    check("scroll", db.scroll(name, None, 10).map(drop));
+    check("info", db.collection_info(name).map(drop));
+    check("index_stats", db.index_stats(name).map(drop));
+    check("compact", db.compact(name).map(drop));
+    check("drop", db.drop_collection(name));
+    check("set_task", db.set_task(name, "t", "x"));
+    check(
+        "create",
+        db.create_collection(CollectionSpec::new(name, DIM, Metric::L2))
+            .map(drop),
+    );
+    // Inputs inside a request to an existing collection.
+    let mut zero = Document::new("z".repeat(200), vec![0.0; DIM]);
+    zero.metadata = json!({});
+    check("zero vector", db.upsert("c", vec![zero]).map(drop));
+    let mut field = serde_json::Map::new();
+    field.insert(huge.clone(), json!({"$bogus": 1}));
+    check(
+        "filter field",
+        db.search(
+            "c",
+            &latentdb::SearchRequest {
+                filter: Some(serde_json::Value::Object(field.clone())),
+                ..latentdb::SearchRequest::vector(v.clone())
+            },
+        )
+        .map(drop),
+    );
+    check(
+        "delete filter field",
+        db.delete_by_filter("c", &serde_json::Value::Object(field))
+            .map(drop),
+    );
+}
