@@ -292,7 +292,7 @@ impl Database {
                 self.check_model_unchanged(name, model)?;
             }
             // Written without the flush: it comes below, once the writer lock is released.
-            self.write_locked(&coll, &mut w, name, docs)?
+            self.write_locked(&coll, &mut w, name, docs, None)?
         };
         // Group commit: writers that queued behind this one flush concurrently, and one sled
         // flush makes all their batches durable. The batch is acknowledged only after it.
@@ -303,13 +303,15 @@ impl Database {
     }
 
     /// Writes `docs` to storage (buffered: the flush is the caller's) and to the index, with
-    /// the collection's writer lock `w` held.
+    /// the collection's writer lock `w` held. With `embedder`, the collection's embedder
+    /// settings become it in the same atomic storage write (a model switch).
     fn write_locked(
         &self,
         coll: &Collection,
         w: &mut crate::collection::WriterState,
         name: &str,
         docs: Vec<Document>,
+        embedder: Option<Value>,
     ) -> Result<latentdb_storage::UpsertOutcome> {
         let metas: Vec<Map<String, Value>> = docs
             .iter()
@@ -318,9 +320,17 @@ impl Database {
                 _ => Map::new(),
             })
             .collect();
-        let out = self
-            .storage
-            .upsert(name, docs, Some(Durability::Buffered))?;
+        let out = match embedder {
+            None => self
+                .storage
+                .upsert(name, docs, Some(Durability::Buffered))?,
+            Some(embedder) => self.storage.replace_vectors_and_settings(
+                name,
+                docs,
+                embedder,
+                Some(Durability::Buffered),
+            )?,
+        };
         let changes = (out.inserted.len() + out.removed.len()) as u64;
         let docs = out.ids.iter().cloned().zip(metas).collect();
         coll.apply(&out.removed, &out.inserted, docs);
@@ -350,7 +360,7 @@ impl Database {
     /// Switches `collection` to another model with its writer lock held throughout, so that no
     /// write interleaves: `prepare` runs under the lock (given the storage engine, to read what
     /// changed) and returns every document with its new vector and the new embedder settings;
-    /// the documents are written in one batch, the settings stored, then everything flushed.
+    /// the documents and the settings are written in one storage transaction, then flushed.
     /// A batch embedded with the old model that reaches the lock afterwards is refused.
     pub(crate) fn switch_model_locked(
         &self,
@@ -364,10 +374,9 @@ impl Database {
                 return Err(Error::collection_not_found(collection));
             }
             let (docs, embedder) = prepare(&self.storage)?;
-            if !docs.is_empty() {
-                self.write_locked(&coll, &mut w, collection, docs)?;
-            }
-            self.update_embedder_settings(collection, embedder)?;
+            // One storage transaction: a crash never leaves the new vectors under the old
+            // settings (or the reverse).
+            self.write_locked(&coll, &mut w, collection, docs, Some(embedder))?;
         }
         self.flush()
     }

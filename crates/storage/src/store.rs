@@ -28,6 +28,9 @@ pub const LOCK_FILE: &str = "LOCK";
 /// The name of sled's directory inside a database directory.
 pub const SLED_DIR: &str = "sled";
 
+/// How long [`Storage::open`] waits for a held `LOCK` before it reports [`Error::Locked`].
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
 /// The largest page [`Storage::scroll`] returns.
 pub const MAX_SCROLL_PAGE: usize = 10_000;
 
@@ -204,10 +207,19 @@ impl Storage {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
-            Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        // A child process this process spawns shares its open files from the fork to the exec:
+        // a `Storage` just dropped may stay locked that long. Wait that out (a bounded while)
+        // before reporting another holder.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+                Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+            }
         }
         let marks = watermark::read(&path);
         let db = open_sled(&path, &options)?;

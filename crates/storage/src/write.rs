@@ -1,15 +1,19 @@
-//! Writes: upserts and deletes. Each batch is one atomic sled batch under the collection's
-//! writer lock, which hands out point ids and change sequences.
+//! Writes: upserts, deletes and model switches. Each batch is one atomic sled batch (a model
+//! switch: one transaction with the registry) under the collection's writer lock, which hands
+//! out point ids and change sequences.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
 
 use crate::document::{Document, validate, validate_id};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::options::Durability;
 use crate::record::{self, Change};
-use crate::store::{DeleteOutcome, Storage, UpsertOutcome, not_found};
+use crate::store::{CollectionState, Counters, DeleteOutcome, Storage, UpsertOutcome, not_found};
 
 impl Storage {
     /// Inserts or replaces a batch of documents, atomically: either every document is stored or
@@ -21,19 +25,7 @@ impl Storage {
         durability: Option<Durability>,
     ) -> Result<UpsertOutcome> {
         let state = self.state(collection)?;
-        let dim = state.dim;
-        let mut seen = HashSet::with_capacity(docs.len());
-        let mut encoded = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let doc = validate(doc, dim, self.options.max_text_bytes)?;
-            if !seen.insert(doc.id.clone()) {
-                return Err(Error::DuplicateId { id: doc.id });
-            }
-            let bytes =
-                record::encode_record(&doc.id, &doc.vector, doc.text.as_deref(), &doc.metadata)?;
-            encoded.push((doc.id, doc.vector, bytes));
-        }
-        drop(seen);
+        let encoded = encode_batch(docs, state.dim, self.options.max_text_bytes)?;
         if encoded.is_empty() {
             return Ok(UpsertOutcome {
                 seq: state.seq.load(Ordering::Acquire),
@@ -45,51 +37,49 @@ impl Storage {
         if counters.dropped {
             return Err(not_found(collection));
         }
-        let mut batch = sled::Batch::default();
-        let mut next_point = counters.next_point;
-        let mut seq = counters.seq;
-        let mut count = state.count.load(Ordering::Acquire);
-        let mut out = UpsertOutcome {
-            ids: Vec::with_capacity(encoded.len()),
-            inserted: Vec::with_capacity(encoded.len()),
-            removed: Vec::new(),
-            seq: 0,
-        };
-        for (id, vector, bytes) in encoded {
-            let id_key = key::id_key(&id);
-            let point = next_point;
-            next_point = next_point
-                .checked_add(1)
-                .ok_or_else(|| Error::IdSpaceExhausted(state.name.clone()))?;
-            match state.tree.get(&id_key)? {
-                Some(old) => {
-                    let old = key::be_u32(&old)?;
-                    batch.remove(&key::point_key(old));
-                    seq += 1;
-                    let change = Change::Remove { seq, point: old };
-                    batch.insert(&key::log_key(seq), &change.encode_value());
-                    out.removed.push(old);
-                }
-                None => count += 1,
-            }
-            batch.insert(id_key, &point.to_be_bytes());
-            batch.insert(&key::point_key(point), bytes);
-            seq += 1;
-            let change = Change::Insert { seq, point };
-            batch.insert(&key::log_key(seq), &change.encode_value());
-            out.ids.push(id);
-            out.inserted.push((point, vector));
-        }
-        batch.insert(key::META_NEXT_POINT, &next_point.to_be_bytes());
-        batch.insert(key::META_SEQ, &seq.to_be_bytes());
-        batch.insert(key::META_COUNT, &count.to_be_bytes());
-        state.tree.apply_batch(batch)?;
-        counters.next_point = next_point;
-        counters.seq = seq;
-        state.count.store(count, Ordering::Release);
-        state.seq.store(seq, Ordering::Release);
+        let mut pending = upsert_batch(&state, &counters, encoded)?;
+        state.tree.apply_batch(std::mem::take(&mut pending.batch))?;
+        let out = pending.commit(&state, &mut counters);
         drop(counters);
-        out.seq = seq;
+        self.sync(durability)?;
+        Ok(out)
+    }
+
+    /// Switches a collection to another model in one atomic, durable step: inserts or
+    /// replaces `docs` (as [`Storage::upsert`] does: new points, change-log entries for the
+    /// index) and replaces the collection's embedder settings with `embedder` (the index
+    /// settings are kept), all in one sled transaction over the collection's tree and the
+    /// registry, under the collection's writer lock. Either every document and the new settings
+    /// are stored, or nothing is (a crash in between cannot leave the new model's vectors under
+    /// the old model's settings). With [`Durability::Sync`] both are on disk when this returns.
+    pub fn replace_vectors_and_settings(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        embedder: serde_json::Value,
+        durability: Option<Durability>,
+    ) -> Result<UpsertOutcome> {
+        let state = self.state(collection)?;
+        let encoded = encode_batch(docs, state.dim, self.options.max_text_bytes)?;
+        let mut counters = state.writer.lock();
+        if counters.dropped {
+            return Err(not_found(collection));
+        }
+        let mut config = state.config.read().clone();
+        config.spec.embedder = embedder;
+        let settings = serde_json::to_vec(&config)
+            .map_err(|e| Error::Internal(format!("collection config does not serialise: {e}")))?;
+        let pending = upsert_batch(&state, &counters, encoded)?;
+        // The closure may run more than once (on a conflict): it only writes through the
+        // transaction.
+        (&self.registry, &state.tree).transaction(|(registry, tree)| {
+            tree.apply_batch(&pending.batch)?;
+            registry.insert(collection.as_bytes(), settings.as_slice())?;
+            Ok::<(), ConflictableTransactionError<Error>>(())
+        })?;
+        let out = pending.commit(&state, &mut counters);
+        *state.config.write() = config;
+        drop(counters);
         self.sync(durability)?;
         Ok(out)
     }
@@ -154,5 +144,103 @@ impl Storage {
         out.seq = seq;
         self.sync(durability)?;
         Ok(out)
+    }
+}
+
+/// A document ready to write: its id, vector and encoded record.
+type Encoded = (String, Vec<f32>, Vec<u8>);
+
+/// Validates and encodes a batch (no two documents with one id).
+fn encode_batch(docs: Vec<Document>, dim: usize, max_text_bytes: usize) -> Result<Vec<Encoded>> {
+    let mut seen = HashSet::with_capacity(docs.len());
+    let mut encoded = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let doc = validate(doc, dim, max_text_bytes)?;
+        if !seen.insert(doc.id.clone()) {
+            return Err(Error::DuplicateId { id: doc.id });
+        }
+        let bytes =
+            record::encode_record(&doc.id, &doc.vector, doc.text.as_deref(), &doc.metadata)?;
+        encoded.push((doc.id, doc.vector, bytes));
+    }
+    Ok(encoded)
+}
+
+/// An upsert's writes, built under the writer lock and not yet applied.
+struct PendingUpsert {
+    batch: sled::Batch,
+    next_point: u32,
+    seq: u64,
+    count: u64,
+    out: UpsertOutcome,
+}
+
+/// Builds the writes of an upsert of `encoded` (points from the counters, one change-log
+/// entry per removed and inserted point, the counters' new values). Reads the id map, so the
+/// collection's writer lock must be held from here until the batch is applied.
+fn upsert_batch(
+    state: &CollectionState,
+    counters: &Counters,
+    encoded: Vec<Encoded>,
+) -> Result<PendingUpsert> {
+    let mut batch = sled::Batch::default();
+    let mut next_point = counters.next_point;
+    let mut seq = counters.seq;
+    let mut count = state.count.load(Ordering::Acquire);
+    let mut out = UpsertOutcome {
+        ids: Vec::with_capacity(encoded.len()),
+        inserted: Vec::with_capacity(encoded.len()),
+        removed: Vec::new(),
+        seq: 0,
+    };
+    let any = !encoded.is_empty();
+    for (id, vector, bytes) in encoded {
+        let id_key = key::id_key(&id);
+        let point = next_point;
+        next_point = next_point
+            .checked_add(1)
+            .ok_or_else(|| Error::IdSpaceExhausted(state.name.clone()))?;
+        match state.tree.get(&id_key)? {
+            Some(old) => {
+                let old = key::be_u32(&old)?;
+                batch.remove(&key::point_key(old));
+                seq += 1;
+                let change = Change::Remove { seq, point: old };
+                batch.insert(&key::log_key(seq), &change.encode_value());
+                out.removed.push(old);
+            }
+            None => count += 1,
+        }
+        batch.insert(id_key, &point.to_be_bytes());
+        batch.insert(&key::point_key(point), bytes);
+        seq += 1;
+        let change = Change::Insert { seq, point };
+        batch.insert(&key::log_key(seq), &change.encode_value());
+        out.ids.push(id);
+        out.inserted.push((point, vector));
+    }
+    if any {
+        batch.insert(key::META_NEXT_POINT, &next_point.to_be_bytes());
+        batch.insert(key::META_SEQ, &seq.to_be_bytes());
+        batch.insert(key::META_COUNT, &count.to_be_bytes());
+    }
+    out.seq = seq;
+    Ok(PendingUpsert {
+        batch,
+        next_point,
+        seq,
+        count,
+        out,
+    })
+}
+
+impl PendingUpsert {
+    /// Publishes the counters of an applied batch; the writer lock is still held.
+    fn commit(self, state: &CollectionState, counters: &mut Counters) -> UpsertOutcome {
+        counters.next_point = self.next_point;
+        counters.seq = self.seq;
+        state.count.store(self.count, Ordering::Release);
+        state.seq.store(self.seq, Ordering::Release);
+        self.out
     }
 }

@@ -3,5 +3,6 @@
 mod chunks;
 mod data_loss;
 mod model;
+mod model_switch;
 mod races;
 mod records;
