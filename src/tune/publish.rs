@@ -5,7 +5,8 @@
 //! first (durably), the collection switched last. The switch catches the shadow copy up with
 //! the writes made since the snapshot (outside the writer lock, so writers keep going), then
 //! takes the writer lock, catches up with the last few, and writes every vector and the new
-//! settings before releasing it (see `Database::switch_model_locked`).
+//! settings in one storage transaction before releasing it (see
+//! `Database::switch_model_locked`): a crash leaves the old model or the new one, never a mix.
 
 use latentdb_embed::Embedder;
 
