@@ -151,10 +151,7 @@ pub(crate) const MAX_ECHO_CHARS: usize = 128;
 /// `s` cut to [`MAX_ECHO_CHARS`] characters (marked with `…` when cut), for error messages
 /// that echo caller input.
 pub(crate) fn bounded(s: &str) -> String {
-    match s.char_indices().nth(MAX_ECHO_CHARS) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_owned(),
-    }
+    latentdb_types::truncate_echo(s, MAX_ECHO_CHARS)
 }
 
 /// The facade's result type.

@@ -20,12 +20,7 @@ pub(crate) fn bounded(s: &str) -> String {
     cut(s, MAX_ECHO_CHARS)
 }
 
-fn cut(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_owned(),
-    }
-}
+use latentdb_types::truncate_echo as cut;
 
 /// A path for an error message: its last [`MAX_ECHO_CHARS`] characters (the file name is the
 /// informative end), marked with a leading `…` when cut.

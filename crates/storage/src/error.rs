@@ -44,14 +44,7 @@ fn m(s: &str) -> Msg<'_> {
     Msg(s)
 }
 
-/// `s` cut to at most `max` characters, with "…" when cut: for storing caller input in an
-/// error without keeping all of it.
-pub fn truncate_echo(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_owned(),
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-    }
-}
+pub use latentdb_types::truncate_echo;
 
 /// Everything that can go wrong in the storage engine.
 ///

@@ -12,8 +12,10 @@
 //! assert!(!ErrorKind::Internal.is_caller_fault());
 //! ```
 
+mod echo;
 mod error_kind;
 mod metric;
 
+pub use echo::truncate_echo;
 pub use error_kind::ErrorKind;
 pub use metric::{Metric, UnknownMetric};
