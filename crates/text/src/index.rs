@@ -1,0 +1,706 @@
+//! The BM25 inverted index: a term dictionary, per-term postings sorted by point, per-point
+//! document lengths, and exact collection statistics under inserts, replaces and removes.
+//!
+//! Layout and costs:
+//!
+//! - postings: per term a `Vec<Posting>` sorted by point. Removing a document marks its
+//!   postings dead in place (`tf = 0`, found by binary search) and decrements the exact
+//!   document frequency; a term's postings are compacted once more than half of them are
+//!   dead, so removal is amortised O(terms of the document × log df) and searches skip dead
+//!   entries.
+//! - document lengths: a dense `Vec<u32>` indexed by point (points are the facade's dense
+//!   ids; memory is 4 bytes per point up to the largest point ever inserted).
+//! - the term list of each live document (term id, tf): for removal and for the dump.
+//! - scores accumulate in a dense per-thread buffer reused across queries; top-k by a
+//!   bounded heap; the filter is asked only about points that would enter the top k.
+//!
+//! Term ids are internal: a term whose last document goes away is swept from the dictionary
+//! (in batches) and its id reused. Scores never depend on term ids: query terms are summed
+//! in the order of their first occurrence in the query, so a reloaded index (whose ids are
+//! renumbered) scores bit for bit as the one persisted.
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use crate::analyzer::{Analyzer, AnalyzerConfig};
+use crate::error::Result;
+use crate::params::Bm25Params;
+
+/// One search result: a point and its BM25 score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LexicalHit {
+    /// The point (the facade's dense id).
+    pub point: u32,
+    /// Its BM25 score, > 0.
+    pub score: f32,
+}
+
+/// The statistics BM25 uses, exact for the live documents.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LexicalStats {
+    /// Live documents (points inserted with a text and not removed since).
+    pub docs: usize,
+    /// Distinct terms in the live documents.
+    pub terms: usize,
+    /// Terms (tokens) in the live documents, repeats included.
+    pub tokens: u64,
+    /// Average document length in tokens (`tokens / docs`; 0 when empty).
+    pub avg_len: f64,
+}
+
+/// One entry of a term's postings. `tf == 0` marks an entry dead (its document was removed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Posting {
+    pub(crate) point: u32,
+    pub(crate) tf: u32,
+}
+
+/// A term: its exact document frequency and its postings (sorted by point, some dead).
+#[derive(Debug, Default)]
+pub(crate) struct Term {
+    pub(crate) df: u32,
+    pub(crate) dead: u32,
+    pub(crate) postings: Vec<Posting>,
+}
+
+/// A term's postings are compacted once more than this many and more than half are dead.
+const COMPACT_MIN_DEAD: u32 = 8;
+/// The dictionary is swept of terms with no documents once more than this many and more
+/// than half of its terms have none.
+const SWEEP_MIN_UNUSED: usize = 1024;
+
+/// A BM25 index over the texts of points. Mutations take `&mut self`, searches `&self`
+/// (wrap it in a lock to share it).
+#[derive(Debug)]
+pub struct LexicalIndex {
+    pub(crate) analyzer: Analyzer,
+    /// Term text -> term id (index into `terms`); includes unused terms (df 0) until swept.
+    pub(crate) dict: HashMap<Box<str>, u32>,
+    pub(crate) terms: Vec<Term>,
+    /// Ids of swept terms, for reuse.
+    pub(crate) free_terms: Vec<u32>,
+    /// Terms in `dict` with df 0.
+    pub(crate) unused_terms: usize,
+    /// Point -> its (term id, tf) list, sorted by term id.
+    pub(crate) docs: HashMap<u32, Box<[(u32, u32)]>>,
+    /// Point -> document length in tokens (0 for points without a document).
+    pub(crate) lens: Vec<u32>,
+    /// Sum of the live documents' lengths.
+    pub(crate) tokens: u64,
+    /// Reused buffer of the term ids of the text being inserted.
+    scratch: Vec<u32>,
+}
+
+/// The per-thread buffers of a search.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    touched: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Zeroes the scores a search touched, even if the filter panics.
+struct Cleanup<'a> {
+    scores: &'a mut [f32],
+    touched: &'a mut Vec<u32>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for &p in self.touched.iter() {
+            self.scores[p as usize] = 0.0;
+        }
+        self.touched.clear();
+    }
+}
+
+/// A top-k candidate ordered so that the greater is the *worse* (lower score, then higher
+/// point): a max-heap of these keeps the worst of the best k on top.
+#[derive(Clone, Copy, PartialEq)]
+struct Candidate {
+    score: f32,
+    point: u32,
+}
+
+impl Eq for Candidate {}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.point.cmp(&other.point))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The per-query constants of BM25.
+struct Weights {
+    /// `k1 * (1 - b)`.
+    c1: f32,
+    /// `k1 * b / avgdl`.
+    c2: f32,
+    /// `k1 + 1`.
+    k1p1: f32,
+}
+
+impl Weights {
+    /// The contribution of one posting: `w * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))`
+    /// where `w` is the term's idf times its number of occurrences in the query.
+    #[inline]
+    fn score(&self, w: f32, tf: u32, dl: u32) -> f32 {
+        let tf = tf as f32;
+        w * (tf * self.k1p1) / (tf + self.c1 + self.c2 * dl as f32)
+    }
+}
+
+/// `ln(1 + (N - df + 0.5) / (df + 0.5))`, always > 0.
+fn idf(n: usize, df: u32) -> f64 {
+    let (n, df) = (n as f64, df as f64);
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+impl LexicalIndex {
+    /// An empty index analysing texts with `config`; an unknown stemmer language is an
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument).
+    pub fn new(config: AnalyzerConfig) -> Result<Self> {
+        Ok(Self::with_analyzer(Analyzer::new(&config)?))
+    }
+
+    pub(crate) fn with_analyzer(analyzer: Analyzer) -> Self {
+        Self {
+            analyzer,
+            dict: HashMap::new(),
+            terms: Vec::new(),
+            free_terms: Vec::new(),
+            unused_terms: 0,
+            docs: HashMap::new(),
+            lens: Vec::new(),
+            tokens: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The analyzer configuration (documents and queries alike).
+    pub fn config(&self) -> &AnalyzerConfig {
+        self.analyzer.config()
+    }
+
+    /// The analyzer.
+    pub fn analyzer(&self) -> &Analyzer {
+        &self.analyzer
+    }
+
+    /// Indexes `text` as the document of `point`, replacing the point's document if it has
+    /// one. A text without terms is still a document (of length 0). Points should be dense:
+    /// the index keeps 4 bytes per point up to the largest one.
+    pub fn insert(&mut self, point: u32, text: &str) {
+        self.remove(point);
+        let Self {
+            analyzer,
+            dict,
+            terms,
+            free_terms,
+            unused_terms,
+            scratch,
+            ..
+        } = self;
+        scratch.clear();
+        analyzer.for_each_token(text, |token| {
+            let id = match dict.get(token) {
+                Some(&id) => id,
+                None => {
+                    let id = match free_terms.pop() {
+                        Some(id) => id,
+                        None => {
+                            let Ok(id) = u32::try_from(terms.len()) else {
+                                return; // 4 billion distinct terms: drop the rest
+                            };
+                            terms.push(Term::default());
+                            id
+                        }
+                    };
+                    dict.insert(token.into(), id);
+                    *unused_terms += 1;
+                    id
+                }
+            };
+            scratch.push(id);
+        });
+        let len = u32::try_from(scratch.len()).unwrap_or(u32::MAX);
+        scratch.sort_unstable();
+        let mut list: Vec<(u32, u32)> = Vec::new();
+        for run in scratch.chunk_by(|a, b| a == b) {
+            list.push((run[0], u32::try_from(run.len()).unwrap_or(u32::MAX)));
+        }
+        for &(t, tf) in &list {
+            let term = &mut terms[t as usize];
+            if term.df == 0 {
+                *unused_terms -= 1;
+            }
+            term.df += 1;
+            add_posting(term, point, tf);
+        }
+        let slot = point as usize;
+        if self.lens.len() <= slot {
+            self.lens.resize(slot + 1, 0);
+        }
+        self.lens[slot] = len;
+        self.tokens += u64::from(len);
+        self.docs.insert(point, list.into_boxed_slice());
+    }
+
+    /// Removes the document of `point`; false if it has none.
+    pub fn remove(&mut self, point: u32) -> bool {
+        let Some(list) = self.docs.remove(&point) else {
+            return false;
+        };
+        for &(t, _) in list.iter() {
+            let term = &mut self.terms[t as usize];
+            if let Ok(i) = term.postings.binary_search_by_key(&point, |p| p.point) {
+                term.postings[i].tf = 0;
+                term.dead += 1;
+            }
+            term.df -= 1;
+            if term.df == 0 {
+                term.postings = Vec::new();
+                term.dead = 0;
+                self.unused_terms += 1;
+            } else if term.dead > COMPACT_MIN_DEAD && term.dead > term.df {
+                term.postings.retain(|p| p.tf > 0);
+                term.dead = 0;
+            }
+        }
+        let slot = point as usize;
+        self.tokens -= u64::from(self.lens[slot]);
+        self.lens[slot] = 0;
+        if self.unused_terms > SWEEP_MIN_UNUSED && self.unused_terms * 2 > self.dict.len() {
+            self.sweep();
+        }
+        true
+    }
+
+    /// Drops terms without documents from the dictionary, freeing their ids.
+    fn sweep(&mut self) {
+        let Self {
+            dict,
+            terms,
+            free_terms,
+            ..
+        } = self;
+        dict.retain(|_, &mut id| {
+            let keep = terms[id as usize].df > 0;
+            if !keep {
+                free_terms.push(id);
+            }
+            keep
+        });
+        self.unused_terms = 0;
+    }
+
+    /// True when `point` has a document.
+    pub fn contains(&self, point: u32) -> bool {
+        self.docs.contains_key(&point)
+    }
+
+    /// The number of documents.
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// True when the index holds no document.
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// The points with a document, ascending.
+    pub fn points(&self) -> Vec<u32> {
+        let mut points: Vec<u32> = self.docs.keys().copied().collect();
+        points.sort_unstable();
+        points
+    }
+
+    /// The collection statistics BM25 uses.
+    pub fn stats(&self) -> LexicalStats {
+        let docs = self.docs.len();
+        LexicalStats {
+            docs,
+            terms: self.dict.len() - self.unused_terms,
+            tokens: self.tokens,
+            avg_len: if docs == 0 {
+                0.0
+            } else {
+                self.tokens as f64 / docs as f64
+            },
+        }
+    }
+
+    /// The terms of `query` that occur in some document, each with its idf times its number
+    /// of occurrences in the query, in the order of first occurrence in the query.
+    fn query_terms(&self, query: &str) -> Vec<(u32, f32)> {
+        let mut seen: Vec<(u32, usize)> = Vec::new();
+        self.analyzer.for_each_token(query, |token| {
+            if let Some(&id) = self.dict.get(token)
+                && self.terms[id as usize].df > 0
+            {
+                seen.push((id, seen.len()));
+            }
+        });
+        seen.sort_unstable();
+        let n = self.docs.len();
+        let mut terms: Vec<(usize, u32, f32)> = seen
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|run| {
+                let id = run[0].0;
+                let w = idf(n, self.terms[id as usize].df) * run.len() as f64;
+                (run[0].1, id, w as f32)
+            })
+            .collect();
+        terms.sort_unstable_by_key(|t| t.0);
+        terms.into_iter().map(|(_, id, w)| (id, w)).collect()
+    }
+
+    fn weights(&self, params: Bm25Params) -> Option<Weights> {
+        if self.docs.is_empty() || self.tokens == 0 {
+            return None; // no document has a term: nothing can match
+        }
+        let avgdl = self.tokens as f64 / self.docs.len() as f64;
+        let (k1, b) = (f64::from(params.k1), f64::from(params.b));
+        Some(Weights {
+            c1: (k1 * (1.0 - b)) as f32,
+            c2: (k1 * b / avgdl) as f32,
+            k1p1: (k1 + 1.0) as f32,
+        })
+    }
+
+    /// The `k` documents scoring best for `query` under BM25 with `params`, best first (ties
+    /// by point ascending), only documents with a score > 0 (at least one query term) and,
+    /// with a `filter`, only points it accepts (it is asked only about points that would
+    /// enter the top k). Repeated query terms count once per occurrence. `params` should be
+    /// [validated](Bm25Params::validate) by the caller.
+    pub fn search(
+        &self,
+        query: &str,
+        k: usize,
+        params: Bm25Params,
+        filter: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<LexicalHit> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let Some(weights) = self.weights(params) else {
+            return Vec::new();
+        };
+        let terms = self.query_terms(query);
+        if terms.is_empty() {
+            return Vec::new();
+        }
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => self.search_in(&mut scratch, &terms, &weights, k, filter),
+            // A filter that searches on this thread: use a fresh buffer.
+            Err(_) => self.search_in(&mut Scratch::default(), &terms, &weights, k, filter),
+        })
+    }
+
+    fn search_in(
+        &self,
+        scratch: &mut Scratch,
+        terms: &[(u32, f32)],
+        weights: &Weights,
+        k: usize,
+        filter: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<LexicalHit> {
+        if scratch.scores.len() < self.lens.len() {
+            scratch.scores.resize(self.lens.len(), 0.0);
+        }
+        let acc = Cleanup {
+            scores: &mut scratch.scores[..self.lens.len()],
+            touched: &mut scratch.touched,
+        };
+        let lens = &self.lens[..];
+        for &(t, w) in terms {
+            for p in &self.terms[t as usize].postings {
+                if p.tf == 0 {
+                    continue;
+                }
+                let s = weights.score(w, p.tf, lens[p.point as usize]);
+                let slot = &mut acc.scores[p.point as usize];
+                if *slot == 0.0 {
+                    acc.touched.push(p.point);
+                }
+                *slot += s;
+            }
+        }
+        let mut heap: BinaryHeap<Candidate> =
+            BinaryHeap::with_capacity(k.min(acc.touched.len()) + 1);
+        for &point in acc.touched.iter() {
+            let c = Candidate {
+                score: acc.scores[point as usize],
+                point,
+            };
+            if c.score <= 0.0 || c.score.is_nan() {
+                continue;
+            }
+            if heap.len() >= k && heap.peek().is_some_and(|worst| c >= *worst) {
+                continue;
+            }
+            if let Some(f) = filter
+                && !f(point)
+            {
+                continue;
+            }
+            heap.push(c);
+            if heap.len() > k {
+                heap.pop();
+            }
+        }
+        drop(acc);
+        heap.into_sorted_vec()
+            .into_iter()
+            .map(|c| LexicalHit {
+                point: c.point,
+                score: c.score,
+            })
+            .collect()
+    }
+
+    /// The BM25 score of each of `points` for `query` (0 for a point without a document or
+    /// without a query term), exactly as [`search`](Self::search) computes it.
+    pub fn score_points(&self, query: &str, params: Bm25Params, points: &[u32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; points.len()];
+        let Some(weights) = self.weights(params) else {
+            return out;
+        };
+        let terms = self.query_terms(query);
+        for (score, &point) in out.iter_mut().zip(points) {
+            if !self.contains(point) {
+                continue;
+            }
+            let dl = self.lens[point as usize];
+            for &(t, w) in &terms {
+                let postings = &self.terms[t as usize].postings;
+                if let Ok(i) = postings.binary_search_by_key(&point, |p| p.point)
+                    && postings[i].tf > 0
+                {
+                    *score += weights.score(w, postings[i].tf, dl);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Adds `point` with `tf` to `term`'s postings, keeping them sorted: an append for a point
+/// past the last, else reviving the point's dead entry or inserting in place.
+fn add_posting(term: &mut Term, point: u32, tf: u32) {
+    let postings = &mut term.postings;
+    if postings.last().is_none_or(|last| last.point < point) {
+        postings.push(Posting { point, tf });
+        return;
+    }
+    match postings.binary_search_by_key(&point, |p| p.point) {
+        Ok(i) => {
+            // The point's document was removed before this insert, so the entry is dead.
+            debug_assert_eq!(postings[i].tf, 0);
+            postings[i].tf = tf;
+            term.dead -= 1;
+        }
+        Err(i) => postings.insert(i, Posting { point, tf }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyzer::Stopwords;
+
+    fn index(docs: &[(u32, &str)]) -> LexicalIndex {
+        let mut ix = LexicalIndex::new(AnalyzerConfig::default()).unwrap();
+        for &(p, t) in docs {
+            ix.insert(p, t);
+        }
+        ix
+    }
+
+    /// BM25 by the formula, for small hand-checked cases.
+    fn bm25(n: f64, df: f64, tf: f64, dl: f64, avgdl: f64) -> f64 {
+        let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+        idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl))
+    }
+
+    #[test]
+    fn scores_follow_the_formula() {
+        let ix = index(&[(0, "cat dog"), (1, "cat cat fish"), (2, "bird")]);
+        let p = Bm25Params::default();
+        let avgdl = 6.0 / 3.0;
+        let hits = ix.search("cat", 10, p, None);
+        assert_eq!(hits.len(), 2);
+        assert_eq!(hits[0].point, 1);
+        let want1 = bm25(3.0, 2.0, 2.0, 3.0, avgdl);
+        let want0 = bm25(3.0, 2.0, 1.0, 2.0, avgdl);
+        assert!((f64::from(hits[0].score) - want1).abs() < 1e-6);
+        assert!((f64::from(hits[1].score) - want0).abs() < 1e-6);
+        // A repeated query term counts twice.
+        let twice = ix.score_points("cat cat", p, &[0, 1, 2, 9]);
+        assert!((f64::from(twice[0]) - 2.0 * want0).abs() < 1e-5);
+        assert!((f64::from(twice[1]) - 2.0 * want1).abs() < 1e-5);
+        assert_eq!(&twice[2..], [0.0, 0.0]);
+        // Stopwords and unknown words match nothing.
+        assert!(ix.search("the unknown", 10, p, None).is_empty());
+        assert!(ix.search("cat", 0, p, None).is_empty());
+    }
+
+    #[test]
+    fn ties_break_by_point_and_filter_applies() {
+        let ix = index(&[(5, "apple"), (3, "apple"), (9, "apple"), (1, "pear")]);
+        let p = Bm25Params::default();
+        let pts: Vec<u32> = ix
+            .search("apple", 10, p, None)
+            .iter()
+            .map(|h| h.point)
+            .collect();
+        assert_eq!(pts, [3, 5, 9]);
+        let pts: Vec<u32> = ix
+            .search("apple", 2, p, None)
+            .iter()
+            .map(|h| h.point)
+            .collect();
+        assert_eq!(pts, [3, 5]);
+        let odd_above_3 = |x: u32| x > 3;
+        let pts: Vec<u32> = ix
+            .search("apple", 1, p, Some(&odd_above_3))
+            .iter()
+            .map(|h| h.point)
+            .collect();
+        assert_eq!(pts, [5]);
+    }
+
+    #[test]
+    fn statistics_are_exact_under_replace_and_remove() {
+        let mut ix = index(&[(0, "a b c"), (1, "b c d e"), (2, "")]);
+        // "a" is a stopword: doc 0 has 2 tokens.
+        assert_eq!(
+            ix.stats(),
+            LexicalStats {
+                docs: 3,
+                terms: 4,
+                tokens: 6,
+                avg_len: 2.0
+            }
+        );
+        ix.insert(1, "zebra");
+        assert_eq!(ix.stats().tokens, 3);
+        assert_eq!(ix.stats().terms, 3); // b, c, zebra
+        assert!(ix.remove(0));
+        assert!(!ix.remove(0));
+        assert!(!ix.remove(77));
+        let s = ix.stats();
+        assert_eq!((s.docs, s.terms, s.tokens), (2, 1, 1));
+        assert_eq!(ix.points(), [1, 2]);
+        assert!(ix.contains(2) && !ix.contains(0));
+        assert!(ix.search("b", 10, Bm25Params::default(), None).is_empty());
+        assert!(ix.remove(1) && ix.remove(2));
+        assert!(ix.is_empty());
+        assert_eq!(ix.stats().avg_len, 0.0);
+        assert!(
+            ix.search("zebra", 10, Bm25Params::default(), None)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn removal_compacts_and_ids_are_reused() {
+        let mut ix = LexicalIndex::new(AnalyzerConfig {
+            stopwords: Stopwords::None,
+            ..AnalyzerConfig::default()
+        })
+        .unwrap();
+        for p in 0..100u32 {
+            ix.insert(p, &format!("common unique{p}"));
+        }
+        for p in (0..100u32).filter(|p| p % 4 != 0) {
+            assert!(ix.remove(p));
+        }
+        let id = ix.dict["common"] as usize;
+        assert_eq!(ix.terms[id].df, 25);
+        assert!(ix.terms[id].postings.len() <= 2 * 25 + 1, "compacted");
+        let hits = ix.search("common", 100, Bm25Params::default(), None);
+        assert_eq!(hits.len(), 25);
+        assert!(hits.iter().all(|h| h.point % 4 == 0));
+        // Churn through many unique terms: the dictionary stays bounded.
+        for round in 0..50u32 {
+            for p in 0..100u32 {
+                ix.insert(p, &format!("w{round}x{p} v{round}y{p}"));
+            }
+        }
+        assert_eq!(ix.stats().terms, 200);
+        assert!(
+            ix.dict.len() <= 200 + 2 * SWEEP_MIN_UNUSED + 200,
+            "{}",
+            ix.dict.len()
+        );
+        assert!(
+            ix.terms.len() <= 200 + 2 * SWEEP_MIN_UNUSED + 400,
+            "{}",
+            ix.terms.len()
+        );
+    }
+
+    #[test]
+    fn out_of_order_inserts_keep_postings_sorted() {
+        let mut ix = index(&[(10, "x y"), (2, "x"), (7, "x z"), (2, "x x"), (0, "x")]);
+        let id = ix.dict["x"] as usize;
+        let pts: Vec<u32> = ix.terms[id].postings.iter().map(|p| p.point).collect();
+        assert!(pts.windows(2).all(|w| w[0] < w[1]), "{pts:?}");
+        ix.remove(7);
+        ix.insert(7, "x");
+        let live: Vec<u32> = ix.terms[id]
+            .postings
+            .iter()
+            .filter(|p| p.tf > 0)
+            .map(|p| p.point)
+            .collect();
+        assert_eq!(live, [0, 2, 7, 10]);
+        assert_eq!(ix.terms[id].df, 4);
+    }
+
+    #[test]
+    fn a_panicking_filter_leaves_no_stale_scores() {
+        let ix = index(&[(0, "apple"), (1, "apple pie")]);
+        let p = Bm25Params::default();
+        let before = ix.search("apple", 10, p, None);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ix.search("apple", 10, p, Some(&|_| panic!("filter")))
+        }));
+        assert!(r.is_err());
+        assert_eq!(ix.search("apple", 10, p, None), before);
+        // A filter that searches again on the same thread works too.
+        let nested = |x: u32| !ix.search("pie", 1, p, None).is_empty() && x == 1;
+        let hits = ix.search("apple", 10, p, Some(&nested));
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].point, 1);
+    }
+
+    #[test]
+    fn k1_zero_and_b_extremes_still_score_matches() {
+        let ix = index(&[(0, "red"), (1, "red red blue")]);
+        for params in [
+            Bm25Params { k1: 0.0, b: 0.0 },
+            Bm25Params { k1: 0.0, b: 1.0 },
+            Bm25Params { k1: 100.0, b: 1.0 },
+        ] {
+            let hits = ix.search("red", 10, params, None);
+            assert_eq!(hits.len(), 2, "{params:?}");
+            assert!(hits.iter().all(|h| h.score > 0.0 && h.score.is_finite()));
+        }
+    }
+}
