@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result, bounded};
+use crate::lexical::{Lexical, LexicalSettings};
 use crate::payload::Payload;
 use crate::recovery;
 
@@ -62,6 +63,10 @@ pub struct IndexInfo {
     pub persisted_seq: u64,
     /// The index parameters.
     pub params: IndexParams,
+    /// The lexical index's statistics (`None`: the collection keeps none).
+    pub lexical: Option<latentdb_text::LexicalStats>,
+    /// How the lexical index was obtained at open.
+    pub lexical_opened: crate::lexical::LexicalOpen,
 }
 
 /// The outcome of [`crate::Database::compact`].
@@ -112,6 +117,8 @@ pub(crate) struct Collection {
     /// did not succeed yet): searches fail with [`Error::Internal`] until a rebuild succeeds.
     broken: RwLock<Option<String>>,
     pub payload: RwLock<Payload>,
+    /// The BM25 index over the stored text, and the lexical settings.
+    pub lexical: Lexical,
     pub writer: Mutex<WriterState>,
     dir: PathBuf,
     opened: OpenReport,
@@ -192,8 +199,9 @@ fn skippable(e: &latentdb_index::Error) -> bool {
 }
 
 impl Collection {
-    /// A new, empty collection runtime around `index` (from [`new_index`]).
-    pub fn create(root: &Path, config: &CollectionConfig, index: Index) -> Self {
+    /// A new, empty collection runtime around `index` (from [`new_index`]) and the lexical
+    /// runtime (from [`Lexical::create`]).
+    pub fn create(root: &Path, config: &CollectionConfig, index: Index, lexical: Lexical) -> Self {
         let dir = dump_dir(root, config.cid);
         // A leftover from an earlier collection with this id cannot exist (ids are not
         // reused), but never load a stale dump into a fresh collection.
@@ -202,16 +210,19 @@ impl Collection {
             config,
             index,
             Payload::default(),
+            lexical,
             dir,
             OpenReport::default(),
             0,
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: &CollectionConfig,
         index: Index,
         payload: Payload,
+        lexical: Lexical,
         dir: PathBuf,
         opened: OpenReport,
         persisted_seq: u64,
@@ -224,6 +235,7 @@ impl Collection {
             index: RwLock::new(Arc::new(index)),
             broken: RwLock::new(None),
             payload: RwLock::new(payload),
+            lexical,
             writer: Mutex::new(WriterState {
                 dropped: false,
                 persisted_seq,
@@ -323,18 +335,26 @@ impl Collection {
             }
         };
         let params = params_of(&spec.index)?;
+        let lexical_settings = LexicalSettings::from_json(&spec.lexical)?;
 
-        // One scan of storage: the payload always, the vectors only for a rebuild.
+        // One scan of storage: the payload and the points with text always, the vectors only
+        // for a rebuild.
         let mut payload = Payload::default();
+        let mut text_points: Vec<u32> = Vec::new();
         let mut rebuild_points: Vec<(u32, Vec<f32>)> = Vec::new();
         let want_vectors = loaded.is_none();
         storage.scan_points(name, |point, record| {
+            if record.text.is_some() {
+                text_points.push(point);
+            }
             payload.insert(point, &record.id, record.metadata);
             if want_vectors {
                 rebuild_points.push((point, record.vector));
             }
             Ok(())
         })?;
+        text_points.sort_unstable();
+        let lexical = Lexical::open(storage, name, &dir, lexical_settings, &text_points)?;
 
         if let Some((index, seq, changes)) = loaded {
             let replayed = changes.len();
@@ -355,7 +375,9 @@ impl Collection {
                         rebuilt: false,
                     };
                     tracing::debug!(collection = name, seq, replayed, "index loaded from dump");
-                    return Ok(Self::assemble(config, index, payload, dir, opened, seq));
+                    return Ok(Self::assemble(
+                        config, index, payload, lexical, dir, opened, seq,
+                    ));
                 }
                 Ok(Ok(false)) => tracing::warn!(
                     collection = name,
@@ -395,12 +417,16 @@ impl Collection {
             replayed: 0,
             rebuilt: true,
         };
-        Ok(Self::assemble(config, index, payload, dir, opened, 0))
+        Ok(Self::assemble(
+            config, index, payload, lexical, dir, opened, 0,
+        ))
     }
 
-    /// Applies a storage write to the payload and the index (the caller holds the writer).
+    /// Applies a storage write to the payload, the lexical index and the vector index (the
+    /// caller holds the writer). `texts` are the inserted documents' texts, in `inserted`'s
+    /// order (empty for a delete).
     ///
-    /// Never fails: the write is committed in storage, so it stands. When the index cannot
+    /// Never fails: the write is committed in storage, so it stands. When an index cannot
     /// take it (an error other than an invalid point, or a panic while linking) the index is
     /// marked unusable and [`Collection::maintain`], which every writer calls next under the
     /// same lock, rebuilds it from storage before the write is acknowledged.
@@ -409,6 +435,7 @@ impl Collection {
         removed: &[u32],
         inserted: &[(u32, Vec<f32>)],
         docs: Vec<(String, Map<String, Value>)>,
+        texts: &[Option<String>],
     ) {
         {
             let mut payload = self.payload.write();
@@ -419,6 +446,17 @@ impl Collection {
                 payload.insert(*p, &id, meta);
             }
         }
+        let lexical: Vec<(u32, Option<&str>)> = inserted
+            .iter()
+            .zip(
+                texts
+                    .iter()
+                    .map(Option::as_deref)
+                    .chain(std::iter::repeat(None)),
+            )
+            .map(|((p, _), t)| (*p, t))
+            .collect();
+        self.lexical.apply(removed, &lexical);
         if self.broken.read().is_some() {
             return; // rebuilt from storage (which has this write) in `maintain`
         }
@@ -452,6 +490,9 @@ impl Collection {
     /// logged, never returned: the write itself succeeded.
     pub fn maintain(&self, storage: &Storage, w: &mut WriterState, changes: u64) {
         w.changes += changes;
+        if self.lexical.repair(storage, &self.name) {
+            w.dirty = true;
+        }
         if self.broken.read().is_some() {
             // Logged inside; searches keep failing until a later rebuild succeeds.
             let _ = self.rebuild_from_storage(storage, w);
@@ -554,7 +595,7 @@ impl Collection {
     /// True when the dump is behind the index (never for an unusable index: its dump would
     /// be wrong).
     pub fn needs_persist(&self, storage: &Storage, w: &WriterState) -> bool {
-        if self.broken.read().is_some() {
+        if self.broken.read().is_some() || self.lexical.is_broken() {
             return false;
         }
         let current = storage.last_seq(&self.name).ok();
@@ -569,6 +610,8 @@ impl Collection {
         storage.flush()?;
         let seq = storage.last_seq(&self.name)?;
         index.persist(&self.dir, seq)?;
+        // The change log is trimmed only once both dumps reflect `seq`.
+        self.lexical.persist(seq)?;
         storage.trim_changes(&self.name, seq)?;
         w.persisted_seq = seq;
         w.changes = 0;
@@ -600,6 +643,8 @@ impl Collection {
             recoveries: self.recoveries.load(Ordering::Relaxed),
             persisted_seq,
             params: index.params(),
+            lexical: self.lexical.stats(),
+            lexical_opened: self.lexical.opened(),
         }
     }
 
@@ -699,7 +744,7 @@ mod tests {
             .upsert("c", docs, Some(Durability::Buffered))
             .unwrap();
         let metas = out.ids.iter().map(|id| (id.clone(), Map::new())).collect();
-        coll.apply(&out.removed, &out.inserted, metas);
+        coll.apply(&out.removed, &out.inserted, metas, &[]);
         coll.maintain(storage, &mut w, out.inserted.len() as u64);
     }
 
@@ -715,7 +760,9 @@ mod tests {
         let config = storage.collection_config("c").unwrap();
         let params = IndexParams::default();
         let index = new_index(Metric::L2, DIM, params).unwrap();
-        let coll = Collection::create(dir, &config, index);
+        let lexical =
+            Lexical::create(&dump_dir(dir, config.cid), LexicalSettings::default()).unwrap();
+        let coll = Collection::create(dir, &config, index, lexical);
         (storage, coll)
     }
 

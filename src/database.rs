@@ -17,6 +17,7 @@ use latentdb_embed::{Embedder, ModelIdentity, ModelSpec};
 use crate::collection::{self, Collection, CompactReport, IndexInfo};
 use crate::embedding::{EmbedderSettings, identity_difference};
 use crate::error::{Error, Result, bounded};
+use crate::lexical::{Lexical, LexicalSettings};
 use crate::options::DatabaseOptions;
 use crate::recovery::{self, Quarantine};
 use crate::search::{self, SearchHit, SearchRequest};
@@ -125,6 +126,8 @@ impl Database {
     /// Creates a collection. `spec.index` holds its index parameters as JSON (an
     /// [`IndexParams`](crate::IndexParams) object, missing fields taking their defaults;
     /// `null` for all defaults); the complete parameters are stored with the collection.
+    /// `spec.lexical` likewise holds its [`LexicalSettings`] (the BM25 index over the
+    /// documents' text, on by default, and the hybrid search defaults).
     ///
     /// Nothing is stored unless the collection works: the name, dimension and index
     /// parameters are checked and the index is built first (a parameter out of range or an
@@ -136,10 +139,13 @@ impl Database {
         spec.index = serde_json::to_value(params)
             .map_err(|e| Error::Internal(format!("index settings do not serialise: {e}")))?;
         let index = collection::new_index(spec.metric, spec.dimension, params)?;
+        let lexical = LexicalSettings::from_json(&spec.lexical)?;
+        spec.lexical = lexical.to_json();
         let mut map = self.collections.write();
         let info = self.storage.create_collection(spec)?;
         let config = self.storage.collection_config(&info.name)?;
-        let coll = Collection::create(&self.path, &config, index);
+        let lexical = Lexical::create(&collection::dump_dir(&self.path, config.cid), lexical)?;
+        let coll = Collection::create(&self.path, &config, index, lexical);
         map.insert(info.name.clone(), Arc::new(coll));
         Ok(info)
     }
@@ -320,6 +326,11 @@ impl Database {
                 _ => Map::new(),
             })
             .collect();
+        let texts: Vec<Option<String>> = if coll.lexical.enabled() {
+            docs.iter().map(|d| d.text.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let out = match embedder {
             None => self
                 .storage
@@ -333,7 +344,7 @@ impl Database {
         };
         let changes = (out.inserted.len() + out.removed.len()) as u64;
         let docs = out.ids.iter().cloned().zip(metas).collect();
-        coll.apply(&out.removed, &out.inserted, docs);
+        coll.apply(&out.removed, &out.inserted, docs, &texts);
         coll.maintain(&self.storage, w, changes);
         Ok(out)
     }
@@ -407,7 +418,7 @@ impl Database {
         let DeleteOutcome {
             deleted, removed, ..
         } = self.storage.delete(collection, &ids, None)?;
-        coll.apply(&removed, &[], Vec::new());
+        coll.apply(&removed, &[], Vec::new(), &[]);
         coll.maintain(&self.storage, &mut w, removed.len() as u64);
         Ok(deleted)
     }
@@ -460,7 +471,7 @@ impl Database {
         let mut deleted = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(10_000) {
             let out = self.storage.delete(&coll.name, chunk, None)?;
-            coll.apply(&out.removed, &[], Vec::new());
+            coll.apply(&out.removed, &[], Vec::new(), &[]);
             coll.maintain(&self.storage, &mut w, out.removed.len() as u64);
             deleted.extend(out.deleted);
         }
@@ -509,6 +520,41 @@ impl Database {
             return Err(Error::collection_not_found(collection));
         }
         Ok(coll.info(w.persisted_seq))
+    }
+
+    /// A collection's lexical settings: whether it keeps a BM25 index, its analyzer, and the
+    /// defaults of lexical and hybrid searches.
+    pub fn lexical_settings(&self, collection: &str) -> Result<LexicalSettings> {
+        Ok(self.coll(collection)?.lexical.settings())
+    }
+
+    /// Replaces a collection's lexical settings, durably. A new analyzer, or enabling the
+    /// index, rebuilds the lexical index from the stored text (under the collection's writer
+    /// lock: writes wait, searches continue on the old index until the new one is in place);
+    /// disabling drops it; new BM25, fusion or depth defaults apply to the next search.
+    pub fn set_lexical_settings(&self, collection: &str, settings: LexicalSettings) -> Result<()> {
+        settings.validate()?;
+        let coll = self.coll(collection)?;
+        let mut w = coll.writer.lock();
+        if w.dropped {
+            return Err(Error::collection_not_found(collection));
+        }
+        // Checked before anything is stored: the analyzer must build.
+        if settings.enabled {
+            latentdb_text::Analyzer::new(&settings.analyzer)
+                .map_err(|e| Error::InvalidArgument(format!("lexical settings: {e}")))?;
+        }
+        self.storage
+            .update_lexical_settings(collection, settings.to_json())?;
+        coll.lexical
+            .set_settings(&self.storage, collection, settings)?;
+        w.dirty = true;
+        Ok(())
+    }
+
+    /// The statistics of a collection's lexical index (`None`: it keeps none).
+    pub fn lexical_stats(&self, collection: &str) -> Result<Option<latentdb_text::LexicalStats>> {
+        Ok(self.coll(collection)?.lexical.stats())
     }
 
     /// The number of documents in a collection.
@@ -678,14 +724,23 @@ impl Database {
         reqs: &'r [SearchRequest],
     ) -> Result<Vec<Cow<'r, SearchRequest>>> {
         let mut out: Vec<Cow<'r, SearchRequest>> = reqs.iter().map(Cow::Borrowed).collect();
-        let todo = crate::embedding::text_queries(reqs)?;
+        let mut todo = crate::embedding::text_queries(reqs)?;
         if todo.is_empty() {
             return Ok(out);
         }
         let Some(settings) = self.embedder_settings(collection)? else {
+            // Without a model, a text query without a mode is a lexical search when the
+            // collection has text to search.
+            let coll = self.coll(collection)?;
+            if coll.lexical.enabled() && coll.lexical.has_documents() {
+                todo.retain(|&i| reqs[i].mode.is_some());
+            }
+            if todo.is_empty() {
+                return Ok(out);
+            }
             return Err(Error::FailedPrecondition(format!(
-                "collection {:?} stores vectors only; text queries need a collection created \
-                 with a model",
+                "collection {:?} has no embedding model: text queries need a collection created \
+                 with a model, or a lexical search (mode lexical) over the stored text",
                 bounded(collection)
             )));
         };

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result, bounded};
-use crate::search::SearchRequest;
+use crate::search::{SearchMode, SearchRequest};
 
 /// The instruction NV-Embed-style models put on queries when a request names none: NVIDIA's
 /// instruction for question answering retrieval (the `NQ` task).
@@ -392,15 +392,22 @@ pub(crate) fn needs_embedding(docs: &[Document]) -> Vec<usize> {
         .collect()
 }
 
-/// Checks that no request gives both a vector and a text; the indexes of those with a text.
+/// Checks that no dense request gives both a vector and a text; the indexes of those whose
+/// text must be embedded (a text and no vector, not a lexical search).
 pub(crate) fn text_queries(reqs: &[SearchRequest]) -> Result<Vec<usize>> {
-    if reqs.iter().any(|r| r.text.is_some() && r.vector.is_some()) {
+    if reqs
+        .iter()
+        .any(|r| r.text.is_some() && r.vector.is_some() && r.mode == Some(SearchMode::Dense))
+    {
         return Err(Error::InvalidArgument(
-            "give a query vector or a query text, not both".into(),
+            "a dense search takes a query vector or a query text, not both".into(),
         ));
     }
     Ok((0..reqs.len())
-        .filter(|&i| reqs[i].text.is_some())
+        .filter(|&i| {
+            let r = &reqs[i];
+            r.text.is_some() && r.vector.is_none() && r.mode != Some(SearchMode::Lexical)
+        })
         .collect())
 }
 
@@ -435,8 +442,8 @@ pub(crate) fn embed_query_texts<'r>(
         let vectors = embedder.embed(&texts, &opts)?;
         for (&i, v) in members.iter().zip(vectors) {
             let mut r = reqs[i].clone();
+            // The text stays: the lexical leg of a hybrid search needs it.
             r.vector = Some(v);
-            r.text = None;
             out[i] = Cow::Owned(r);
         }
     }

@@ -63,6 +63,9 @@ pub enum Error {
     /// An error from the vector index.
     #[error(transparent)]
     Index(#[from] latentdb_index::Error),
+    /// An error from the lexical index (its dump, its analyzer settings).
+    #[error(transparent)]
+    Text(#[from] latentdb_text::Error),
     /// An error from the embedder (loading a model, tokenizing, running it).
     #[error(transparent)]
     Embed(#[from] latentdb_embed::Error),
@@ -97,6 +100,7 @@ impl Error {
             Error::Quarantined { .. } => ErrorKind::FailedPrecondition,
             Error::DataLoss { .. } => ErrorKind::DataLoss,
             Error::Index(e) => e.kind(),
+            Error::Text(e) => e.kind(),
             Error::Embed(e) => e.kind(),
             Error::Source(e) => source_kind(e),
             Error::Dataset(e) => match e {

@@ -27,7 +27,9 @@ mod database;
 mod embedding;
 mod error;
 pub mod eval;
+pub mod fusion;
 pub mod ingest;
+mod lexical;
 mod options;
 mod payload;
 mod recovery;
@@ -38,15 +40,18 @@ pub use collection::{CompactReport, INDEX_DIR, IndexInfo};
 pub use database::{Database, UpsertResult};
 pub use embedding::{DEFAULT_QUERY_INSTRUCTION, EmbedderSettings};
 pub use error::{Error, Result};
+pub use fusion::{FusionMethod, FusionParams};
 pub use latentdb_index::IndexParams;
 pub use latentdb_storage::{
     CollectionInfo, CollectionSpec, DataLossReport, Document, Durability, MAX_ID_BYTES, Metric,
     Record, ScrollPage,
 };
+pub use latentdb_text::{AnalyzerConfig, Bm25Params, LexicalStats, Stopwords};
 /// The class of an error ([`Error::kind`]), shared by every latentdb crate.
 pub use latentdb_types::ErrorKind;
+pub use lexical::{DEFAULT_DEPTH, DEFAULT_FUSION, LexicalOpen, LexicalSettings};
 pub use options::{DEFAULT_MAX_LOADED_MODELS, DatabaseOptions};
-pub use search::{MAX_EF, MAX_K, SearchHit, SearchRequest};
+pub use search::{HitExplain, MAX_EF, MAX_K, SearchHit, SearchMode, SearchRequest};
 
 /// The built-in embedder, for callers that need its lower-level API.
 pub use latentdb_embed as embed;
@@ -54,3 +59,5 @@ pub use latentdb_embed as embed;
 pub use latentdb_index as index;
 /// The storage engine, for callers that need its lower-level API.
 pub use latentdb_storage as storage;
+/// The lexical (BM25) index, for callers that need its lower-level API.
+pub use latentdb_text as text;

@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 
 use crate::collection::Collection;
 use crate::error::{Error, Result};
+use crate::fusion::{FusionMethod, FusionParams, fuse};
 use crate::payload::Payload;
+use latentdb_text::{Bm25Params, LexicalHit};
 
 /// The largest `k` a search accepts.
 pub const MAX_K: usize = 10_000;
@@ -65,6 +67,87 @@ pub struct SearchRequest {
     pub with_text: bool,
     /// Return each hit's metadata (default true).
     pub with_metadata: bool,
+    /// Which retrieval runs: dense (vectors), lexical (BM25 over the stored text) or hybrid
+    /// (both, fused). `None`: hybrid for a text query on a collection with an embedder and a
+    /// lexical index, dense otherwise.
+    pub mode: Option<SearchMode>,
+    /// Hybrid: how the legs are fused (`None`: the collection's default).
+    pub fusion: Option<FusionMethod>,
+    /// Hybrid with RRF: the rank constant `k` (`None`: the collection's default).
+    pub rrf_k: Option<f32>,
+    /// Hybrid: the weights of the dense and lexical legs (`None`: the collection's default).
+    pub weights: Option<[f32; 2]>,
+    /// Hybrid: candidates taken from each leg before fusion, at least `k` (`None`: the
+    /// collection's default, 100).
+    pub depth: Option<usize>,
+    /// Lexical and hybrid: BM25's `k1` and `b` (`None`: the collection's defaults, 1.2 and
+    /// 0.75).
+    pub bm25: Option<Bm25Params>,
+    /// Each hit carries its dense and lexical rank and score and its fused score.
+    pub explain: bool,
+}
+
+/// Which retrieval a search runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Nearest vectors (the query vector, or the embedded query text).
+    Dense,
+    /// BM25 over the stored text (needs a query text; no embedder needed).
+    Lexical,
+    /// Both, fused (see [`crate::fusion`]).
+    Hybrid,
+}
+
+impl SearchMode {
+    /// Every mode.
+    pub const ALL: [SearchMode; 3] = [SearchMode::Dense, SearchMode::Lexical, SearchMode::Hybrid];
+
+    /// The name used by the CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Dense => "dense",
+            SearchMode::Lexical => "lexical",
+            SearchMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::fmt::Display for SearchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SearchMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "dense" => Ok(SearchMode::Dense),
+            "lexical" => Ok(SearchMode::Lexical),
+            "hybrid" => Ok(SearchMode::Hybrid),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown search mode {:?}: expected dense, lexical or hybrid",
+                crate::error::bounded(s)
+            ))),
+        }
+    }
+}
+
+/// Why a hit ranks where it does (with [`SearchRequest::explain`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct HitExplain {
+    /// Its rank (from 1) in the dense leg, if it was among that leg's candidates.
+    pub dense_rank: Option<usize>,
+    /// Its dense score (see [`SearchHit::score`]), when ranked there.
+    pub dense_score: Option<f32>,
+    /// Its rank (from 1) in the lexical leg, if it was among that leg's candidates.
+    pub lexical_rank: Option<usize>,
+    /// Its BM25 score, when ranked there.
+    pub lexical_score: Option<f32>,
+    /// The fused score (hybrid searches only).
+    pub fused_score: Option<f32>,
 }
 
 impl Default for SearchRequest {
@@ -81,6 +164,13 @@ impl Default for SearchRequest {
             with_vectors: false,
             with_text: true,
             with_metadata: true,
+            mode: None,
+            fusion: None,
+            rrf_k: None,
+            weights: None,
+            depth: None,
+            bm25: None,
+            explain: false,
         }
     }
 }
@@ -109,8 +199,9 @@ impl SearchRequest {
 pub struct SearchHit {
     /// The document id.
     pub id: String,
-    /// Cosine similarity or inner product (higher is better), or Euclidean distance (lower is
-    /// better), by the collection's metric. Results come best first.
+    /// Larger is better; results come best first. Dense: cosine similarity, inner product or
+    /// negated Euclidean distance, by the collection's metric. Lexical: the BM25 score. Hybrid:
+    /// the fused score (see [`crate::fusion`]).
     pub score: f32,
     /// The text, when asked for and stored.
     pub text: Option<String>,
@@ -118,39 +209,33 @@ pub struct SearchHit {
     pub metadata: Map<String, Value>,
     /// The vector as stored, when asked for.
     pub vector: Option<Vec<f32>>,
+    /// The ranks and scores behind the hit, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explain: Option<HitExplain>,
 }
 
-/// Checks a request against a collection; returns the query vector and the parsed filter.
-pub(crate) fn validate<'r>(
-    coll: &Collection,
-    req: &'r SearchRequest,
-) -> Result<(&'r [f32], Option<Filter>)> {
-    let Some(v) = req.vector.as_deref() else {
-        return Err(Error::InvalidArgument(
-            "a search needs a query vector or a query text".into(),
-        ));
-    };
-    if v.len() != coll.dim {
-        return Err(Error::InvalidArgument(format!(
-            "query vector has {} components, collection {:?} has dimension {}",
-            v.len(),
-            coll.name,
-            coll.dim
-        )));
-    }
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::InvalidArgument(format!(
-            "query vector component {i} is not a finite number"
-        )));
-    }
-    match latentdb_index::distance::vector_defect(coll.metric, v) {
-        None => {}
-        // Finite but huge components: every score would be inf or NaN.
-        Some(VectorDefect::Overflow) => {
-            return Err(latentdb_index::Error::VectorOverflow { id: u32::MAX }.into());
-        }
-        Some(defect) => return Err(Error::InvalidArgument(format!("query vector: {defect}"))),
-    }
+/// A validated search: the mode resolved, the query parts checked, the collection's
+/// defaults filled in.
+pub(crate) struct Plan<'r> {
+    mode: SearchMode,
+    vector: Option<&'r [f32]>,
+    text: Option<&'r str>,
+    filter: Option<Filter>,
+    depth: usize,
+    bm25: Bm25Params,
+    fusion: FusionParams,
+}
+
+/// One ranked point before its document is resolved.
+struct Scored {
+    point: u32,
+    score: f32,
+    explain: Option<HitExplain>,
+}
+
+/// Checks a request against a collection and resolves its mode (see
+/// [`SearchRequest::mode`]).
+pub(crate) fn validate<'r>(coll: &Collection, req: &'r SearchRequest) -> Result<Plan<'r>> {
     if req.k == 0 {
         return Err(Error::InvalidArgument("k must be at least 1".into()));
     }
@@ -168,6 +253,45 @@ pub(crate) fn validate<'r>(
             req.k
         )));
     }
+    let defaults = coll.lexical.defaults();
+    let text = req.text.as_deref();
+    let mode = match req.mode {
+        Some(mode) => mode,
+        None if text.is_some() && defaults.enabled && coll.lexical.has_documents() => {
+            if req.vector.is_some() {
+                SearchMode::Hybrid
+            } else {
+                SearchMode::Lexical
+            }
+        }
+        None => SearchMode::Dense,
+    };
+    let vector = match mode {
+        SearchMode::Lexical => None,
+        SearchMode::Dense | SearchMode::Hybrid => {
+            let Some(v) = req.vector.as_deref() else {
+                return Err(Error::InvalidArgument(if mode == SearchMode::Hybrid {
+                    "a hybrid search needs a query text and a query vector (given, or embedded \
+                     from the text by the collection's model)"
+                        .into()
+                } else {
+                    "a search needs a query vector or a query text".into()
+                }));
+            };
+            check_vector(coll, v)?;
+            Some(v)
+        }
+    };
+    if mode != SearchMode::Dense {
+        if text.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "a {mode} search needs a query text"
+            )));
+        }
+        if !defaults.enabled {
+            return Err(crate::lexical::disabled(&coll.name));
+        }
+    }
     let filter = match &req.filter {
         None | Some(Value::Null) => None,
         Some(doc) => {
@@ -175,29 +299,158 @@ pub(crate) fn validate<'r>(
             (!f.is_all()).then_some(f)
         }
     };
-    Ok((v, filter))
+    let depth = req.depth.unwrap_or(defaults.depth);
+    crate::lexical::check_depth(depth)?;
+    let bm25 = req.bm25.unwrap_or(defaults.bm25);
+    bm25.validate()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let mut fusion = defaults.fusion;
+    if let Some(m) = req.fusion {
+        fusion.method = m;
+    }
+    if let Some(k) = req.rrf_k {
+        fusion.rrf_k = k;
+    }
+    if let Some(w) = req.weights {
+        fusion.weights = w;
+    }
+    fusion.validate()?;
+    Ok(Plan {
+        mode,
+        vector,
+        text,
+        filter,
+        depth: depth.max(req.k),
+        bm25,
+        fusion,
+    })
 }
 
-/// One search on an open collection: the index and payload in memory give the hits, ids and
-/// metadata; storage gives text and vectors when asked for.
+/// Checks a query vector against the collection.
+fn check_vector(coll: &Collection, v: &[f32]) -> Result<()> {
+    if v.len() != coll.dim {
+        return Err(Error::InvalidArgument(format!(
+            "query vector has {} components, collection {:?} has dimension {}",
+            v.len(),
+            coll.name,
+            coll.dim
+        )));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "query vector component {i} is not a finite number"
+        )));
+    }
+    match latentdb_index::distance::vector_defect(coll.metric, v) {
+        None => Ok(()),
+        // Finite but huge components: every score would be inf or NaN.
+        Some(VectorDefect::Overflow) => {
+            Err(latentdb_index::Error::VectorOverflow { id: u32::MAX }.into())
+        }
+        Some(defect) => Err(Error::InvalidArgument(format!("query vector: {defect}"))),
+    }
+}
+
+/// Ranks the points of a planned search, best first (the payload read lock held).
+fn rank(
+    coll: &Collection,
+    payload: &Payload,
+    req: &SearchRequest,
+    plan: &Plan<'_>,
+) -> Result<Vec<Scored>> {
+    let filter = plan.filter.as_ref();
+    let dense = |k: usize, ef: Option<usize>| -> Result<Vec<Hit>> {
+        let q = plan.vector.unwrap_or_default();
+        run(coll, payload, q, k, ef, req.exact, filter)
+    };
+    let lexical = |k: usize| -> Result<Vec<LexicalHit>> {
+        let text = plan.text.unwrap_or_default();
+        match filter {
+            None => coll.lexical.search(&coll.name, text, k, plan.bm25, None),
+            Some(f) => {
+                let accept = |p: u32| payload.matches(p, f);
+                coll.lexical
+                    .search(&coll.name, text, k, plan.bm25, Some(&accept))
+            }
+        }
+    };
+    Ok(match plan.mode {
+        SearchMode::Dense => dense(req.k, req.ef)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| Scored {
+                point: h.id,
+                score: h.score,
+                explain: req.explain.then_some(HitExplain {
+                    dense_rank: Some(i + 1),
+                    dense_score: Some(h.score),
+                    ..HitExplain::default()
+                }),
+            })
+            .collect(),
+        SearchMode::Lexical => lexical(req.k)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| Scored {
+                point: h.point,
+                score: h.score,
+                explain: req.explain.then_some(HitExplain {
+                    lexical_rank: Some(i + 1),
+                    lexical_score: Some(h.score),
+                    ..HitExplain::default()
+                }),
+            })
+            .collect(),
+        SearchMode::Hybrid => {
+            let ef = Some(req.ef.unwrap_or(0).max(plan.depth).min(MAX_EF));
+            let d: Vec<(u32, f32)> = dense(plan.depth, ef)?
+                .into_iter()
+                .map(|h| (h.id, h.score))
+                .collect();
+            let l: Vec<(u32, f32)> = lexical(plan.depth)?
+                .into_iter()
+                .map(|h| (h.point, h.score))
+                .collect();
+            fuse(&d, &l, &plan.fusion, req.k)
+                .into_iter()
+                .map(|f| Scored {
+                    point: f.id,
+                    score: f.score,
+                    explain: req.explain.then_some(HitExplain {
+                        dense_rank: f.dense.map(|x| x.0),
+                        dense_score: f.dense.map(|x| x.1),
+                        lexical_rank: f.lexical.map(|x| x.0),
+                        lexical_score: f.lexical.map(|x| x.1),
+                        fused_score: Some(f.score),
+                    }),
+                })
+                .collect()
+        }
+    })
+}
+
+/// One search on an open collection: the indexes and payload in memory give the hits, ids
+/// and metadata; storage gives text and vectors when asked for.
 pub(crate) fn search_one(
     storage: &Storage,
     coll: &Collection,
     req: &SearchRequest,
 ) -> Result<Vec<SearchHit>> {
-    let (q, filter) = validate(coll, req)?;
+    let plan = validate(coll, req)?;
     let with_records = req.with_text || req.with_vectors;
     let mut points = Vec::new();
     let mut out = {
         let payload = coll.payload.read();
-        let hits = run(coll, &payload, q, req, filter.as_ref())?;
+        let hits = rank(coll, &payload, req, &plan)?;
         // Resolve ids and metadata from memory; a point removed meanwhile is skipped.
         let mut out = Vec::with_capacity(hits.len());
         if with_records {
             points.reserve_exact(hits.len());
         }
         for h in hits {
-            let Some(e) = payload.get(h.id) else { continue };
+            let Some(e) = payload.get(h.point) else {
+                continue;
+            };
             let metadata = match (&e.metadata, req.with_metadata) {
                 (Value::Object(m), true) => m.clone(),
                 _ => Map::new(),
@@ -208,9 +461,10 @@ pub(crate) fn search_one(
                 text: None,
                 metadata,
                 vector: None,
+                explain: h.explain,
             });
             if with_records {
-                points.push(h.id);
+                points.push(h.point);
             }
         }
         out
@@ -278,22 +532,23 @@ fn exact_threshold(live: usize) -> usize {
     EXACT_SEARCH_MIN.max((EXACT_SEARCH_FRACTION * live as f64) as usize)
 }
 
-/// Runs the search on the index with the planner; returns index hits, best first.
+/// Runs a dense search on the index with the planner; returns index hits, best first.
 pub(crate) fn run(
     coll: &Collection,
     payload: &Payload,
     q: &[f32],
-    req: &SearchRequest,
+    k: usize,
+    ef: Option<usize>,
+    exact: bool,
     filter: Option<&Filter>,
 ) -> Result<Vec<Hit>> {
     let index = coll.index()?;
     let index: &Index = &index;
-    let k = req.k;
     let Some(filter) = filter else {
-        return Ok(if req.exact {
+        return Ok(if exact {
             index.exact_search_filtered(q, k, &|_| true)?
         } else {
-            index.search(q, k, req.ef)?
+            index.search(q, k, ef)?
         });
     };
     let live = payload.len().max(1);
@@ -302,15 +557,15 @@ pub(crate) fn run(
     let (fraction, whole) = payload.sample_fraction(filter, universe.as_deref(), SAMPLE);
     let estimate = (fraction * universe_len as f64).ceil() as usize;
     let threshold = exact_threshold(live);
-    if req.exact || whole || estimate < 2 * threshold {
+    if exact || whole || estimate < 2 * threshold {
         let matching = payload.matching(filter, universe.as_deref());
-        if req.exact || matching.len() < threshold {
+        if exact || matching.len() < threshold {
             return Ok(index.exact_search(q, k, &matching)?);
         }
-        let ef = widened_ef(index, req, matching.len() as f64 / live as f64);
+        let ef = widened_ef(index, k, ef, matching.len() as f64 / live as f64);
         return Ok(index.search_filtered(q, k, Some(ef), &|p| matching.binary_search(&p).is_ok())?);
     }
-    let ef = widened_ef(index, req, estimate as f64 / live as f64);
+    let ef = widened_ef(index, k, ef, estimate as f64 / live as f64);
     match universe {
         Some(u) => Ok(index.search_filtered(q, k, Some(ef), &|p| {
             u.binary_search(&p).is_ok() && payload.matches(p, filter)
@@ -321,8 +576,8 @@ pub(crate) fn run(
 
 /// The candidate list for a filtered graph walk: the asked `ef` grown by `1/sqrt(fraction)`
 /// (at most 4x), since only that fraction of the visited points can fill it.
-fn widened_ef(index: &Index, req: &SearchRequest, fraction: f64) -> usize {
-    let base = req.ef.unwrap_or(index.params().ef_search).max(req.k);
+fn widened_ef(index: &Index, k: usize, ef: Option<usize>, fraction: f64) -> usize {
+    let base = ef.unwrap_or(index.params().ef_search).max(k);
     let grow = (1.0 / fraction.clamp(1e-6, 1.0).sqrt()).min(4.0);
     ((base as f64 * grow).ceil() as usize).min(MAX_EF)
 }

@@ -5,6 +5,7 @@ mod common;
 mod corruption;
 mod crash;
 mod eval_minilm;
+mod hybrid;
 mod index_persistence;
 mod ingest;
 mod lock;

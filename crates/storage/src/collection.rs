@@ -27,6 +27,10 @@ pub struct CollectionSpec {
     /// Index settings (HNSW parameters), stored as given for the index layer.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub index: Value,
+    /// Lexical (BM25) index and hybrid search settings, stored as given for the facade
+    /// (`null`: the defaults).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub lexical: Value,
 }
 
 impl CollectionSpec {
@@ -38,6 +42,7 @@ impl CollectionSpec {
             metric,
             embedder: Value::Null,
             index: Value::Null,
+            lexical: Value::Null,
         }
     }
 }
@@ -77,6 +82,9 @@ pub struct CollectionInfo {
     /// Index settings, if any.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub index: Value,
+    /// Lexical index and hybrid search settings, if any.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub lexical: Value,
 }
 
 /// Checks a collection name: 1-128 characters of `[A-Za-z0-9_.-]`.

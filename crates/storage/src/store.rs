@@ -345,6 +345,7 @@ impl Storage {
             format_version: c.format_version,
             embedder: c.spec.embedder.clone(),
             index: c.spec.index.clone(),
+            lexical: c.spec.lexical.clone(),
         }
     }
 
@@ -415,14 +416,26 @@ impl Storage {
         embedder: serde_json::Value,
         index: serde_json::Value,
     ) -> Result<CollectionInfo> {
+        self.update_config(name, |spec| {
+            spec.embedder = embedder;
+            spec.index = index;
+        })
+    }
+
+    /// Changes a collection's spec in place with `change`, durably, under the collection's
+    /// writer lock.
+    fn update_config(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut CollectionSpec),
+    ) -> Result<CollectionInfo> {
         let state = self.state(name)?;
         let counters = state.writer.lock();
         if counters.dropped {
             return Err(not_found(name));
         }
         let mut config = state.config.read().clone();
-        config.spec.embedder = embedder;
-        config.spec.index = index;
+        change(&mut config.spec);
         let bytes = serde_json::to_vec(&config)
             .map_err(|e| Error::Internal(format!("collection config does not serialise: {e}")))?;
         self.registry.insert(name.as_bytes(), bytes)?;
@@ -430,6 +443,16 @@ impl Storage {
         *state.config.write() = config;
         drop(counters);
         Ok(Self::info_of(&state))
+    }
+
+    /// Replaces the lexical settings of a collection. Durable when it returns; changes in
+    /// place under the collection's writer lock, like [`Storage::update_collection_settings`].
+    pub fn update_lexical_settings(
+        &self,
+        name: &str,
+        lexical: serde_json::Value,
+    ) -> Result<CollectionInfo> {
+        self.update_config(name, |spec| spec.lexical = lexical)
     }
 
     /// Drops a collection and all its documents, freeing their space. Durable when it returns.

@@ -6,3 +6,4 @@ mod model;
 mod model_switch;
 mod races;
 mod records;
+mod settings;
