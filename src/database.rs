@@ -739,8 +739,9 @@ impl Database {
                 return Ok(out);
             }
             return Err(Error::FailedPrecondition(format!(
-                "collection {:?} has no embedding model: text queries need a collection created \
-                 with a model, or a lexical search (mode lexical) over the stored text",
+                "collection {:?} stores vectors only (no embedding model): text queries need a \
+                 collection created with a model, or a lexical search (mode lexical) over stored \
+                 text",
                 bounded(collection)
             )));
         };

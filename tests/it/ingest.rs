@@ -32,9 +32,11 @@ fn text_doc(id: &str, text: &str, meta: Value) -> Document {
 }
 
 /// A text query without instruction: the same embedding as a passage of that text.
+/// A dense text query without an instruction (scores are the model's cosine similarities).
 fn plain(q: &str) -> SearchRequest {
     SearchRequest {
         instruction: Some(String::new()),
+        mode: Some(latentdb::SearchMode::Dense),
         ..SearchRequest::text(q)
     }
 }
@@ -80,6 +82,21 @@ fn upsert_text_search_text_and_filters() {
         assert_eq!(hits[0].id, *id);
         assert!(hits[0].score > 0.9999, "{}", hits[0].score);
         assert_eq!(hits[0].text.as_deref(), Some(*text));
+    }
+    // Without a mode, a text query on a collection with a model and text is hybrid: the
+    // dense and lexical legs fused.
+    for (id, text, _) in &texts {
+        let req = SearchRequest {
+            explain: true,
+            ..SearchRequest::text(*text)
+        };
+        let hits = db.search("docs", &req).unwrap();
+        assert_eq!(hits[0].id, *id);
+        let e = hits[0].explain.unwrap();
+        assert_eq!(e.fused_score, Some(hits[0].score));
+        // The tiny model's weights are random: its rank with the query instruction is not
+        // reliably first, the exact words are.
+        assert!(e.dense_rank.is_some() && e.lexical_rank == Some(1), "{e:?}");
     }
     // Filters apply to text queries.
     let req = SearchRequest {

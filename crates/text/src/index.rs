@@ -1,23 +1,27 @@
-//! The BM25 inverted index: a term dictionary, per-term postings sorted by point, per-point
+//! The BM25 inverted index: a term dictionary, per-term postings sorted by slot, per-slot
 //! document lengths, and exact collection statistics under inserts, replaces and removes.
 //!
 //! Layout and costs:
 //!
-//! - postings: per term a `Vec<Posting>` sorted by point. Removing a document marks its
+//! - slots: each live document has a dense internal slot; `slot_of` maps its point to it and
+//!   the per-slot tables (point, length, term list) are dense `Vec`s. A new document always
+//!   takes the next slot, so postings stay sorted by appending. Once more than half of the
+//!   slots (and more than [`COMPACT_MIN_SLOTS`]) belong to removed documents, the slots are
+//!   renumbered densely in order (postings stay sorted), so memory and the per-thread score
+//!   buffer follow the live documents, not the largest point ever inserted.
+//! - postings: per term a `Vec<Posting>` sorted by slot. Removing a document marks its
 //!   postings dead in place (`tf = 0`, found by binary search) and decrements the exact
-//!   document frequency; a term's postings are compacted once more than half of them are
-//!   dead, so removal is amortised O(terms of the document × log df) and searches skip dead
-//!   entries.
-//! - document lengths: a dense `Vec<u32>` indexed by point (points are the facade's dense
-//!   ids; memory is 4 bytes per point up to the largest point ever inserted).
-//! - the term list of each live document (term id, tf): for removal and for the dump.
+//!   document frequency; a term's postings are also compacted on their own once more than
+//!   half of them are dead. Removal is amortised O(terms of the document × log df); searches
+//!   skip dead entries.
 //! - scores accumulate in a dense per-thread buffer reused across queries; top-k by a
 //!   bounded heap; the filter is asked only about points that would enter the top k.
 //!
 //! Term ids are internal: a term whose last document goes away is swept from the dictionary
-//! (in batches) and its id reused. Scores never depend on term ids: query terms are summed
-//! in the order of their first occurrence in the query, so a reloaded index (whose ids are
-//! renumbered) scores bit for bit as the one persisted.
+//! (in batches) and its id reused. Scores never depend on term ids or slots: query terms are
+//! summed in the order of their first occurrence in the query and ties broken by point, so a
+//! reloaded index (whose ids and slots are renumbered) scores bit for bit as the one
+//! persisted.
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
@@ -52,11 +56,11 @@ pub struct LexicalStats {
 /// One entry of a term's postings. `tf == 0` marks an entry dead (its document was removed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Posting {
-    pub(crate) point: u32,
+    pub(crate) slot: u32,
     pub(crate) tf: u32,
 }
 
-/// A term: its exact document frequency and its postings (sorted by point, some dead).
+/// A term: its exact document frequency and its postings (sorted by slot, some dead).
 #[derive(Debug, Default)]
 pub(crate) struct Term {
     pub(crate) df: u32,
@@ -64,8 +68,13 @@ pub(crate) struct Term {
     pub(crate) postings: Vec<Posting>,
 }
 
+/// A document's terms: (term id, tf), sorted by term id.
+pub(crate) type TermList = Box<[(u32, u32)]>;
+
 /// A term's postings are compacted once more than this many and more than half are dead.
 const COMPACT_MIN_DEAD: u32 = 8;
+/// The slots are renumbered once more than this many and more than half are dead.
+pub const COMPACT_MIN_SLOTS: usize = 1024;
 /// The dictionary is swept of terms with no documents once more than this many and more
 /// than half of its terms have none.
 const SWEEP_MIN_UNUSED: usize = 1024;
@@ -82,10 +91,14 @@ pub struct LexicalIndex {
     pub(crate) free_terms: Vec<u32>,
     /// Terms in `dict` with df 0.
     pub(crate) unused_terms: usize,
-    /// Point -> its (term id, tf) list, sorted by term id.
-    pub(crate) docs: HashMap<u32, Box<[(u32, u32)]>>,
-    /// Point -> document length in tokens (0 for points without a document).
+    /// Point -> slot of its live document.
+    pub(crate) slot_of: HashMap<u32, u32>,
+    /// Slot -> point (stale for dead slots).
+    pub(crate) points: Vec<u32>,
+    /// Slot -> document length in tokens (0 for dead slots).
     pub(crate) lens: Vec<u32>,
+    /// Slot -> the document's terms; `None` for dead slots.
+    pub(crate) doc_terms: Vec<Option<TermList>>,
     /// Sum of the live documents' lengths.
     pub(crate) tokens: u64,
     /// Reused buffer of the term ids of the text being inserted.
@@ -183,8 +196,10 @@ impl LexicalIndex {
             terms: Vec::new(),
             free_terms: Vec::new(),
             unused_terms: 0,
-            docs: HashMap::new(),
+            slot_of: HashMap::new(),
+            points: Vec::new(),
             lens: Vec::new(),
+            doc_terms: Vec::new(),
             tokens: 0,
             scratch: Vec::new(),
         }
@@ -201,8 +216,7 @@ impl LexicalIndex {
     }
 
     /// Indexes `text` as the document of `point`, replacing the point's document if it has
-    /// one. A text without terms is still a document (of length 0). Points should be dense:
-    /// the index keeps 4 bytes per point up to the largest one.
+    /// one. A text without terms is still a document (of length 0).
     pub fn insert(&mut self, point: u32, text: &str) {
         self.remove(point);
         let Self {
@@ -242,31 +256,32 @@ impl LexicalIndex {
         for run in scratch.chunk_by(|a, b| a == b) {
             list.push((run[0], u32::try_from(run.len()).unwrap_or(u32::MAX)));
         }
+        let slot = self.points.len() as u32;
         for &(t, tf) in &list {
             let term = &mut terms[t as usize];
             if term.df == 0 {
                 *unused_terms -= 1;
             }
             term.df += 1;
-            add_posting(term, point, tf);
+            // The new slot is past every other: appending keeps the postings sorted.
+            term.postings.push(Posting { slot, tf });
         }
-        let slot = point as usize;
-        if self.lens.len() <= slot {
-            self.lens.resize(slot + 1, 0);
-        }
-        self.lens[slot] = len;
+        self.points.push(point);
+        self.lens.push(len);
+        self.doc_terms.push(Some(list.into_boxed_slice()));
+        self.slot_of.insert(point, slot);
         self.tokens += u64::from(len);
-        self.docs.insert(point, list.into_boxed_slice());
     }
 
     /// Removes the document of `point`; false if it has none.
     pub fn remove(&mut self, point: u32) -> bool {
-        let Some(list) = self.docs.remove(&point) else {
+        let Some(slot) = self.slot_of.remove(&point) else {
             return false;
         };
+        let list = self.doc_terms[slot as usize].take().unwrap_or_default();
         for &(t, _) in list.iter() {
             let term = &mut self.terms[t as usize];
-            if let Ok(i) = term.postings.binary_search_by_key(&point, |p| p.point) {
+            if let Ok(i) = term.postings.binary_search_by_key(&slot, |p| p.slot) {
                 term.postings[i].tf = 0;
                 term.dead += 1;
             }
@@ -280,13 +295,47 @@ impl LexicalIndex {
                 term.dead = 0;
             }
         }
-        let slot = point as usize;
-        self.tokens -= u64::from(self.lens[slot]);
-        self.lens[slot] = 0;
+        self.tokens -= u64::from(self.lens[slot as usize]);
+        self.lens[slot as usize] = 0;
         if self.unused_terms > SWEEP_MIN_UNUSED && self.unused_terms * 2 > self.dict.len() {
             self.sweep();
         }
+        let dead_slots = self.points.len() - self.slot_of.len();
+        if dead_slots > COMPACT_MIN_SLOTS && dead_slots > self.slot_of.len() {
+            self.compact_slots();
+        }
         true
+    }
+
+    /// Renumbers the slots of the live documents densely, in order, dropping dead postings.
+    fn compact_slots(&mut self) {
+        let mut new_slot = vec![u32::MAX; self.points.len()];
+        let mut next = 0u32;
+        let mut points = Vec::with_capacity(self.slot_of.len());
+        let mut lens = Vec::with_capacity(self.slot_of.len());
+        let mut doc_terms = Vec::with_capacity(self.slot_of.len());
+        for (old, list) in self.doc_terms.iter_mut().enumerate() {
+            if let Some(list) = list.take() {
+                new_slot[old] = next;
+                next += 1;
+                points.push(self.points[old]);
+                lens.push(self.lens[old]);
+                doc_terms.push(Some(list));
+            }
+        }
+        for term in &mut self.terms {
+            term.postings.retain_mut(|p| {
+                p.slot = new_slot[p.slot as usize];
+                p.tf > 0
+            });
+            term.dead = 0;
+        }
+        for slot in self.slot_of.values_mut() {
+            *slot = new_slot[*slot as usize];
+        }
+        self.points = points;
+        self.lens = lens;
+        self.doc_terms = doc_terms;
     }
 
     /// Drops terms without documents from the dictionary, freeing their ids.
@@ -309,29 +358,29 @@ impl LexicalIndex {
 
     /// True when `point` has a document.
     pub fn contains(&self, point: u32) -> bool {
-        self.docs.contains_key(&point)
+        self.slot_of.contains_key(&point)
     }
 
     /// The number of documents.
     pub fn len(&self) -> usize {
-        self.docs.len()
+        self.slot_of.len()
     }
 
     /// True when the index holds no document.
     pub fn is_empty(&self) -> bool {
-        self.docs.is_empty()
+        self.slot_of.is_empty()
     }
 
     /// The points with a document, ascending.
     pub fn points(&self) -> Vec<u32> {
-        let mut points: Vec<u32> = self.docs.keys().copied().collect();
+        let mut points: Vec<u32> = self.slot_of.keys().copied().collect();
         points.sort_unstable();
         points
     }
 
     /// The collection statistics BM25 uses.
     pub fn stats(&self) -> LexicalStats {
-        let docs = self.docs.len();
+        let docs = self.slot_of.len();
         LexicalStats {
             docs,
             terms: self.dict.len() - self.unused_terms,
@@ -356,7 +405,7 @@ impl LexicalIndex {
             }
         });
         seen.sort_unstable();
-        let n = self.docs.len();
+        let n = self.slot_of.len();
         let mut terms: Vec<(usize, u32, f32)> = seen
             .chunk_by(|a, b| a.0 == b.0)
             .map(|run| {
@@ -370,10 +419,10 @@ impl LexicalIndex {
     }
 
     fn weights(&self, params: Bm25Params) -> Option<Weights> {
-        if self.docs.is_empty() || self.tokens == 0 {
+        if self.slot_of.is_empty() || self.tokens == 0 {
             return None; // no document has a term: nothing can match
         }
-        let avgdl = self.tokens as f64 / self.docs.len() as f64;
+        let avgdl = self.tokens as f64 / self.slot_of.len() as f64;
         let (k1, b) = (f64::from(params.k1), f64::from(params.b));
         Some(Weights {
             c1: (k1 * (1.0 - b)) as f32,
@@ -432,20 +481,20 @@ impl LexicalIndex {
                 if p.tf == 0 {
                     continue;
                 }
-                let s = weights.score(w, p.tf, lens[p.point as usize]);
-                let slot = &mut acc.scores[p.point as usize];
-                if *slot == 0.0 {
-                    acc.touched.push(p.point);
+                let s = weights.score(w, p.tf, lens[p.slot as usize]);
+                let acc_slot = &mut acc.scores[p.slot as usize];
+                if *acc_slot == 0.0 {
+                    acc.touched.push(p.slot);
                 }
-                *slot += s;
+                *acc_slot += s;
             }
         }
         let mut heap: BinaryHeap<Candidate> =
             BinaryHeap::with_capacity(k.min(acc.touched.len()) + 1);
-        for &point in acc.touched.iter() {
+        for &slot in acc.touched.iter() {
             let c = Candidate {
-                score: acc.scores[point as usize],
-                point,
+                score: acc.scores[slot as usize],
+                point: self.points[slot as usize],
             };
             if c.score <= 0.0 || c.score.is_nan() {
                 continue;
@@ -454,7 +503,7 @@ impl LexicalIndex {
                 continue;
             }
             if let Some(f) = filter
-                && !f(point)
+                && !f(c.point)
             {
                 continue;
             }
@@ -481,14 +530,14 @@ impl LexicalIndex {
             return out;
         };
         let terms = self.query_terms(query);
-        for (score, &point) in out.iter_mut().zip(points) {
-            if !self.contains(point) {
+        for (score, point) in out.iter_mut().zip(points) {
+            let Some(&slot) = self.slot_of.get(point) else {
                 continue;
-            }
-            let dl = self.lens[point as usize];
+            };
+            let dl = self.lens[slot as usize];
             for &(t, w) in &terms {
                 let postings = &self.terms[t as usize].postings;
-                if let Ok(i) = postings.binary_search_by_key(&point, |p| p.point)
+                if let Ok(i) = postings.binary_search_by_key(&slot, |p| p.slot)
                     && postings[i].tf > 0
                 {
                     *score += weights.score(w, postings[i].tf, dl);
@@ -496,25 +545,6 @@ impl LexicalIndex {
             }
         }
         out
-    }
-}
-
-/// Adds `point` with `tf` to `term`'s postings, keeping them sorted: an append for a point
-/// past the last, else reviving the point's dead entry or inserting in place.
-fn add_posting(term: &mut Term, point: u32, tf: u32) {
-    let postings = &mut term.postings;
-    if postings.last().is_none_or(|last| last.point < point) {
-        postings.push(Posting { point, tf });
-        return;
-    }
-    match postings.binary_search_by_key(&point, |p| p.point) {
-        Ok(i) => {
-            // The point's document was removed before this insert, so the entry is dead.
-            debug_assert_eq!(postings[i].tf, 0);
-            postings[i].tf = tf;
-            term.dead -= 1;
-        }
-        Err(i) => postings.insert(i, Posting { point, tf }),
     }
 }
 
@@ -656,21 +686,65 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_inserts_keep_postings_sorted() {
-        let mut ix = index(&[(10, "x y"), (2, "x"), (7, "x z"), (2, "x x"), (0, "x")]);
+    fn any_point_order_keeps_postings_sorted_and_memory_follows_live_docs() {
+        let mut ix = index(&[
+            (10, "x y"),
+            (2, "x"),
+            (u32::MAX, "x z"),
+            (2, "x x"),
+            (0, "x"),
+        ]);
         let id = ix.dict["x"] as usize;
-        let pts: Vec<u32> = ix.terms[id].postings.iter().map(|p| p.point).collect();
-        assert!(pts.windows(2).all(|w| w[0] < w[1]), "{pts:?}");
-        ix.remove(7);
-        ix.insert(7, "x");
-        let live: Vec<u32> = ix.terms[id]
-            .postings
-            .iter()
-            .filter(|p| p.tf > 0)
-            .map(|p| p.point)
-            .collect();
-        assert_eq!(live, [0, 2, 7, 10]);
+        let slots: Vec<u32> = ix.terms[id].postings.iter().map(|p| p.slot).collect();
+        assert!(slots.windows(2).all(|w| w[0] < w[1]), "{slots:?}");
         assert_eq!(ix.terms[id].df, 4);
+        let hits = ix.search("x", 10, Bm25Params::default(), None);
+        let mut points: Vec<u32> = hits.iter().map(|h| h.point).collect();
+        points.sort_unstable();
+        assert_eq!(points, [0, 2, 10, u32::MAX]);
+        assert!(ix.lens.len() <= 5, "no table sized by the largest point");
+        ix.remove(u32::MAX);
+        assert!(!ix.contains(u32::MAX));
+        assert_eq!(ix.points(), [0, 2, 10]);
+    }
+
+    #[test]
+    fn slot_compaction_keeps_scores_exact() {
+        let mut ix = LexicalIndex::new(AnalyzerConfig::default()).unwrap();
+        let text = |p: u32| format!("alpha{} beta{} gamma common", p % 7, p % 13);
+        for p in 0..5000u32 {
+            ix.insert(p, &text(p));
+        }
+        // Replace and remove until most slots are dead: compaction must have run.
+        for p in 0..5000u32 {
+            match p % 5 {
+                0 => ix.insert(p, &text(p + 1)),
+                1 => {}
+                _ => {
+                    ix.remove(p);
+                }
+            }
+        }
+        assert!(
+            ix.points.len() < 2 * ix.len() + COMPACT_MIN_SLOTS + 2,
+            "{}",
+            ix.points.len()
+        );
+        let mut fresh = LexicalIndex::new(AnalyzerConfig::default()).unwrap();
+        for p in ix.points() {
+            fresh.insert(p, &text(if p % 5 == 0 { p + 1 } else { p }));
+        }
+        assert_eq!(ix.stats(), fresh.stats());
+        for q in ["alpha3 beta4", "common", "gamma alpha0 beta12 nothing"] {
+            assert_eq!(
+                ix.search(q, 50, Bm25Params::default(), None),
+                fresh.search(q, 50, Bm25Params::default(), None),
+                "{q}"
+            );
+        }
+        for term in &ix.terms {
+            assert!(term.postings.windows(2).all(|w| w[0].slot < w[1].slot));
+        }
     }
 
     #[test]
