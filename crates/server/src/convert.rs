@@ -103,6 +103,7 @@ pub fn collection_info(info: latentdb::CollectionInfo) -> pb::CollectionInfo {
         format_version: info.format_version,
         index: settings_to_struct(info.index),
         embedder: settings_to_struct(info.embedder),
+        lexical: settings_to_struct(info.lexical),
     }
 }
 
@@ -117,6 +118,9 @@ pub fn collection_spec(
     );
     if let Some(index) = req.index {
         spec.index = Value::Object(struct_to_json(index));
+    }
+    if let Some(lexical) = req.lexical {
+        spec.lexical = Value::Object(struct_to_json(lexical));
     }
     Ok((spec, (!req.model.is_empty()).then_some(req.model)))
 }

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use latentdb::Database;
+use latentdb::fusion::FusionMethod;
+use latentdb::{Bm25Params, Database, SearchMode};
 use serde_json::Value;
 
 use crate::call::CallToken;
@@ -15,19 +16,100 @@ use crate::service::{LatentDbService, blocking, check_text};
 /// The k used when a request leaves it 0 (proto3's default): the contract in the proto.
 pub(crate) const DEFAULT_K: usize = 10;
 
+/// A search request converted for the library, and the BM25 parameters it sets alone: a
+/// request may set `bm25_k1` or `bm25_b` without the other, which then comes from the
+/// collection's lexical settings (see [`Bm25Override::resolve`]).
+struct Converted {
+    req: latentdb::SearchRequest,
+    bm25: Bm25Override,
+}
+
+/// BM25 parameters of a request that sets only one of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Bm25Override {
+    k1: Option<f32>,
+    b: Option<f32>,
+}
+
+impl Bm25Override {
+    /// True when the request set one parameter but not the other.
+    fn is_partial(self) -> bool {
+        self.k1.is_some() != self.b.is_some()
+    }
+
+    /// Completes `req.bm25` with `stored`'s value (the collection's) of the parameter the
+    /// request left unset.
+    fn apply(self, stored: Bm25Params, req: &mut latentdb::SearchRequest) {
+        req.bm25 = Some(Bm25Params {
+            k1: self.k1.unwrap_or(stored.k1),
+            b: self.b.unwrap_or(stored.b),
+        });
+    }
+}
+
+/// The library's search mode for a protobuf one (`None`: unspecified, the library default).
+pub(crate) fn search_mode(m: i32) -> Result<Option<SearchMode>, ServiceError> {
+    match pb::SearchMode::try_from(m) {
+        Ok(pb::SearchMode::Unspecified) => Ok(None),
+        Ok(pb::SearchMode::Dense) => Ok(Some(SearchMode::Dense)),
+        Ok(pb::SearchMode::Lexical) => Ok(Some(SearchMode::Lexical)),
+        Ok(pb::SearchMode::Hybrid) => Ok(Some(SearchMode::Hybrid)),
+        Err(_) => Err(ServiceError::InvalidArgument(format!(
+            "unknown search mode {m}"
+        ))),
+    }
+}
+
+/// The library's fusion method for a protobuf one (`None`: unspecified, the collection's).
+pub(crate) fn fusion(f: i32) -> Result<Option<FusionMethod>, ServiceError> {
+    match pb::Fusion::try_from(f) {
+        Ok(pb::Fusion::Unspecified) => Ok(None),
+        Ok(pb::Fusion::Rrf) => Ok(Some(FusionMethod::Rrf)),
+        Ok(pb::Fusion::Dbsf) => Ok(Some(FusionMethod::Dbsf)),
+        Ok(pb::Fusion::MinMax) => Ok(Some(FusionMethod::MinMax)),
+        Err(_) => Err(ServiceError::InvalidArgument(format!("unknown fusion {f}"))),
+    }
+}
+
+/// An optional number that must be finite when set. (The library checks the ranges; a NaN is
+/// refused here so that the message names the field as the proto spells it.)
+fn finite(what: &str, x: Option<f32>) -> Result<Option<f32>, ServiceError> {
+    match x {
+        Some(v) if !v.is_finite() => Err(ServiceError::InvalidArgument(format!(
+            "{what} must be a finite number, got {v}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// The fusion weights: none, or exactly two finite numbers (dense, lexical).
+pub(crate) fn weights(w: &[f32]) -> Result<Option<[f32; 2]>, ServiceError> {
+    match *w {
+        [] => Ok(None),
+        [d, l] if d.is_finite() && l.is_finite() => Ok(Some([d, l])),
+        [d, l] => Err(ServiceError::InvalidArgument(format!(
+            "weights must be finite numbers, got {d}, {l}"
+        ))),
+        _ => Err(ServiceError::InvalidArgument(format!(
+            "weights must be exactly 2 numbers (dense, lexical) or none, got {}",
+            w.len()
+        ))),
+    }
+}
+
 /// A protobuf search request as the library's, checked against the limits.
-fn request(
-    svc: &LatentDbService,
-    q: pb::SearchRequest,
-) -> Result<latentdb::SearchRequest, ServiceError> {
+fn request(svc: &LatentDbService, q: pb::SearchRequest) -> Result<Converted, ServiceError> {
     let defaults = latentdb::SearchRequest::default();
     let k = if q.k == 0 { DEFAULT_K } else { q.k as usize };
     if k > svc.limits.max_k {
         return Err(limit("k", k, svc.limits.max_k));
     }
+    let mode = search_mode(q.mode)?;
     let vector = (!q.vector.is_empty()).then_some(q.vector);
     match (&vector, &q.text) {
-        (Some(_), Some(_)) => {
+        // Lexical and hybrid searches may take both: the text for the lexical leg, the vector
+        // for the dense one; the library decides for an unspecified mode.
+        (Some(_), Some(_)) if mode == Some(SearchMode::Dense) => {
             return Err(ServiceError::InvalidArgument(
                 "give a query vector or a query text, not both".into(),
             ));
@@ -37,7 +119,7 @@ fn request(
                 "a search needs a query vector or a query text".into(),
             ));
         }
-        (None, Some(text)) => check_text("query text", text, &svc.limits)?,
+        (_, Some(text)) => check_text("query text", text, &svc.limits)?,
         (Some(_), None) => {}
     }
     if q.task.is_some() && q.instruction.is_some() {
@@ -45,7 +127,11 @@ fn request(
             "give task or instruction, not both".into(),
         ));
     }
-    Ok(latentdb::SearchRequest {
+    let bm25 = Bm25Override {
+        k1: finite("bm25_k1", q.bm25_k1)?,
+        b: finite("bm25_b", q.bm25_b)?,
+    };
+    let req = latentdb::SearchRequest {
         vector,
         text: q.text,
         task: q.task,
@@ -57,7 +143,40 @@ fn request(
         with_vectors: q.with_vectors.unwrap_or(defaults.with_vectors),
         with_text: q.with_text.unwrap_or(defaults.with_text),
         with_metadata: q.with_metadata.unwrap_or(defaults.with_metadata),
-    })
+        mode,
+        fusion: fusion(q.fusion)?,
+        rrf_k: finite("rrf_k", q.rrf_k)?,
+        weights: weights(&q.weights)?,
+        depth: q.depth.map(|d| d as usize),
+        bm25: match (bm25.k1, bm25.b) {
+            (Some(k1), Some(b)) => Some(Bm25Params { k1, b }),
+            _ => None,
+        },
+        explain: q.explain,
+    };
+    Ok(Converted { req, bm25 })
+}
+
+/// True when the search may run the embedder: a text query without a vector, in a mode that
+/// may embed it (every mode but lexical; the library's default may be dense or hybrid).
+fn embeds(req: &latentdb::SearchRequest) -> bool {
+    req.text.is_some() && req.vector.is_none() && req.mode != Some(SearchMode::Lexical)
+}
+
+/// A rank as a message field (ranks are bounded by the search depth).
+fn rank(r: usize) -> u32 {
+    u32::try_from(r).unwrap_or(u32::MAX)
+}
+
+/// A hit's explanation as a message.
+fn explain(e: latentdb::HitExplain) -> pb::HitExplain {
+    pb::HitExplain {
+        dense_rank: e.dense_rank.map(rank),
+        dense_score: e.dense_score,
+        lexical_rank: e.lexical_rank.map(rank),
+        lexical_score: e.lexical_score,
+        fused_score: e.fused_score,
+    }
 }
 
 /// Hits as a response message.
@@ -71,6 +190,7 @@ fn response(hits: Vec<latentdb::SearchHit>) -> pb::SearchResponse {
                 text: h.text,
                 metadata: Some(convert::json_to_struct(h.metadata)),
                 vector: h.vector.unwrap_or_default(),
+                explain: h.explain.map(explain),
             })
             .collect(),
     }
@@ -83,14 +203,20 @@ pub(crate) async fn search(
     q: pb::SearchRequest,
 ) -> Result<pb::SearchResponse, ServiceError> {
     let collection = q.collection.clone();
-    let req = request(svc, q)?;
-    // Text queries run the embedder: they take an embedding permit.
-    let _permit = if req.text.is_some() {
+    let Converted { mut req, bm25 } = request(svc, q)?;
+    // Text queries that may be embedded run the embedder: they take an embedding permit.
+    let _permit = if embeds(&req) {
         Some(svc.embed_permit().await?)
     } else {
         None
     };
-    let hits = blocking(&call, &svc.db, move |db| Ok(db.search(&collection, &req)?)).await?;
+    let hits = blocking(&call, &svc.db, move |db| {
+        if bm25.is_partial() {
+            bm25.apply(db.lexical_settings(&collection)?.bm25, &mut req);
+        }
+        Ok(db.search(&collection, &req)?)
+    })
+    .await?;
     Ok(response(hits))
 }
 
@@ -106,6 +232,7 @@ pub(crate) async fn search_batch(
     }
     let collection = batch.collection;
     let mut reqs = Vec::with_capacity(n);
+    let mut overrides = Vec::new();
     for (i, q) in batch.queries.into_iter().enumerate() {
         if !q.collection.is_empty() && q.collection != collection {
             return Err(ServiceError::InvalidArgument(format!(
@@ -114,14 +241,26 @@ pub(crate) async fn search_batch(
                 echo(&collection)
             )));
         }
-        reqs.push(request(svc, q).map_err(|e| at_query(i, e))?);
+        let Converted { req, bm25 } = request(svc, q).map_err(|e| at_query(i, e))?;
+        if bm25.is_partial() {
+            overrides.push((i, bm25));
+        }
+        reqs.push(req);
     }
-    let _permit = if reqs.iter().any(|r| r.text.is_some()) {
+    let _permit = if reqs.iter().any(embeds) {
         Some(svc.embed_permit().await?)
     } else {
         None
     };
     let results = blocking(&call, &svc.db, move |db| {
+        if !overrides.is_empty() {
+            let stored = db.lexical_settings(&collection)?.bm25;
+            for (i, bm25) in overrides {
+                if let Some(req) = reqs.get_mut(i) {
+                    bm25.apply(stored, req);
+                }
+            }
+        }
         Ok(db.search_batch(&collection, &reqs)?)
     })
     .await?;

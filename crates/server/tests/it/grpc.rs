@@ -596,14 +596,16 @@ async fn search_search_batch_and_compact() {
     let tops: Vec<_> = out.results.iter().map(|r| r.hits[0].id.as_str()).collect();
     assert_eq!(tops, ["d00", "d01", "d02", "d03"]);
 
-    // Errors: both or neither of text and vector, a wrong dimension, text without an
-    // embedder, a bad filter, k over the limit, a missing collection, a batch mixing
-    // collections.
+    // Errors: both (in a dense search) or neither of text and vector, a wrong dimension, a
+    // dense text query without an embedder, a bad filter, k over the limit, a missing
+    // collection, a batch mixing collections. (With the mode unset, a text query on this
+    // collection is lexical or hybrid: see the hybrid tests.)
     let cases = [
         (
             pb::SearchRequest {
                 vector: vector(1, DIM),
                 text: Some("x".into()),
+                mode: pb::SearchMode::Dense as i32,
                 ..Default::default()
             },
             Code::InvalidArgument,
@@ -621,6 +623,7 @@ async fn search_search_batch_and_compact() {
             // collection is not set up for it.
             pb::SearchRequest {
                 text: Some("a text query".into()),
+                mode: pb::SearchMode::Dense as i32,
                 ..Default::default()
             },
             Code::FailedPrecondition,

@@ -3,6 +3,7 @@
 mod common;
 mod contract;
 mod grpc;
+mod hybrid;
 mod services;
 mod streams;
 mod tls;
