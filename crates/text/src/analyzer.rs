@@ -220,7 +220,7 @@ impl Analyzer {
             } else {
                 word
             };
-            if self.config.stopwords == Stopwords::English && is_stopword(token) {
+            if self.config.stopwords == Stopwords::English && stopwords::is_english(token) {
                 continue;
             }
             match &self.stemmer {
@@ -234,19 +234,6 @@ impl Analyzer {
             }
         }
     }
-}
-
-/// An English stopword, ignoring ASCII case.
-fn is_stopword(token: &str) -> bool {
-    let bytes = token.as_bytes();
-    if bytes.len() > 5 || !token.is_ascii() {
-        return false;
-    }
-    let mut buf = [0u8; 5];
-    let lower = &mut buf[..bytes.len()];
-    lower.copy_from_slice(bytes);
-    lower.make_ascii_lowercase();
-    std::str::from_utf8(lower).is_ok_and(stopwords::is_english)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use std::collections::{BinaryHeap, HashMap};
 use crate::analyzer::{Analyzer, AnalyzerConfig};
 use crate::error::Result;
 use crate::params::Bm25Params;
+use crate::term_key::TermKey;
 
 /// One search result: a point and its BM25 score.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,7 +86,7 @@ const SWEEP_MIN_UNUSED: usize = 1024;
 pub struct LexicalIndex {
     pub(crate) analyzer: Analyzer,
     /// Term text -> term id (index into `terms`); includes unused terms (df 0) until swept.
-    pub(crate) dict: HashMap<Box<str>, u32>,
+    pub(crate) dict: HashMap<TermKey, u32>,
     pub(crate) terms: Vec<Term>,
     /// Ids of swept terms, for reuse.
     pub(crate) free_terms: Vec<u32>,
@@ -252,7 +253,8 @@ impl LexicalIndex {
         });
         let len = u32::try_from(scratch.len()).unwrap_or(u32::MAX);
         scratch.sort_unstable();
-        let mut list: Vec<(u32, u32)> = Vec::new();
+        let distinct = 1 + scratch.windows(2).filter(|w| w[0] != w[1]).count();
+        let mut list: Vec<(u32, u32)> = Vec::with_capacity(distinct);
         for run in scratch.chunk_by(|a, b| a == b) {
             list.push((run[0], u32::try_from(run.len()).unwrap_or(u32::MAX)));
         }

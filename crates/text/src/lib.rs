@@ -25,6 +25,7 @@ mod parse;
 mod persist;
 pub mod stopwords;
 pub mod synth;
+mod term_key;
 
 pub use analyzer::{Analyzer, AnalyzerConfig, MAX_TOKEN_BYTES, STEMMER_LANGUAGES, Stopwords};
 pub use error::{Error, Result};

@@ -9,17 +9,17 @@
 //!   the tfs sum to the document's length;
 //! - every term is used by some document; the lengths sum to the manifest's token count.
 //!
-//! Every count is checked against the bytes left in its file before anything is sized by it;
-//! the one allocation not bounded by the file length (the dense length table, sized by the
-//! largest point) is reserved fallibly.
+//! Every count is checked against the bytes left in its file before anything is sized by it,
+//! so every allocation is bounded by the length of the files read.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use crate::analyzer::{Analyzer, MAX_TOKEN_BYTES};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::{LexicalIndex, Posting, Term};
 use crate::persist::{DOCS_MAGIC, FORMAT_VERSION, Manifest, TERMS_MAGIC, corrupt};
+use crate::term_key::TermKey;
 
 /// A bounds-checked little-endian reader.
 struct Reader<'a> {
@@ -102,7 +102,7 @@ pub(crate) fn parse_dump(
         pos: 0,
     };
     let n_terms = r.header(TERMS_MAGIC, m.terms, 2).map_err(bad_terms)?;
-    let mut dict: HashMap<Box<str>, u32> = HashMap::with_capacity(n_terms);
+    let mut dict: HashMap<TermKey, u32> = HashMap::with_capacity(n_terms);
     let mut prev: Option<&str> = None;
     for id in 0..n_terms {
         let len = r.u8().ok_or_else(|| bad_terms("truncated".into()))? as usize;
@@ -186,12 +186,6 @@ pub(crate) fn parse_dump(
         return Err(bad_docs(format!("term {t} is in no document")));
     }
 
-    let slots = prev_point.map_or(0, |p| p as usize + 1);
-    let mut lens: Vec<u32> = Vec::new();
-    lens.try_reserve_exact(slots).map_err(|_| {
-        Error::ResourceExhausted(format!("cannot reserve the length table of {slots} points"))
-    })?;
-    lens.resize(slots, 0);
     let mut terms: Vec<Term> = df
         .iter()
         .map(|&df| Term {
@@ -200,19 +194,27 @@ pub(crate) fn parse_dump(
             postings: Vec::with_capacity(df as usize),
         })
         .collect();
-    let mut docs = HashMap::with_capacity(n_docs);
-    for (point, len, list) in parsed {
+    let mut slot_of = HashMap::with_capacity(n_docs);
+    let mut points = Vec::with_capacity(n_docs);
+    let mut lens = Vec::with_capacity(n_docs);
+    let mut doc_terms = Vec::with_capacity(n_docs);
+    for (slot, (point, len, list)) in parsed.into_iter().enumerate() {
+        let slot = slot as u32;
         for &(t, tf) in list.iter() {
-            terms[t as usize].postings.push(Posting { point, tf });
+            terms[t as usize].postings.push(Posting { slot, tf });
         }
-        lens[point as usize] = len;
-        docs.insert(point, list);
+        slot_of.insert(point, slot);
+        points.push(point);
+        lens.push(len);
+        doc_terms.push(Some(list));
     }
     let mut index = LexicalIndex::with_analyzer(analyzer);
     index.dict = dict;
     index.terms = terms;
-    index.docs = docs;
+    index.slot_of = slot_of;
+    index.points = points;
     index.lens = lens;
+    index.doc_terms = doc_terms;
     index.tokens = tokens;
     Ok(index)
 }

@@ -181,7 +181,7 @@ impl LexicalIndex {
             .dict
             .iter()
             .filter(|&(_, &id)| self.terms[id as usize].df > 0)
-            .map(|(t, &id)| (&**t, id))
+            .map(|(t, &id)| (t.as_str(), id))
             .collect();
         live.sort_unstable();
         let mut new_id = vec![u32::MAX; self.terms.len()];
@@ -205,14 +205,13 @@ impl LexicalIndex {
             w.write_all(&FORMAT_VERSION.to_le_bytes())?;
             w.write_all(&(points.len() as u32).to_le_bytes())?;
             for &point in &points {
+                let slot = self.slot_of[&point] as usize;
                 list.clear();
-                list.extend(
-                    self.docs[&point]
-                        .iter()
-                        .map(|&(t, tf)| (new_id[t as usize], tf)),
-                );
+                if let Some(terms) = &self.doc_terms[slot] {
+                    list.extend(terms.iter().map(|&(t, tf)| (new_id[t as usize], tf)));
+                }
                 list.sort_unstable();
-                for v in [point, self.lens[point as usize], list.len() as u32] {
+                for v in [point, self.lens[slot], list.len() as u32] {
                     w.write_all(&v.to_le_bytes())?;
                 }
                 for &(t, tf) in &list {

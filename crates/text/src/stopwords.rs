@@ -9,10 +9,52 @@ pub const ENGLISH: &[&str] = &[
     "they", "this", "to", "was", "will", "with",
 ];
 
-/// True when `word` (already lower-case) is an English stopword.
+/// Longest stopword, in bytes.
+const MAX_LEN: usize = 5;
+
+/// A word of at most [`MAX_LEN`] ASCII bytes packed into an integer, lower-cased: its bytes
+/// little-endian, its length in the top byte (so the packing is one to one).
+const fn key(word: &[u8]) -> u64 {
+    let mut k = (word.len() as u64) << 56;
+    let mut i = 0;
+    while i < word.len() {
+        k |= (word[i].to_ascii_lowercase() as u64) << (8 * i);
+        i += 1;
+    }
+    k
+}
+
+/// [`ENGLISH`] as sorted keys, for a binary search without string comparisons.
+const KEYS: [u64; ENGLISH.len()] = {
+    let mut keys = [0u64; ENGLISH.len()];
+    let mut i = 0;
+    while i < ENGLISH.len() {
+        keys[i] = key(ENGLISH[i].as_bytes());
+        i += 1;
+    }
+    // Insertion sort (const context).
+    let mut i = 1;
+    while i < keys.len() {
+        let mut j = i;
+        while j > 0 && keys[j - 1] > keys[j] {
+            let t = keys[j];
+            keys[j] = keys[j - 1];
+            keys[j - 1] = t;
+            j -= 1;
+        }
+        i += 1;
+    }
+    keys
+};
+
+/// True when `word` is an English stopword, ignoring ASCII case.
 pub fn is_english(word: &str) -> bool {
+    let bytes = word.as_bytes();
     // Every stopword is short and ASCII: skip the search for anything else.
-    word.len() <= 5 && ENGLISH.binary_search(&word).is_ok()
+    !bytes.is_empty()
+        && bytes.len() <= MAX_LEN
+        && word.is_ascii()
+        && KEYS.binary_search(&key(bytes)).is_ok()
 }
 
 #[cfg(test)]
@@ -35,7 +77,10 @@ mod tests {
         for w in ["the", "a", "with", "into"] {
             assert!(is_english(w), "{w}");
         }
-        for w in ["The", "cat", "", "thesis", "withhold"] {
+        for w in ["The", "WITH", "iNTo"] {
+            assert!(is_english(w), "{w}");
+        }
+        for w in ["cat", "", "thesis", "withhold", "th", "é", "a\0"] {
             assert!(!is_english(w), "{w}");
         }
     }
