@@ -48,7 +48,8 @@ pub enum Command {
     Scroll(ScrollArgs),
     /// Flush every buffered write to disk and persist the indexes.
     Flush,
-    /// k-nearest-neighbour search, with an optional metadata filter.
+    /// Search by vector similarity (dense), BM25 over the stored texts (lexical) or both
+    /// fused (hybrid), with an optional metadata filter.
     Search(crate::commands::search::SearchArgs),
     /// Rebuild a collection's index without its deleted points.
     Compact(NameArg),
@@ -166,6 +167,16 @@ pub struct CreateArgs {
     /// The similarity metric.
     #[arg(long, value_enum, default_value_t = MetricArg::Cosine)]
     pub metric: MetricArg,
+    /// Stem the lexical index's terms with this Snowball stemmer (english, french, german,
+    /// ...) [default: no stemming].
+    #[arg(long, value_name = "LANG")]
+    pub stemmer: Option<String>,
+    /// The lexical index's stopword list [default: english].
+    #[arg(long, value_parser = ["english", "none"])]
+    pub stopwords: Option<String>,
+    /// No lexical (BM25) index: lexical and hybrid search are then unavailable.
+    #[arg(long, conflicts_with_all = ["stemmer", "stopwords"])]
+    pub no_lexical: bool,
 }
 
 /// A metric on the command line.

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use latentdb::{CollectionInfo, Record};
+use latentdb::{CollectionInfo, LexicalSettings, Record};
 
 /// Where command output goes.
 pub struct Out {
@@ -55,6 +55,11 @@ pub fn collection_json(info: &CollectionInfo) -> Value {
     if !info.embedder.is_null() {
         v["embedder"] = info.embedder.clone();
     }
+    // The lexical settings in effect: the stored ones with every default filled in.
+    v["lexical"] = match LexicalSettings::from_json(&info.lexical) {
+        Ok(s) => s.to_json(),
+        Err(_) => info.lexical.clone(),
+    };
     v
 }
 

@@ -6,9 +6,9 @@ use serde_json::json;
 
 use anyhow::Context;
 use latentdb::embed::{ModelSpec, fetch_default, models_dir};
-use latentdb::{CollectionSpec, Database, Metric};
+use latentdb::{CollectionSpec, Database, LexicalSettings, Metric, Stopwords};
 
-use crate::cli::{CollectionCommand, MetricArg};
+use crate::cli::{CollectionCommand, CreateArgs, MetricArg};
 use crate::output::{Out, collection_json, collection_text};
 
 pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -19,7 +19,9 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
                 MetricArg::Dot => Metric::Dot,
                 MetricArg::L2 => Metric::L2,
             };
-            let spec = CollectionSpec::new(a.name, a.dim.unwrap_or(0), metric);
+            let lexical = lexical_settings(&a)?;
+            let mut spec = CollectionSpec::new(a.name, a.dim.unwrap_or(0), metric);
+            spec.lexical = lexical;
             let info = match a.model.as_deref() {
                 Some(model) => {
                     let spec_model = ModelSpec::parse(model);
@@ -87,4 +89,28 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lexical settings `collection create` asks for (`null`, the defaults, without
+/// --stemmer, --stopwords or --no-lexical).
+fn lexical_settings(a: &CreateArgs) -> anyhow::Result<serde_json::Value> {
+    if a.stemmer.is_none() && a.stopwords.is_none() && !a.no_lexical {
+        return Ok(serde_json::Value::Null);
+    }
+    let mut s = LexicalSettings::default();
+    if a.no_lexical {
+        s.enabled = false;
+    }
+    if let Some(stemmer) = &a.stemmer {
+        s.analyzer.stemmer = Some(stemmer.to_ascii_lowercase());
+    }
+    match a.stopwords.as_deref() {
+        None => {}
+        Some("english") => s.analyzer.stopwords = Stopwords::English,
+        Some("none") => s.analyzer.stopwords = Stopwords::None,
+        Some(other) => anyhow::bail!("--stopwords must be english or none, got {other:?}"),
+    }
+    // The stemmer's name is checked here, before anything is created.
+    LexicalSettings::from_json(&s.to_json())?;
+    Ok(s.to_json())
 }

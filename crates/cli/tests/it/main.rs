@@ -2,6 +2,7 @@
 
 mod cli_documents;
 mod cli_embed;
+mod hybrid;
 mod safety;
 mod search;
 mod serve_crash;
