@@ -383,4 +383,23 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn tokens_are_bounded_folded_and_never_stopwords(text in "\\PC{0,200}", stem in proptest::bool::ANY) {
+            let config = AnalyzerConfig {
+                stemmer: stem.then(|| "english".to_string()),
+                ..AnalyzerConfig::default()
+            };
+            let a = Analyzer::new(&config).unwrap();
+            for t in a.analyze(&text) {
+                proptest::prop_assert!(!t.is_empty() && t.len() <= MAX_TOKEN_BYTES, "{t:?}");
+                // (Stopwords go before stemming, as in Lucene: "ands" stems to "and".)
+                if !stem {
+                    proptest::prop_assert!(!stopwords::is_english(&t), "{t:?}");
+                    proptest::prop_assert_eq!(t.to_lowercase(), t.clone());
+                }
+            }
+        }
+    }
 }

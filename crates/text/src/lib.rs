@@ -23,12 +23,14 @@ mod index;
 mod params;
 mod parse;
 mod persist;
+mod search;
 pub mod stopwords;
 pub mod synth;
 mod term_key;
 
 pub use analyzer::{Analyzer, AnalyzerConfig, MAX_TOKEN_BYTES, STEMMER_LANGUAGES, Stopwords};
 pub use error::{Error, Result};
-pub use index::{LexicalHit, LexicalIndex, LexicalStats};
+pub use index::{COMPACT_MIN_SLOTS, LexicalIndex, LexicalStats};
 pub use params::{Bm25Params, MAX_K1};
 pub use persist::FORMAT_VERSION;
+pub use search::LexicalHit;

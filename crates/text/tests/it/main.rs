@@ -2,6 +2,7 @@
 //! spamassassin-subjects dataset, persistence, and (ignored) retrieval quality.
 
 mod common;
+mod model;
 mod parity;
 mod persist;
 mod quality;
