@@ -305,3 +305,95 @@ pub(crate) async fn compact(
         removed: report.dropped as u64,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latentdb_types::ErrorKind;
+
+    #[test]
+    fn enum_numbers_map_or_are_refused() {
+        assert_eq!(search_mode(0).ok(), Some(None));
+        assert_eq!(search_mode(1).ok(), Some(Some(SearchMode::Dense)));
+        assert_eq!(search_mode(2).ok(), Some(Some(SearchMode::Lexical)));
+        assert_eq!(search_mode(3).ok(), Some(Some(SearchMode::Hybrid)));
+        assert_eq!(fusion(0).ok(), Some(None));
+        assert_eq!(fusion(1).ok(), Some(Some(FusionMethod::Rrf)));
+        assert_eq!(fusion(2).ok(), Some(Some(FusionMethod::Dbsf)));
+        assert_eq!(fusion(3).ok(), Some(Some(FusionMethod::MinMax)));
+        for n in [-1, 4, 5, 99, i32::MIN, i32::MAX] {
+            let e = search_mode(n).expect_err("unknown mode");
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            assert!(e.to_string().contains(&n.to_string()), "{e}");
+            assert_eq!(
+                fusion(n).expect_err("unknown fusion").kind(),
+                ErrorKind::InvalidArgument
+            );
+        }
+    }
+
+    #[test]
+    fn weights_are_none_or_exactly_two_finite_numbers() {
+        assert_eq!(weights(&[]).ok(), Some(None));
+        // Every pair of finite numbers passes through unchanged (ranges are the library's).
+        let samples = [
+            0.0,
+            -0.0,
+            1e-30,
+            0.5,
+            1.0,
+            3.25,
+            1e6,
+            1e30,
+            -1.0,
+            f32::MAX,
+            f32::MIN,
+        ];
+        for &d in &samples {
+            for &l in &samples {
+                assert_eq!(weights(&[d, l]).ok(), Some(Some([d, l])), "{d} {l}");
+            }
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for w in [[bad, 1.0], [1.0, bad]] {
+                let e = weights(&w).expect_err("non-finite");
+                assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            }
+        }
+        for n in [1, 3, 4, 17] {
+            let e = weights(&vec![1.0; n]).expect_err("wrong length");
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            assert!(e.to_string().contains(&format!("got {n}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn one_bm25_parameter_takes_the_other_from_the_collection() {
+        let stored = Bm25Params { k1: 0.9, b: 0.4 };
+        let mut req = latentdb::SearchRequest::default();
+        let only_b = Bm25Override {
+            k1: None,
+            b: Some(0.0),
+        };
+        assert!(only_b.is_partial());
+        only_b.apply(stored, &mut req);
+        assert_eq!(req.bm25, Some(Bm25Params { k1: 0.9, b: 0.0 }));
+        let only_k1 = Bm25Override {
+            k1: Some(2.0),
+            b: None,
+        };
+        only_k1.apply(stored, &mut req);
+        assert_eq!(req.bm25, Some(Bm25Params { k1: 2.0, b: 0.4 }));
+        assert!(!Bm25Override::default().is_partial());
+        assert!(
+            !Bm25Override {
+                k1: Some(1.0),
+                b: Some(0.5)
+            }
+            .is_partial()
+        );
+        assert!(finite("rrf_k", Some(f32::NAN)).is_err());
+        assert_eq!(finite("rrf_k", Some(2.0)).ok(), Some(Some(2.0)));
+        assert_eq!(finite("rrf_k", None).ok(), Some(None));
+    }
+}

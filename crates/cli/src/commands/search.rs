@@ -284,3 +284,108 @@ pub fn compact(a: NameArg, db: &Database, out: &mut Out) -> anyhow::Result<ExitC
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn weights_round_trip_any_two_numbers_at_least_zero() {
+        let samples = [0.0f32, 1e-7, 0.1, 0.5, 1.0, 2.5, 100.0, 1e6, 3.4e38];
+        for &d in &samples {
+            for &l in &samples {
+                for s in [
+                    format!("{d},{l}"),
+                    format!(" {d} , {l} "),
+                    format!("{d:e},{l:e}"),
+                ] {
+                    assert_eq!(parse_weights(&s), Ok([d, l]), "{s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_weights_are_refused_never_panic() {
+        for s in [
+            "", "1", "1,", ",1", "1,2,3", "a,b", "1;2", "nan,1", "1,inf", "-1,1", "1,-0.5",
+            "1e39,1", "0x1,1", "1,,2",
+        ] {
+            let e = parse_weights(s).expect_err(s);
+            assert!(e.contains("expected two numbers D,L"), "{s}: {e}");
+        }
+        // Every short string over a hostile alphabet parses or fails; none panics, and what
+        // parses is two finite numbers >= 0.
+        let alphabet: Vec<char> = "0123456789.,-+e naif\u{e9}".chars().collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 9) as usize;
+            let s: String = (0..len)
+                .map(|i| alphabet[((x >> (i * 5)) % alphabet.len() as u64) as usize])
+                .collect();
+            if let Ok([d, l]) = parse_weights(&s) {
+                assert!(
+                    d.is_finite() && l.is_finite() && d >= 0.0 && l >= 0.0,
+                    "{s}"
+                );
+            }
+        }
+    }
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: SearchArgs,
+    }
+
+    #[test]
+    fn flags_parse_into_the_request_fields() {
+        let cmd = Cmd::try_parse_from([
+            "search",
+            "c",
+            "--text",
+            "q",
+            "--vector",
+            "[1,0]",
+            "--mode",
+            "hybrid",
+            "--fusion",
+            "minmax",
+            "--rrf-k",
+            "5",
+            "--weights",
+            "0.3,0.7",
+            "--depth",
+            "40",
+            "--k1",
+            "0.9",
+            "--b",
+            "0.4",
+            "--explain",
+        ])
+        .expect("parses");
+        let a = cmd.args;
+        assert_eq!(a.hybrid.mode, Some(ModeArg::Hybrid));
+        assert_eq!(
+            a.hybrid.fusion.fusion.map(FusionMethod::from),
+            Some(FusionMethod::MinMax)
+        );
+        assert_eq!(a.hybrid.fusion.rrf_k, Some(5.0));
+        assert_eq!(a.hybrid.fusion.weights, Some([0.3, 0.7]));
+        assert_eq!(a.hybrid.fusion.depth, Some(40));
+        assert_eq!((a.hybrid.k1, a.hybrid.b), (Some(0.9), Some(0.4)));
+        assert!(a.explain);
+        // Negative numbers reach the range checks instead of being taken for flags.
+        let cmd =
+            Cmd::try_parse_from(["search", "c", "--text", "q", "--rrf-k", "-1"]).expect("parses");
+        assert_eq!(cmd.args.hybrid.fusion.rrf_k, Some(-1.0));
+        let e = Cmd::try_parse_from(["search", "c", "--text", "q", "--weights", "-1,1"])
+            .expect_err("negative weight");
+        assert!(e.to_string().contains("is not a number >= 0"), "{e}");
+        assert!(Cmd::try_parse_from(["search", "c", "--text", "q", "--mode", "all"]).is_err());
+    }
+}
