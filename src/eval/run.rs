@@ -8,10 +8,12 @@ use latentdb_storage::{Document, Durability};
 use serde::{Deserialize, Serialize};
 
 use super::beir::BeirDataset;
+use super::metrics::Qrels;
 use super::metrics::{self, Hits, Metrics};
 use crate::database::Database;
 use crate::error::{Error, Result, bounded};
-use crate::search::SearchRequest;
+use crate::fusion::FusionMethod;
+use crate::search::{SearchMode, SearchRequest};
 
 /// Documents per upsert while loading a corpus.
 const LOAD_BATCH: usize = 256;
@@ -20,7 +22,7 @@ const LOAD_BATCH: usize = 256;
 const QUERY_BATCH: usize = 256;
 
 /// Options of [`Evaluator::evaluate_beir`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvalOptions {
     /// The qrels split (`test`, `dev`, `train`).
     pub split: String,
@@ -35,6 +37,19 @@ pub struct EvalOptions {
     pub exact: bool,
     /// The graph's candidate list size (`None`: the collection's default).
     pub ef: Option<usize>,
+    /// Dense, lexical or hybrid retrieval (`None`: the search default, hybrid when the
+    /// collection has an embedder and a lexical index, dense without a lexical index; see
+    /// [`Evaluator::default_mode`]).
+    pub mode: Option<SearchMode>,
+    /// Hybrid: the fusion method (`None`: the collection's default).
+    pub fusion: Option<FusionMethod>,
+    /// Hybrid with RRF: the rank constant (`None`: the collection's default).
+    pub rrf_k: Option<f32>,
+    /// Hybrid: the dense and lexical weights (`None`: the collection's default).
+    pub weights: Option<[f32; 2]>,
+    /// Hybrid: candidates per leg before fusion, at least the hits retrieved (`max(k, 100)`)
+    /// (`None`: the collection's default).
+    pub depth: Option<usize>,
 }
 
 impl Default for EvalOptions {
@@ -46,6 +61,11 @@ impl Default for EvalOptions {
             k: 10,
             exact: false,
             ef: None,
+            mode: None,
+            fusion: None,
+            rrf_k: None,
+            weights: None,
+            depth: None,
         }
     }
 }
@@ -74,6 +94,9 @@ pub struct EvalReport {
     pub exact: bool,
     /// The split.
     pub split: String,
+    /// The retrieval mode that ran: `dense`, `lexical` or `hybrid` (with no mode asked for,
+    /// the one the search default resolved to).
+    pub mode: String,
 }
 
 /// The evaluation service of a [`Database`]:
@@ -141,8 +164,8 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates retrieval on a BEIR dataset: loads the corpus if the collection is empty,
     /// runs every judged query of `opts.split` (embedded with the collection's query template
-    /// and the task or instruction) and scores the top `max(k, 100)` hits with
-    /// [`metrics::evaluate`].
+    /// and the task or instruction for the dense leg) in `opts.mode` with the fusion overrides
+    /// of `opts`, and scores the top `max(k, 100)` hits with [`metrics::evaluate`].
     pub fn evaluate_beir(
         &self,
         collection: &str,
@@ -153,36 +176,25 @@ impl<'a> Evaluator<'a> {
         if opts.k == 0 {
             return Err(Error::InvalidArgument("k must be at least 1".into()));
         }
-        let qrels = dataset.qrels(&opts.split)?;
-        let queries = dataset.queries()?;
+        let (qrels, qids) = split_queries(dataset, &opts.split)?;
         let (mut ingested, mut ingest_seconds) = (0, 0.0);
         if self.db.count(collection)? == 0 {
             let t = Instant::now();
             ingested = self.load_beir_corpus(collection, dataset, progress)?;
             ingest_seconds = t.elapsed().as_secs_f64();
         }
-        let mut qids: Vec<&String> = qrels.keys().collect();
-        qids.sort();
-        let missing: Vec<&str> = qids
-            .iter()
-            .filter(|q| !queries.contains_key(q.as_str()))
-            .map(|q| q.as_str())
-            .take(5)
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "the qrels name queries missing from queries.jsonl: {}",
-                missing.join(", ")
-            )));
-        }
+        let mode = match opts.mode {
+            Some(m) => m,
+            None => self.default_mode(collection)?,
+        };
         let depth = opts.k.max(100);
         let t = Instant::now();
         let mut run: HashMap<String, Hits> = HashMap::with_capacity(qids.len());
         for part in qids.chunks(QUERY_BATCH) {
             let reqs: Vec<SearchRequest> = part
                 .iter()
-                .map(|q| SearchRequest {
-                    text: Some(queries[q.as_str()].clone()),
+                .map(|(_, text)| SearchRequest {
+                    text: Some(text.clone()),
                     task: opts.task.clone(),
                     instruction: opts.instruction.clone(),
                     k: depth,
@@ -190,13 +202,18 @@ impl<'a> Evaluator<'a> {
                     exact: opts.exact,
                     with_text: false,
                     with_metadata: false,
+                    mode: opts.mode,
+                    fusion: opts.fusion,
+                    rrf_k: opts.rrf_k,
+                    weights: opts.weights,
+                    depth: opts.depth,
                     ..SearchRequest::default()
                 })
                 .collect();
             let results = self.db.search_batch(collection, &reqs)?;
-            for (q, hits) in part.iter().zip(results) {
+            for ((q, _), hits) in part.iter().zip(results) {
                 run.insert(
-                    q.to_string(),
+                    q.clone(),
                     hits.into_iter().map(|h| (h.id, h.score)).collect(),
                 );
             }
@@ -225,6 +242,52 @@ impl<'a> Evaluator<'a> {
             ingest_seconds,
             exact: opts.exact,
             split: opts.split.clone(),
+            mode: mode.as_str().to_string(),
         })
     }
+
+    /// The mode a text search without one runs on `collection` (as the search resolves it):
+    /// hybrid when the collection has an embedder and a lexical index holding documents,
+    /// lexical with such an index and no embedder, dense otherwise.
+    pub fn default_mode(&self, collection: &str) -> Result<SearchMode> {
+        let embedder = self.db.embedder_settings(collection)?.is_some();
+        let lexical = self
+            .db
+            .lexical_stats(collection)?
+            .is_some_and(|s| s.docs > 0);
+        Ok(match (lexical, embedder) {
+            (true, true) => SearchMode::Hybrid,
+            (true, false) => SearchMode::Lexical,
+            (false, _) => SearchMode::Dense,
+        })
+    }
+}
+
+/// The judgments of `split` and its judged queries as (id, text), sorted by id; an error when
+/// the qrels name a query missing from `queries.jsonl`.
+pub(crate) fn split_queries(
+    dataset: &BeirDataset,
+    split: &str,
+) -> Result<(Qrels, Vec<(String, String)>)> {
+    let qrels = dataset.qrels(split)?;
+    let mut queries = dataset.queries()?;
+    let mut qids: Vec<&String> = qrels.keys().collect();
+    qids.sort();
+    let missing: Vec<&str> = qids
+        .iter()
+        .filter(|q| !queries.contains_key(q.as_str()))
+        .map(|q| q.as_str())
+        .take(5)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "the qrels name queries missing from queries.jsonl: {}",
+            missing.join(", ")
+        )));
+    }
+    let judged = qids
+        .into_iter()
+        .filter_map(|q| queries.remove(q.as_str()).map(|t| (q.clone(), t)))
+        .collect();
+    Ok((qrels, judged))
 }

@@ -21,6 +21,7 @@
 
 mod encode;
 mod evaluate;
+mod fusion_fit;
 mod negatives;
 mod pairs;
 mod publish;
@@ -32,6 +33,7 @@ pub mod versions;
 
 use serde::{Deserialize, Serialize};
 
+pub use fusion_fit::{FusionCandidate, FusionFitOptions, FusionFitReport};
 pub use negatives::positive_aware;
 pub use pairs::{TrainPair, beir_pairs, inverse_cloze, read_pairs_jsonl, split_holdout};
 pub use tuner::Tuner;

@@ -15,7 +15,10 @@ use super::publish;
 use super::snapshot::{Shadow, Snapshot};
 use super::train::{Examples, Training};
 use super::versions::{self, ModelHistory, ModelVersion, now_unix};
-use super::{HeldOutMetrics, PairSource, TrainTarget, TuneOptions, TuneProgress, TuneReport};
+use super::{
+    FusionFitOptions, FusionFitReport, HeldOutMetrics, PairSource, TrainTarget, TuneOptions,
+    TuneProgress, TuneReport,
+};
 use crate::database::Database;
 use crate::embedding::{EmbedderSettings, identity_difference};
 use crate::error::{Error, Result, bounded};
@@ -294,6 +297,22 @@ impl<'a> Tuner<'a> {
     /// A collection never tuned has one version, 0, its current model.
     pub fn history(&self, collection: &str) -> Result<ModelHistory> {
         versions::load(self.db, collection)
+    }
+
+    /// Fits the default fusion of `collection`'s hybrid search on the judged queries of
+    /// `split` of `dataset` (see [`FusionFitOptions`]): one dense and one lexical search per
+    /// query, then a grid search of the fusion parameters for the best nDCG@10 on that split.
+    /// The best set becomes the collection's default (with `opts.depth`) only if it beats both
+    /// legs and `opts.store`. Only `split` is read: fit on `train`, evaluate on `test`. Loads
+    /// the corpus first if the collection is empty. The model is not changed.
+    pub fn fit_fusion(
+        &self,
+        collection: &str,
+        dataset: &crate::eval::BeirDataset,
+        split: &str,
+        opts: &FusionFitOptions,
+    ) -> Result<FusionFitReport> {
+        super::fusion_fit::fit(self.db, collection, dataset, split, opts)
     }
 }
 
