@@ -118,6 +118,9 @@ pub enum BenchCommand {
     Ann(crate::commands::bench_ann::BenchAnnArgs),
     /// Write seeded clustered base/query vectors (and ground truth) as .npy files.
     GenData(crate::commands::bench_ann::GenDataArgs),
+    /// What the lexical index costs: ingest rate with and without it, and dense, lexical and
+    /// hybrid query latency, on seeded synthetic chunks (no model needed).
+    Hybrid(crate::commands::bench_hybrid::BenchHybridArgs),
 }
 
 /// Arguments of `bench embed`.

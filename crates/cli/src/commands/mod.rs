@@ -1,6 +1,7 @@
 //! Subcommand implementations.
 
 pub mod bench_ann;
+pub mod bench_hybrid;
 mod collection;
 mod documents;
 mod embed;
@@ -88,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Embed(a)) => embed::bench(a, &mut out),
         Command::Bench(BenchCommand::Ann(a)) => bench_ann::ann(a, &mut out),
         Command::Bench(BenchCommand::GenData(a)) => bench_ann::gen_data(a, &mut out),
+        Command::Bench(BenchCommand::Hybrid(a)) => bench_hybrid::hybrid(a, &mut out),
         Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
         Command::Eval(a) => eval::run(a, &open()?, &mut out),
         Command::Serve(a) => serve::serve(a, global, &mut out),
