@@ -402,7 +402,9 @@ fn rank(
             })
             .collect(),
         SearchMode::Hybrid => {
-            let ef = Some(req.ef.unwrap_or(0).max(plan.depth).min(MAX_EF));
+            // The asked ef or the collection's ef_search, at least `depth` (as a dense search
+            // of `depth` hits would use).
+            let ef = req.ef.map(|ef| ef.max(plan.depth).min(MAX_EF));
             let d: Vec<(u32, f32)> = dense(plan.depth, ef)?
                 .into_iter()
                 .map(|h| (h.id, h.score))
