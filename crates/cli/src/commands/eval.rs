@@ -3,12 +3,39 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use latentdb::Database;
-use latentdb::eval::{BeirDataset, EvalOptions, Evaluator};
+use latentdb::eval::{BeirDataset, EvalOptions, EvalReport, Evaluator};
+use latentdb::fusion::FusionMethod;
+use latentdb::{Database, SearchMode};
 
+use crate::commands::search::FusionArgs;
 use crate::output::Out;
+
+/// The retrieval `eval` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalModeArg {
+    /// Nearest vectors of the embedded queries.
+    Dense,
+    /// BM25 over the stored texts.
+    Lexical,
+    /// Dense and lexical, fused.
+    Hybrid,
+    /// Each of dense, lexical and hybrid in turn: one report per mode.
+    All,
+}
+
+impl EvalModeArg {
+    /// The modes to run, in order.
+    fn modes(self) -> Vec<SearchMode> {
+        match self {
+            EvalModeArg::Dense => vec![SearchMode::Dense],
+            EvalModeArg::Lexical => vec![SearchMode::Lexical],
+            EvalModeArg::Hybrid => vec![SearchMode::Hybrid],
+            EvalModeArg::All => SearchMode::ALL.to_vec(),
+        }
+    }
+}
 
 /// Arguments of `eval`.
 #[derive(Debug, Args)]
@@ -36,25 +63,58 @@ pub struct EvalArgs {
     /// The graph's candidate list size.
     #[arg(long)]
     pub ef: Option<usize>,
+    /// dense, lexical, hybrid, or all (one report each) [default: hybrid for a collection
+    /// with a lexical index, dense otherwise].
+    #[arg(long, value_enum)]
+    pub mode: Option<EvalModeArg>,
+    #[command(flatten)]
+    pub fusion: FusionArgs,
+}
+
+/// The evaluation options of the arguments, for one mode (`None`: the search default).
+fn eval_options(a: &EvalArgs, mode: Option<SearchMode>) -> EvalOptions {
+    EvalOptions {
+        split: a.split.clone(),
+        task: a.task.clone(),
+        instruction: a.instruction.clone(),
+        k: a.k,
+        exact: a.exact,
+        ef: a.ef,
+        mode,
+        fusion: a.fusion.fusion.map(FusionMethod::from),
+        rrf_k: a.fusion.rrf_k,
+        weights: a.fusion.weights,
+        depth: a.fusion.depth,
+    }
 }
 
 pub fn run(a: EvalArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
     let ds = BeirDataset::open(&a.beir)?;
-    let opts = EvalOptions {
-        split: a.split,
-        task: a.task,
-        instruction: a.instruction,
-        k: a.k,
-        exact: a.exact,
-        ef: a.ef,
+    let modes: Vec<Option<SearchMode>> = match a.mode {
+        None => vec![None],
+        Some(m) => m.modes().into_iter().map(Some).collect(),
     };
     let quiet = out.is_json();
-    let report = Evaluator::new(db).evaluate_beir(&a.name, &ds, &opts, &|n| {
-        if !quiet && n % 1024 == 0 {
-            eprintln!("loaded {n} documents");
+    for (i, mode) in modes.iter().enumerate() {
+        // The corpus is loaded by the first run (the collection is empty only then).
+        let opts = eval_options(&a, *mode);
+        let report = Evaluator::new(db).evaluate_beir(&a.name, &ds, &opts, &|n| {
+            if !quiet && n % 1024 == 0 {
+                eprintln!("loaded {n} documents");
+            }
+        })?;
+        if i > 0 && !quiet {
+            // A blank line between the reports of --mode all.
+            out.either(&serde_json::Value::Null, String::new)?;
         }
-    })?;
-    let value = serde_json::to_value(&report)?;
+        print_report(&report, out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one report: a JSON object with `--json`, a few readable lines otherwise.
+fn print_report(report: &EvalReport, out: &mut Out) -> anyhow::Result<()> {
+    let value = serde_json::to_value(report)?;
     out.either(&value, || {
         let m = &report.metrics;
         let mut s = String::new();
@@ -65,10 +125,15 @@ pub fn run(a: EvalArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
             ));
         }
         s.push_str(&format!(
-            "{} queries ({} split, {} search)\nnDCG@10    {:.4}\nMRR@10     {:.4}\nrecall@10  {:.4}\nrecall@100 {:.4}\n",
+            "{} queries ({} split, {} search{})\nnDCG@10    {:.4}\nMRR@10     {:.4}\nrecall@10  {:.4}\nrecall@100 {:.4}\n",
             m.queries,
             report.split,
-            if report.exact { "exact" } else { "ANN" },
+            report.mode,
+            match (report.mode.as_str(), report.exact) {
+                ("lexical", _) => "",
+                (_, true) => ", exact",
+                (_, false) => ", ANN",
+            },
             m.ndcg_at_10,
             m.mrr_at_10,
             m.recall_at_10,
@@ -84,6 +149,5 @@ pub fn run(a: EvalArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
         }
         s.push_str(&format!("QPS        {:.1}", report.qps));
         s
-    })?;
-    Ok(ExitCode::SUCCESS)
+    })
 }

@@ -11,7 +11,8 @@ use serde_json::json;
 use latentdb::Database;
 use latentdb::eval::BeirDataset;
 use latentdb::tune::{
-    PairSource, TrainPair, TuneOptions, TuneProgress, Tuner, beir_pairs, read_pairs_jsonl,
+    FusionFitOptions, FusionFitReport, PairSource, TrainPair, TuneOptions, TuneProgress, Tuner,
+    beir_pairs, read_pairs_jsonl,
 };
 
 use crate::output::Out;
@@ -96,6 +97,26 @@ pub struct TuneArgs {
     /// Make the new version live even if it is not better on the held-out queries.
     #[arg(long)]
     pub force: bool,
+    /// Train nothing: fit the collection's hybrid fusion (method, RRF k, weights) on the
+    /// --beir dataset's --split by grid search over one dense and one lexical search per
+    /// query, and make the best the collection's default if it beats both legs.
+    #[arg(long, requires = "beir", conflicts_with_all = [
+        "eval_split", "force", "holdout", "train", "stage1_steps", "stage2_steps",
+        "hard_negatives", "margin", "temperature", "batch_size", "lr", "train_tokens",
+        "lora_rank", "lora_alpha", "lora_dropout", "seed", "pairs", "self_supervised",
+    ])]
+    pub fusion_only: bool,
+    /// With --fusion-only: candidates per leg, fitted for and stored with the fusion.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        requires = "fusion_only"
+    )]
+    pub fusion_depth: usize,
+    /// With --fusion-only: report the best fusion without storing it.
+    #[arg(long, requires = "fusion_only")]
+    pub dry_run: bool,
 }
 
 /// Arguments of `model rollback`.
@@ -132,7 +153,79 @@ fn tune_options(a: &TuneArgs, eval_pairs: Option<Vec<TrainPair>>) -> TuneOptions
     }
 }
 
+/// `tune --fusion-only`: fits the fusion; no model is trained or changed.
+fn fit_fusion(
+    a: &TuneArgs,
+    dir: &std::path::Path,
+    db: &Database,
+    out: &mut Out,
+) -> anyhow::Result<ExitCode> {
+    let ds = BeirDataset::open(dir)?;
+    let opts = FusionFitOptions {
+        depth: a.fusion_depth,
+        store: !a.dry_run,
+        ..FusionFitOptions::default()
+    };
+    if !out.is_json() {
+        eprintln!(
+            "fitting the fusion of {} on the {} split (dense and lexical searches, then a grid \
+             search)",
+            a.name, a.split
+        );
+    }
+    let report = Tuner::new(db).fit_fusion(&a.name, &ds, &a.split, &opts)?;
+    out.either(&serde_json::to_value(&report)?, || fusion_text(&report))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A fusion fit as readable lines.
+fn fusion_text(r: &FusionFitReport) -> String {
+    let params = |p: &latentdb::fusion::FusionParams| {
+        format!(
+            "{} rrf_k={} weights={},{}",
+            p.method, p.rrf_k, p.weights[0], p.weights[1]
+        )
+    };
+    let mut s = format!(
+        "{} queries ({} split), depth {}, {} configurations\n\
+         dense    nDCG@10 {:.4}  recall@100 {:.4}\n\
+         lexical  nDCG@10 {:.4}  recall@100 {:.4}\n\
+         previous nDCG@10 {:.4}  recall@100 {:.4}  {}\n\
+         best     nDCG@10 {:.4}  recall@100 {:.4}  {}\n",
+        r.queries,
+        r.split,
+        r.depth,
+        r.configurations,
+        r.dense.ndcg_at_10,
+        r.dense.recall_at_100,
+        r.lexical.ndcg_at_10,
+        r.lexical.recall_at_100,
+        r.previous.metrics.ndcg_at_10,
+        r.previous.metrics.recall_at_100,
+        params(&r.previous.params),
+        r.best.metrics.ndcg_at_10,
+        r.best.metrics.recall_at_100,
+        params(&r.best.params),
+    );
+    for c in &r.alternatives {
+        s.push_str(&format!(
+            "         nDCG@10 {:.4}  recall@100 {:.4}  {}\n",
+            c.metrics.ndcg_at_10,
+            c.metrics.recall_at_100,
+            params(&c.params)
+        ));
+    }
+    s.push_str(&r.decision);
+    s
+}
+
 pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
+    if a.fusion_only {
+        if let Some(dir) = &a.beir {
+            return fit_fusion(&a, dir, db, out);
+        }
+        anyhow::bail!("--fusion-only needs --beir DIR");
+    }
     let mut eval_pairs = None;
     let source = if let Some(p) = &a.pairs {
         PairSource::Pairs(read_pairs_jsonl(p)?)
@@ -273,5 +366,38 @@ mod tests {
         assert!(
             Cmd::try_parse_from(["tune", "docs", "--self-supervised", "--train", "lora"]).is_err()
         );
+    }
+
+    #[test]
+    fn fusion_only_needs_beir_and_takes_no_training_flags() {
+        let cmd = Cmd::try_parse_from([
+            "tune",
+            "docs",
+            "--beir",
+            "dir",
+            "--fusion-only",
+            "--fusion-depth",
+            "50",
+            "--dry-run",
+        ])
+        .expect("parses");
+        assert!(cmd.args.fusion_only && cmd.args.dry_run);
+        assert_eq!(cmd.args.fusion_depth, 50);
+        assert_eq!(cmd.args.split, "train");
+        for extra in [
+            &["--lr", "0.1"][..],
+            &["--train", "head+lora"][..],
+            &["--stage1-steps", "3"][..],
+            &["--force"][..],
+            &["--eval-split", "test"][..],
+        ] {
+            let mut argv = vec!["tune", "docs", "--beir", "dir", "--fusion-only"];
+            argv.extend_from_slice(extra);
+            assert!(Cmd::try_parse_from(&argv).is_err(), "{extra:?}");
+        }
+        assert!(
+            Cmd::try_parse_from(["tune", "docs", "--self-supervised", "--fusion-only"]).is_err()
+        );
+        assert!(Cmd::try_parse_from(["tune", "docs", "--beir", "d", "--dry-run"]).is_err());
     }
 }

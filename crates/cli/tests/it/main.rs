@@ -2,6 +2,7 @@
 
 mod cli_documents;
 mod cli_embed;
+mod eval_fusion;
 mod hybrid;
 mod safety;
 mod search;
