@@ -42,6 +42,7 @@ pub const DEFAULT_FUSION: FusionParams = FusionParams {
 /// assert!(s.enabled);
 /// assert_eq!(s.analyzer.stemmer.as_deref(), Some("english"));
 /// assert_eq!(LexicalSettings::from_json(&s.to_json())?, s);
+/// assert_eq!(s.to_json()["bm25"]["k1"], 1.2);
 /// # Ok::<(), latentdb::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -114,8 +115,12 @@ impl LexicalSettings {
         serde_json::json!({
             "enabled": self.enabled,
             "analyzer": self.analyzer.to_json(),
-            "bm25": self.bm25,
-            "fusion": self.fusion,
+            "bm25": {"k1": decimal(self.bm25.k1), "b": decimal(self.bm25.b)},
+            "fusion": {
+                "method": self.fusion.method,
+                "rrf_k": decimal(self.fusion.rrf_k),
+                "weights": [decimal(self.fusion.weights[0]), decimal(self.fusion.weights[1])],
+            },
             "depth": self.depth,
         })
     }
@@ -128,6 +133,12 @@ impl LexicalSettings {
         self.fusion.validate()?;
         check_depth(self.depth)
     }
+}
+
+/// An `f32` as the `f64` of its shortest decimal form, so that 1.2 is stored and shown as 1.2
+/// (not 1.2000000476837158); it reads back as the same `f32`.
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// Checks a per-leg candidate depth.
