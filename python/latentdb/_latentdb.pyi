@@ -185,6 +185,8 @@ class Collection:
         where: Optional[Mapping[str, Json]] = None,
     ) -> list[str]:
         """Deletes by ids or by filter; returns the ids deleted."""
+    def clear(self) -> int:
+        """Deletes every document; returns how many there were."""
     def count(self) -> int: ...
     def search(
         self,

@@ -333,6 +333,13 @@ impl PyCollection {
         }
     }
 
+    /// Deletes every document; returns how many there were.
+    fn clear(&self, py: Python<'_>) -> PyResult<u64> {
+        let db = self.db.clone();
+        let name = self.name.clone();
+        work(py, move || db.delete_all(&name))
+    }
+
     /// The number of documents.
     fn count(&self, py: Python<'_>) -> PyResult<u64> {
         let db = self.db.clone();

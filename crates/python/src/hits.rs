@@ -143,7 +143,7 @@ impl PyRecord {
         map_to_py(py, &self.metadata)
     }
 
-    /// The vector as written (float32 array; normalised for cosine collections).
+    /// The vector as written (float32 array).
     #[getter]
     fn vector<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray1<f32>> {
         vector_to_numpy(py, &self.vector)
