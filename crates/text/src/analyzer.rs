@@ -23,7 +23,7 @@ const MAX_ECHO_CHARS: usize = 200;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stopwords {
-    /// Lucene's classic English stopword list (see [`stopwords::ENGLISH`](crate::stopwords::ENGLISH)),
+    /// Lucene's classic English stopword list (see [`crate::stopwords::ENGLISH`]),
     /// matched ignoring ASCII case. JSON: `"english"`.
     #[default]
     English,

@@ -322,6 +322,12 @@ mod tests {
     }
 
     #[test]
+    fn the_index_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<LexicalIndex>();
+    }
+
+    #[test]
     fn statistics_are_exact_under_replace_and_remove() {
         let mut ix = index(&[(0, "a b c"), (1, "b c d e"), (2, "")]);
         // "a" is a stopword: doc 0 has 2 tokens.
