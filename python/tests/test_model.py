@@ -127,3 +127,28 @@ def test_eval_beir(model_db, tmp_path):
         col.eval_beir(ds, "nosuchsplit")
     with pytest.raises(latentdb.NotFoundError):
         col.eval_beir(tmp_path / "nowhere")
+
+
+def test_ctrl_c_stops_an_ingest_between_file_groups(model_db, tmp_path):
+    import _thread
+
+    col = model_db.create_collection("intr", model="default")
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(300):  # two groups of files (at most 256 files per group)
+        (src / f"f{i:03}.txt").write_text(f"note number {i}")
+    interrupted = []
+
+    def progress(stats):
+        if not interrupted:
+            interrupted.append(stats["chunks"])
+            _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        col.ingest(src, progress=progress)
+    # Stopped after the first group: some files written, not all; a rerun completes it and
+    # skips what was written.
+    written = col.count()
+    assert 0 < written <= 256
+    stats = col.ingest(src, progress=False)
+    assert stats["skipped"] == written and col.count() == 300
