@@ -171,7 +171,7 @@ pub struct CreateArgs {
     #[arg(long, value_enum, default_value_t = MetricArg::Cosine)]
     pub metric: MetricArg,
     /// Stem the lexical index's terms with this Snowball stemmer (english, french, german,
-    /// ...) [default: no stemming].
+    /// ...), or `none` for no stemming [default: english].
     #[arg(long, value_name = "LANG")]
     pub stemmer: Option<String>,
     /// The lexical index's stopword list [default: english].

@@ -49,11 +49,14 @@ pub struct AnalyzerConfig {
 }
 
 impl Default for AnalyzerConfig {
-    /// English stopwords, no stemmer, lower-casing.
+    /// English stopwords, the English Snowball stemmer, lower-casing: on the train split of
+    /// spamassassin-subjects the stemmer gained 0.006 nDCG@10 over none (0.5897 vs 0.5840),
+    /// and it is what Lucene-based BM25 baselines (Pyserini) use. Set `"stemmer": null` for
+    /// text that is not English.
     fn default() -> Self {
         Self {
             stopwords: Stopwords::English,
-            stemmer: None,
+            stemmer: Some("english".into()),
             lowercase: true,
         }
     }
@@ -246,10 +249,18 @@ mod tests {
         Analyzer::new(config).unwrap().analyze(text)
     }
 
+    /// The default analyzer without its stemmer (the words stay as written).
+    fn unstemmed() -> AnalyzerConfig {
+        AnalyzerConfig {
+            stemmer: None,
+            ..AnalyzerConfig::default()
+        }
+    }
+
     #[test]
     fn default_folds_case_and_drops_stopwords() {
         let terms = analyze(
-            &AnalyzerConfig::default(),
+            &unstemmed(),
             "The Quick brown FOX jumps over THE lazy dog, and it's ÉTÉ!",
         );
         assert_eq!(
@@ -289,9 +300,17 @@ mod tests {
             analyze(&config, "Running runners ran; connections CONNECTED"),
             ["run", "runner", "ran", "connect", "connect"]
         );
+        let unstemmed = AnalyzerConfig {
+            stemmer: None,
+            ..AnalyzerConfig::default()
+        };
+        assert_eq!(
+            analyze(&unstemmed, "Running connections"),
+            ["running", "connections"]
+        );
         assert_eq!(
             analyze(&AnalyzerConfig::default(), "Running connections"),
-            ["running", "connections"]
+            ["run", "connect"]
         );
     }
 
@@ -300,10 +319,7 @@ mod tests {
         let long = "x".repeat(MAX_TOKEN_BYTES + 1);
         let ok = "y".repeat(MAX_TOKEN_BYTES);
         let text = format!("a1 {long} {ok} b2");
-        assert_eq!(
-            analyze(&AnalyzerConfig::default(), &text),
-            ["a1", ok.as_str(), "b2"]
-        );
+        assert_eq!(analyze(&unstemmed(), &text), ["a1", ok.as_str(), "b2"]);
         // Lower-casing that grows a word past the cap drops it too ('İ' is 2 bytes, its
         // lower case 3).
         let grows = "İ".repeat(MAX_TOKEN_BYTES / 2);

@@ -11,9 +11,11 @@
 //! index.insert(1, "A dog chased the cat, the cat ran");
 //! index.insert(2, "Dogs and cats");
 //! let hits = index.search("cat", 10, Bm25Params::default(), None);
-//! assert_eq!(hits.iter().map(|h| h.point).collect::<Vec<_>>(), [1, 0]); // "cats" is another term
+//! // The default analyzer stems English: "cats" is the term "cat" too.
+//! assert_eq!(hits.len(), 3);
+//! assert_eq!(hits[0].point, 1); // twice in a short text
 //! index.remove(1);
-//! assert_eq!(index.search("cat", 10, Bm25Params::default(), None)[0].point, 0);
+//! assert_eq!(index.search("cat", 10, Bm25Params::default(), None).len(), 2);
 //! # Ok::<(), latentdb_text::Error>(())
 //! ```
 

@@ -102,7 +102,10 @@ fn lexical_settings(a: &CreateArgs) -> anyhow::Result<serde_json::Value> {
         s.enabled = false;
     }
     if let Some(stemmer) = &a.stemmer {
-        s.analyzer.stemmer = Some(stemmer.to_ascii_lowercase());
+        s.analyzer.stemmer = match stemmer.to_ascii_lowercase().as_str() {
+            "none" => None,
+            lang => Some(lang.to_string()),
+        };
     }
     match a.stopwords.as_deref() {
         None => {}

@@ -306,6 +306,20 @@ fn collection_create_takes_lexical_settings() {
         &[
             "collection",
             "create",
+            "unstemmed",
+            "--dim",
+            "2",
+            "--stemmer",
+            "none",
+            "--json",
+        ],
+        None,
+    ));
+    lines(&run(
+        d,
+        &[
+            "collection",
+            "create",
             "off",
             "--dim",
             "2",
@@ -321,11 +335,13 @@ fn collection_create_takes_lexical_settings() {
     let plain = list.iter().find(|c| c["name"] == "plain").unwrap();
     assert_eq!(plain["lexical"]["enabled"], true);
     assert_eq!(plain["lexical"]["analyzer"]["stopwords"], "english");
-    assert_eq!(plain["lexical"]["analyzer"]["stemmer"], Value::Null);
-    assert_eq!(list.len(), 3);
+    assert_eq!(plain["lexical"]["analyzer"]["stemmer"], "english");
+    let unstemmed = list.iter().find(|c| c["name"] == "unstemmed").unwrap();
+    assert_eq!(unstemmed["lexical"]["analyzer"]["stemmer"], Value::Null);
+    assert_eq!(list.len(), 4);
 
     // The stemmer applies: "jumping" finds "jumps"; without it, it does not.
-    for name in ["stemmed", "plain"] {
+    for name in ["stemmed", "unstemmed"] {
         lines(&run(
             d,
             &["upsert", name, "--file", "-", "--json"],
@@ -343,7 +359,13 @@ fn collection_create_takes_lexical_settings() {
     let hits = lines(&run(
         d,
         &[
-            "search", "plain", "--text", "jumping", "--mode", "lexical", "--json",
+            "search",
+            "unstemmed",
+            "--text",
+            "jumping",
+            "--mode",
+            "lexical",
+            "--json",
         ],
         None,
     ));
@@ -409,6 +431,6 @@ fn collection_create_takes_lexical_settings() {
     );
     assert_eq!(
         lines(&run(d, &["collection", "list", "--json"], None)).len(),
-        3
+        4
     );
 }
