@@ -33,7 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-import latentdb
+# Measure the installed package, never the uncompiled sources next to this script.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import latentdb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,8 +65,8 @@ def recall(found, truth, k):
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
 
 
-def bench_binding(base, queries, truth, args, workdir):
-    db = latentdb.open(workdir / "latentdb", durability="buffered")
+def bench_binding(base, queries, truth, args, workdir, round_no):
+    db = latentdb.open(workdir / f"latentdb{round_no}", durability="buffered")
     col = db.create_collection(
         "bench", dim=base.shape[1], metric="cosine", index={"m": 16, "ef_construction": 200}
     )
@@ -91,6 +95,17 @@ def bench_binding(base, queries, truth, args, workdir):
     }
     del col, db
     gc.collect()
+    return out
+
+
+def best(runs):
+    """Per key, the best value over rounds (highest rate, lowest time)."""
+    out = dict(runs[0])
+    for r in runs[1:]:
+        for key, v in r.items():
+            if not isinstance(v, (int, float)) or key.startswith("recall"):
+                continue
+            out[key] = min(out[key], v) if key.endswith("us_per_call") else max(out[key], v)
     return out
 
 
@@ -202,7 +217,7 @@ def bench_lance(base, queries, truth, args, workdir):
     found = []
     t = time.perf_counter()
     for q in queries:
-        r = tbl.search(q).distance_type("cosine").limit(10).select(["id"]).to_arrow()
+        r = tbl.search(q).distance_type("cosine").limit(10).select(["id", "_distance"]).to_arrow()
         found.append(r.column("id").to_pylist())
     secs = time.perf_counter() - t
     return {
@@ -225,6 +240,7 @@ def main():
     p.add_argument("--ef", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=1_000)
     p.add_argument("--tiny-reps", type=int, default=20_000)
+    p.add_argument("--rounds", type=int, default=3, help="binding and Rust runs alternate; the best of each is kept")
     p.add_argument("--cli", default=None, help="the latentdb CLI (default: target/release/latentdb, else target/debug)")
     p.add_argument("--no-others", action="store_true", help="skip chromadb and lancedb")
     args = p.parse_args()
@@ -241,7 +257,8 @@ def main():
                  "k": 10, "ef": args.ef, "m": 16, "ef_construction": 200,
                  "batch_size": args.batch_size},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "latentdb": latentdb.__version__},
+                    "latentdb": latentdb.__version__,
+                    "latentdb_module": latentdb._latentdb.__file__},
     }
     base, queries = make_data(args.n, args.dim, args.queries)
     truth = exact_knn(base, queries, 10)
@@ -249,26 +266,40 @@ def main():
     try:
         np.save(work / "base.npy", base)
         np.save(work / "queries.npy", queries)
-        report["latentdb_python"] = bench_binding(base, queries, truth, args, work)
-        tb, tq, tiny = tiny_binding(args.tiny_reps)
-        report["tiny_python_us_per_call"] = tiny
+        # The binding and the Rust CLI alternate, so that a busy spell of a shared machine
+        # does not land on one of them only; the best round of each is reported.
+        py_runs, rust_runs, tiny_runs, tiny_rust_runs = [], [], [], []
+        np.save(work / "tiny_base.npy", make_data(64, 8, 64, seed=7, clusters=8)[0])
+        for r in range(args.rounds):
+            py_runs.append(bench_binding(base, queries, truth, args, work, r))
+            tb, tq, tiny = tiny_binding(args.tiny_reps)
+            tiny_runs.append(tiny)
+            if cli is not None:
+                rust_runs.append(run_cli(cli, work / "base.npy", work / "queries.npy", args.ef, args.batch_size))
+                np.save(work / "tiny_base.npy", tb)
+                np.save(work / "tiny_q.npy", np.tile(tq, (max(1, args.tiny_reps // len(tq)), 1)))
+                tiny_rust_runs.append(
+                    run_cli(cli, work / "tiny_base.npy", work / "tiny_q.npy", 16, 64)["search_us_per_call"]
+                )
+        report["rounds"] = args.rounds
+        report["latentdb_python"] = best(py_runs)
+        report["tiny_python_us_per_call"] = best(tiny_runs)
         if cli is not None:
+            rust = best(rust_runs)
             report["cli"] = str(cli)
-            rust = run_cli(cli, work / "base.npy", work / "queries.npy", args.ef, args.batch_size)
             report["latentdb_rust"] = rust
             report["overhead_us_per_search_call"] = (
                 report["latentdb_python"]["search_us_per_call"] - rust["search_us_per_call"]
             )
-            np.save(work / "tiny_base.npy", tb)
-            np.save(work / "tiny_q.npy", np.tile(tq, (max(1, args.tiny_reps // len(tq)), 1)))
-            tiny_rust = min(
-                run_cli(cli, work / "tiny_base.npy", work / "tiny_q.npy", 16, 64)["search_us_per_call"]
-                for _ in range(3)
+            report["tiny_rust_us_per_call"] = min(tiny_rust_runs)
+            report["overhead_us_per_search_call_tiny"] = (
+                report["tiny_python_us_per_call"]["ids_only"] - min(tiny_rust_runs)
             )
-            report["tiny_rust_us_per_call"] = tiny_rust
-            report["overhead_us_per_search_call_tiny"] = tiny["ids_only"] - tiny_rust
             report["upsert_ratio_python_to_rust"] = (
                 report["latentdb_python"]["upsert_vectors_per_s"] / rust["upsert_vectors_per_s"]
+            )
+            report["search_ratio_python_to_rust"] = (
+                report["latentdb_python"]["search_qps"] / rust["search_qps"]
             )
         else:
             report["latentdb_rust"] = "skipped: build the CLI (cargo build --release -p latentdb-cli)"
