@@ -42,8 +42,8 @@ pub struct FusionFitOptions {
     pub methods: Vec<FusionMethod>,
     /// RRF's rank constants tried.
     pub rrf_ks: Vec<f32>,
-    /// The lexical leg's share `w` of the weight, tried as weights `[1 - w, w]`; each in
-    /// `(0, 1]`.
+    /// The lexical leg's share `w` of the weight, tried as weights `[1 - w, w]` (`1 - w`
+    /// rounded to 4 decimals); each in `(0, 1]`.
     pub lexical_shares: Vec<f32>,
     /// Runner-up parameter sets listed in the report.
     pub alternatives: usize,
@@ -97,10 +97,12 @@ impl FusionFitOptions {
             };
             for &rrf_k in ks {
                 for &w in &self.lexical_shares {
+                    // 1 - w to 4 decimals: 1 - 0.6 is 0.4, not 0.39999998.
+                    let dense = ((1.0 - w) * 1e4).round() / 1e4;
                     let p = FusionParams {
                         method,
                         rrf_k,
-                        weights: [1.0 - w, w],
+                        weights: [dense, w],
                     };
                     p.validate()?;
                     if !grid.contains(&p) {
@@ -479,6 +481,12 @@ mod tests {
         let opts = FusionFitOptions::default();
         let grid = opts.grid().unwrap();
         assert_eq!(grid.len(), 8 * 9 + 9 + 9);
+        // Weights are [1 - w, w] with 1 - w as written: 1 - 0.6 is 0.4.
+        assert!(grid.iter().any(|p| p.weights == [0.4, 0.6]));
+        assert!(
+            grid.iter()
+                .all(|p| (p.weights[0] + p.weights[1] - 1.0).abs() < 1e-6)
+        );
         let ranked = rank_grid(&runs, &qrels, &grid);
         assert_eq!(ranked.len(), grid.len());
         let dense = runs.score_leg(&qrels, true).ndcg_at_10;

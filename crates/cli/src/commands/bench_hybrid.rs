@@ -1,8 +1,8 @@
-//! `latentdb bench hybrid`: what the lexical index costs. Builds a scratch database twice from
-//! the same seeded synthetic chunks (Zipf-distributed words, random unit vectors given by the
-//! caller, so no model is needed), once without and once with the lexical index, and compares
-//! the ingest rates; then measures one-thread query latency of dense, lexical and hybrid
-//! searches on the second. Prints one JSON object.
+//! `latentdb bench hybrid`: what the lexical index costs. Loads the same seeded synthetic
+//! chunks (Zipf-distributed words, random unit vectors given by the caller, so no model is
+//! needed) into two scratch databases, one without and one with the lexical index, batch by
+//! batch in turn, and compares the ingest rates; then measures one-thread query latency of
+//! dense, lexical and hybrid searches on the second. Prints one JSON object.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -173,24 +173,31 @@ impl Drop for TempDir {
     }
 }
 
-/// Creates collection `bench` in a new database under `dir` and loads the chunks; returns the
-/// database and the seconds spent (upserts and the final flush).
-fn build(
-    dir: &std::path::Path,
-    a: &BenchHybridArgs,
-    vocab: &Vocabulary,
-    lexical: bool,
-) -> anyhow::Result<(Database, f64)> {
+/// Opens a new database under `dir` with collection `bench`, with or without the lexical
+/// index.
+fn open(dir: &std::path::Path, dim: usize, lexical: bool) -> anyhow::Result<Database> {
     let db = Database::open_with(dir, DatabaseOptions::new().durability(Durability::Buffered))?;
-    let mut spec = CollectionSpec::new("bench", a.dim, Metric::Cosine);
+    let mut spec = CollectionSpec::new("bench", dim, Metric::Cosine);
     if !lexical {
         spec.lexical = json!({"enabled": false});
     }
     db.create_collection(spec)?;
-    // The same chunks both times: the generator restarts from the seed.
+    Ok(db)
+}
+
+/// Loads the same chunks into `plain` (no lexical index) and `lexical`, batch by batch, each
+/// batch into both in turn (alternating which goes first), so that load from other processes
+/// and drift hit both alike. Returns the seconds each spent in upserts and the final flush.
+fn load(
+    a: &BenchHybridArgs,
+    vocab: &Vocabulary,
+    plain: &Database,
+    lexical: &Database,
+) -> anyhow::Result<(f64, f64)> {
     let mut rng = Rng(a.seed);
-    let started = Instant::now();
+    let (mut plain_s, mut lexical_s) = (0.0, 0.0);
     let mut next = 0usize;
+    let mut turn = 0usize;
     while next < a.docs {
         let end = (next + a.batch_size).min(a.docs);
         let batch: Vec<Document> = (next..end)
@@ -199,11 +206,27 @@ fn build(
                 Document::new(format!("c{i:08}"), rng.unit_vector(a.dim)).with_text(text)
             })
             .collect();
-        db.upsert("bench", batch)?;
+        let timed = |db: &Database, docs: Vec<Document>| -> anyhow::Result<f64> {
+            let t = Instant::now();
+            db.upsert("bench", docs)?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        if turn % 2 == 0 {
+            plain_s += timed(plain, batch.clone())?;
+            lexical_s += timed(lexical, batch)?;
+        } else {
+            lexical_s += timed(lexical, batch.clone())?;
+            plain_s += timed(plain, batch)?;
+        }
+        turn += 1;
         next = end;
     }
-    db.flush()?;
-    Ok((db, started.elapsed().as_secs_f64()))
+    for (db, secs) in [(plain, &mut plain_s), (lexical, &mut lexical_s)] {
+        let t = Instant::now();
+        db.flush()?;
+        *secs += t.elapsed().as_secs_f64();
+    }
+    Ok((plain_s, lexical_s))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -241,10 +264,10 @@ pub fn hybrid(a: BenchHybridArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let vocab = Vocabulary::new(a.vocab);
     let tmp = TempDir::new()?;
 
-    // Without the lexical index first, then with it (the one queried).
-    let (db, plain_s) = build(&tmp.0.join("plain"), &a, &vocab, false)?;
-    drop(db);
-    let (db, lexical_s) = build(&tmp.0.join("lexical"), &a, &vocab, true)?;
+    let plain = open(&tmp.0.join("plain"), a.dim, false)?;
+    let db = open(&tmp.0.join("lexical"), a.dim, true)?;
+    let (plain_s, lexical_s) = load(&a, &vocab, &plain, &db)?;
+    drop(plain);
     let plain_rate = a.docs as f64 / plain_s;
     let lexical_rate = a.docs as f64 / lexical_s;
     let ratio = lexical_rate / plain_rate;
