@@ -211,7 +211,7 @@ fn load(
             db.upsert("bench", docs)?;
             Ok(t.elapsed().as_secs_f64())
         };
-        if turn % 2 == 0 {
+        if turn.is_multiple_of(2) {
             plain_s += timed(plain, batch.clone())?;
             lexical_s += timed(lexical, batch)?;
         } else {
