@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Python package (python/, PyO3 + maturin) into a fresh virtual environment with
 # `pip install ./python`, installs the test dependencies (numpy, pytest, langchain-core,
-# langchain-tests, llama-index-core) and runs its pytest suite (python/tests). Prints the
-# step's time. Exits non-zero on failure.
+# langchain-tests, llama-index-core; pinned to the versions the suite was written against, so
+# that a new release of a framework cannot turn CI red overnight) and runs its pytest suite
+# (python/tests). Prints the step's time. Exits non-zero on failure.
 #
 #   scripts/python_package_test.sh [--dev] [pytest args...]
 #
@@ -30,7 +31,8 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./python
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    numpy pytest pytest-asyncio langchain-core langchain-tests llama-index-core
+    "numpy==2.4.6" "pytest==9.2.0" "pytest-asyncio==1.5.0" "langchain-core==1.8.3" \
+    "langchain-tests==1.1.9" "llama-index-core==0.14.25"
 built=$(date +%s)
 echo "python package: built and installed in $((built - start)) s"
 
