@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod eval_minilm;
 mod hybrid;
+mod hybrid_quality;
 mod index_persistence;
 mod ingest;
 mod lock;
