@@ -29,20 +29,7 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Flushes a directory's entries (creations, renames, removals in it) to stable storage.
-///
-/// On platforms where a directory cannot be opened for syncing (Windows), this is a no-op.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
-}
+pub use latentdb_types::dump::sync_dir;
 
 /// Creates `dir` and any missing parents, fsyncing the parent of every directory it creates,
 /// so the new directories survive a crash.

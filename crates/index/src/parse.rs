@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 
 use latentdb_types::Metric;
+use latentdb_types::dump::{Reader, le_u32s};
 use parking_lot::Mutex;
 
 use crate::distance::{MAX_SQUARED_NORM, squared_norm};
@@ -32,37 +33,6 @@ pub(crate) struct Loaded {
     pub(crate) nodes: Nodes,
     pub(crate) entry: Option<Entry>,
     pub(crate) deleted: usize,
-}
-
-/// A bounds-checked little-endian reader.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// The next `n` little-endian `u32`s, as raw bytes (`n * 4` of them).
-    fn u32_bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        self.take(n.checked_mul(4)?)
-    }
-}
-
-fn words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Marks which slots a link list names, to find repeats in time linear in the list.
@@ -141,7 +111,7 @@ fn check_list(
 pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8]) -> Result<Loaded> {
     let bad = |what: String| corrupt(dir, format!("graph file: {what}"));
     let bad_vec = |what: String| corrupt(dir, format!("vectors file: {what}"));
-    let mut r = Reader { buf: graph, pos: 0 };
+    let mut r = Reader::new(graph);
     if r.take(8) != Some(MAGIC) {
         return Err(bad("bad magic".into()));
     }
@@ -182,7 +152,7 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
     let upper = r
         .u32_bytes(upper_words)
         .ok_or_else(|| truncated("upper links"))?;
-    if r.pos != graph.len() {
+    if r.pos() != graph.len() {
         return Err(bad("trailing bytes".into()));
     }
 
@@ -206,7 +176,7 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
             )));
         }
     }
-    nodes.ids.extend(words(ids));
+    nodes.ids.extend(le_u32s(ids));
     for (slot, &id) in nodes.ids.iter().enumerate() {
         if nodes.slot_of.insert(id, slot as u32).is_some() {
             return Err(bad(format!("point id {id} appears twice")));
@@ -234,14 +204,14 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
         w.try_reserve_exact(links0.len() / 4).map_err(|_| {
             Error::ResourceExhausted(format!("cannot reserve memory for {n} link lists"))
         })?;
-        w.extend(words(links0));
+        w.extend(le_u32s(links0));
         w
     };
     for (slot, list) in words0.chunks_exact(m0 + 1).enumerate() {
         check_list(list, slot, 0, levels, &mut seen).map_err(bad)?;
     }
     nodes.links0.extend(words0.into_iter().map(AtomicU32::new));
-    let mut upper = words(upper);
+    let mut upper = le_u32s(upper);
     let mut list = Vec::with_capacity(mm + 1);
     for (slot, &level) in levels.iter().enumerate() {
         let mut own = Vec::with_capacity(level as usize * (mm + 1));

@@ -20,8 +20,8 @@
 //! rebuild.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,7 @@ use crate::index::MAX_DIMENSION;
 use crate::params::IndexParams;
 use crate::parse;
 use latentdb_types::Metric;
+use latentdb_types::dump::{self, FileRecord, HashingWriter, ReadError};
 
 /// Version of the dump format; a dump with another version is reported corrupt (rebuild).
 pub const FORMAT_VERSION: u32 = 1;
@@ -68,71 +69,24 @@ pub(crate) struct Manifest {
     graph: FileEntry,
 }
 
-/// A writer that counts bytes and computes the CRC-32 of what passes through.
-struct Hashing<W: Write> {
-    inner: W,
-    hasher: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes `name` in `dir` through a temporary file, fsynced and renamed into place.
 fn write_file(
     dir: &Path,
     name: &str,
-    body: impl FnOnce(&mut Hashing<BufWriter<File>>) -> std::io::Result<()>,
+    body: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> std::io::Result<()>,
 ) -> Result<FileEntry> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut w = Hashing {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: crc32fast::Hasher::new(),
-        bytes: 0,
-    };
-    body(&mut w).map_err(|e| Error::io(&tmp, e))?;
-    let Hashing {
-        inner,
-        hasher,
-        bytes,
-    } = w;
-    let file = inner
-        .into_inner()
-        .map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    let rec = dump::write_file(dir, name, body).map_err(|e| Error::io(e.path, e.source))?;
     Ok(FileEntry {
         name: name.to_string(),
-        bytes,
-        crc32: hasher.finalize(),
+        bytes: rec.bytes,
+        crc32: rec.crc32,
     })
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: makes the renames durable on Unix; not supported everywhere.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+    let Some(bytes) = dump::read_if_exists(&path).map_err(|e| Error::io(&path, e))? else {
+        return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
@@ -217,18 +171,14 @@ impl Index {
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::io(dir.join(MANIFEST), std::io::Error::other(e)))?;
         write_file(dir, MANIFEST, |w| w.write_all(&json))?;
-        sync_dir(dir);
+        // Best effort: makes the renames durable on Unix.
+        let _ = dump::sync_dir(dir);
         // Drop older generations (best effort: leftovers are ignored by load).
-        if let Ok(entries) = fs::read_dir(dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let ours = (name.starts_with("vectors-") || name.starts_with("graph-"))
-                    && (name.ends_with(".bin") || name.ends_with(".tmp"));
-                if ours && !keep.contains(&name) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
+        dump::remove_files_where(dir, |name| {
+            let ours = (name.starts_with("vectors-") || name.starts_with("graph-"))
+                && (name.ends_with(".bin") || name.ends_with(".tmp"));
+            ours && !keep.iter().any(|k| k == name)
+        });
         tracing::debug!(dir = %dir.display(), points = n, seq, "index persisted");
         Ok(())
     }
@@ -290,43 +240,14 @@ fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
             ),
         ));
     }
-    let path: PathBuf = dir.join(&f.name);
-    let meta = fs::metadata(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => corrupt(dir, format!("{} is missing", f.name)),
-        _ => Error::io(&path, e),
-    })?;
-    if meta.len() != f.bytes {
-        return Err(corrupt(
-            dir,
-            format!(
-                "{} has {} bytes, manifest says {}",
-                f.name,
-                meta.len(),
-                f.bytes
-            ),
-        ));
-    }
-    let bytes = read_sized(&path, f.bytes)?;
-    if bytes.len() as u64 != f.bytes || crc32fast::hash(&bytes) != f.crc32 {
-        return Err(corrupt(dir, format!("{} fails its checksum", f.name)));
-    }
-    Ok(bytes)
-}
-
-/// Reads a file of `len` bytes (as its metadata said) into memory reserved fallibly: a file
-/// too large for memory is an [`Error::ResourceExhausted`], not an abort.
-fn read_sized(path: &Path, len: u64) -> Result<Vec<u8>> {
-    let exhausted = || {
-        Error::ResourceExhausted(format!(
-            "cannot reserve {len} bytes to read {}",
-            path.display()
-        ))
+    let path = dir.join(&f.name);
+    let expected = FileRecord {
+        bytes: f.bytes,
+        crc32: f.crc32,
     };
-    let len = usize::try_from(len).map_err(|_| exhausted())?;
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(len).map_err(|_| exhausted())?;
-    File::open(path)
-        .and_then(|f| f.take(len as u64).read_to_end(&mut bytes))
-        .map_err(|e| Error::io(path, e))?;
-    Ok(bytes)
+    dump::read_checked(&path, &f.name, expected).map_err(|e| match e {
+        ReadError::Corrupt(reason) => corrupt(dir, reason),
+        ReadError::Exhausted(message) => Error::ResourceExhausted(message),
+        ReadError::Io(e) => Error::io(&path, e),
+    })
 }

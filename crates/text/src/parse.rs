@@ -15,71 +15,42 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use latentdb_types::dump::Reader;
+
 use crate::analyzer::{Analyzer, MAX_TOKEN_BYTES};
 use crate::error::Result;
 use crate::index::{LexicalIndex, Posting, Term};
 use crate::persist::{DOCS_MAGIC, FORMAT_VERSION, Manifest, TERMS_MAGIC, corrupt};
 use crate::term_key::TermKey;
 
-/// A bounds-checked little-endian reader.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
+/// Magic, version and entry count, the count checked against the manifest's and against the
+/// bytes left (`min_entry` bytes each at least).
+fn header(
+    r: &mut Reader<'_>,
+    magic: &[u8; 8],
+    expected: u64,
+    min_entry: usize,
+) -> Result<usize, String> {
+    if r.take(8) != Some(&magic[..]) {
+        return Err("bad magic".into());
     }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
+    let (Some(version), Some(count)) = (r.u32(), r.u32()) else {
+        return Err("truncated header".into());
+    };
+    if version != FORMAT_VERSION {
+        return Err(format!("format version {version} is not {FORMAT_VERSION}"));
     }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    if u64::from(count) != expected {
+        return Err(format!("{count} entries, the manifest says {expected}"));
     }
-
-    fn left(&self) -> usize {
-        self.buf.len() - self.pos
+    let count = count as usize;
+    if count
+        .checked_mul(min_entry)
+        .is_none_or(|need| need > r.left())
+    {
+        return Err(format!("{count} entries cannot fit in {} bytes", r.left()));
     }
-
-    /// Magic, version and entry count, the count checked against the manifest's and against
-    /// the bytes left (`min_entry` bytes each at least).
-    fn header(
-        &mut self,
-        magic: &[u8; 8],
-        expected: u64,
-        min_entry: usize,
-    ) -> Result<usize, String> {
-        if self.take(8) != Some(&magic[..]) {
-            return Err("bad magic".into());
-        }
-        let (Some(version), Some(count)) = (self.u32(), self.u32()) else {
-            return Err("truncated header".into());
-        };
-        if version != FORMAT_VERSION {
-            return Err(format!("format version {version} is not {FORMAT_VERSION}"));
-        }
-        if u64::from(count) != expected {
-            return Err(format!("{count} entries, the manifest says {expected}"));
-        }
-        let count = count as usize;
-        if count
-            .checked_mul(min_entry)
-            .is_none_or(|need| need > self.left())
-        {
-            return Err(format!(
-                "{count} entries cannot fit in {} bytes",
-                self.left()
-            ));
-        }
-        Ok(count)
-    }
+    Ok(count)
 }
 
 /// A document as the docs file lists it: point, length, (term id, tf) list.
@@ -97,11 +68,8 @@ pub(crate) fn parse_dump(
     let bad_terms = |what: String| corrupt(dir, format!("terms file: {what}"));
     let bad_docs = |what: String| corrupt(dir, format!("docs file: {what}"));
 
-    let mut r = Reader {
-        buf: terms_file,
-        pos: 0,
-    };
-    let n_terms = r.header(TERMS_MAGIC, m.terms, 2).map_err(bad_terms)?;
+    let mut r = Reader::new(terms_file);
+    let n_terms = header(&mut r, TERMS_MAGIC, m.terms, 2).map_err(bad_terms)?;
     let mut dict: HashMap<TermKey, u32> = HashMap::with_capacity(n_terms);
     let mut prev: Option<&str> = None;
     for id in 0..n_terms {
@@ -122,11 +90,8 @@ pub(crate) fn parse_dump(
         return Err(bad_terms("trailing bytes".into()));
     }
 
-    let mut r = Reader {
-        buf: docs_file,
-        pos: 0,
-    };
-    let n_docs = r.header(DOCS_MAGIC, m.docs, 12).map_err(bad_docs)?;
+    let mut r = Reader::new(docs_file);
+    let n_docs = header(&mut r, DOCS_MAGIC, m.docs, 12).map_err(bad_docs)?;
     let mut df = vec![0u32; n_terms];
     let mut parsed: Vec<ParsedDoc> = Vec::with_capacity(n_docs);
     let mut tokens: u64 = 0;

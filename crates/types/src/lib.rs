@@ -1,5 +1,6 @@
 //! The small vocabulary every latentdb crate shares, so that it is defined once: the
-//! [`ErrorKind`] each crate's error reports, and the similarity [`Metric`].
+//! [`ErrorKind`] each crate's error reports, the similarity [`Metric`], and the checksummed
+//! files ([`dump`]) the vector and lexical indexes persist themselves in.
 //!
 //! Storage, index and embedder stay leaves that never depend on each other; they all depend on
 //! this crate, which depends on nothing of latentdb's.
@@ -12,6 +13,7 @@
 //! assert!(!ErrorKind::Internal.is_caller_fault());
 //! ```
 
+pub mod dump;
 mod echo;
 mod error_kind;
 mod metric;

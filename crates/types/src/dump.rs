@@ -1,0 +1,417 @@
+//! Checksummed dump files, shared by the crates that persist a derived index (vector, lexical):
+//! an atomic write that records each file's length and CRC-32, a read that checks both, and a
+//! bounds-checked little-endian [`Reader`] for parsing what was read.
+//!
+//! Everything here reports plain I/O errors (with the path they concern) or [`ReadError`];
+//! each crate maps them to its own error type.
+//!
+//! ```
+//! use std::io::Write;
+//! use latentdb_types::dump::{Reader, read_checked, write_file};
+//! let dir = tempfile::tempdir().unwrap();
+//! let rec = write_file(dir.path(), "a.bin", |w| w.write_all(&7u32.to_le_bytes())).unwrap();
+//! assert_eq!(rec.bytes, 4);
+//! let bytes = read_checked(&dir.path().join("a.bin"), "a.bin", rec).unwrap();
+//! let mut r = Reader::new(&bytes);
+//! assert_eq!(r.u32(), Some(7));
+//! assert_eq!(r.u32(), None);
+//! ```
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The length and CRC-32 (IEEE) of a file as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// The CRC-32 of its whole content.
+    pub crc32: u32,
+}
+
+/// A writer that counts bytes and computes the CRC-32 of what passes through to `W`.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`, with nothing counted yet.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The inner writer and the length and CRC-32 of everything written through.
+    pub fn into_parts(self) -> (W, FileRecord) {
+        let record = FileRecord {
+            bytes: self.bytes,
+            crc32: self.hasher.finalize(),
+        };
+        (self.inner, record)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An I/O error and the path it concerns.
+#[derive(Debug)]
+pub struct IoAt {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The underlying error.
+    pub source: std::io::Error,
+}
+
+impl IoAt {
+    fn new(path: &Path, source: std::io::Error) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for IoAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "i/o error on {}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for IoAt {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Writes `name` in `dir` through a temporary file (`name.tmp`), buffered, fsynced and renamed
+/// into place, returning its length and CRC-32. `body` writes the content. An error names the
+/// temporary file, or `dir/name` when the rename failed. The directory is not synced: call
+/// [`sync_dir`] after the last rename.
+pub fn write_file(
+    dir: &Path,
+    name: &str,
+    body: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> std::io::Result<()>,
+) -> Result<FileRecord, IoAt> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let file = File::create(&tmp).map_err(|e| IoAt::new(&tmp, e))?;
+    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    body(&mut w).map_err(|e| IoAt::new(&tmp, e))?;
+    let (inner, record) = w.into_parts();
+    let file = inner
+        .into_inner()
+        .map_err(|e| IoAt::new(&tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| IoAt::new(&tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| IoAt::new(&path, e))?;
+    Ok(record)
+}
+
+/// Flushes a directory's entries (creations, renames, removals in it) to stable storage.
+///
+/// On platforms where a directory cannot be opened for syncing (Windows), this is a no-op.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The content of `path`, or `None` when it does not exist.
+pub fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes every file in `dir` whose name `doomed` accepts (best effort: errors are ignored).
+pub fn remove_files_where(dir: &Path, doomed: impl Fn(&str) -> bool) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if doomed(&e.file_name().to_string_lossy()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Why [`read_checked`] failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The file is missing, or its length or checksum is not the one recorded: the reason,
+    /// naming the file (e.g. "graph-3.bin fails its checksum").
+    Corrupt(String),
+    /// Memory for the file could not be reserved: the message.
+    Exhausted(String),
+    /// Reading the file failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Corrupt(m) | ReadError::Exhausted(m) => f.write_str(m),
+            ReadError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Reads `path` (called `name` in messages) and checks that its length and CRC-32 are
+/// `expected`'s. Memory is reserved fallibly, and only after the file's length matched: a file
+/// too large for memory is [`ReadError::Exhausted`], not an abort.
+pub fn read_checked(path: &Path, name: &str, expected: FileRecord) -> Result<Vec<u8>, ReadError> {
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ReadError::Corrupt(format!("{name} is missing")),
+        _ => ReadError::Io(e),
+    })?;
+    if meta.len() != expected.bytes {
+        return Err(ReadError::Corrupt(format!(
+            "{name} has {} bytes, manifest says {}",
+            meta.len(),
+            expected.bytes
+        )));
+    }
+    let bytes = read_sized(path, expected.bytes)?;
+    if bytes.len() as u64 != expected.bytes || crc32fast::hash(&bytes) != expected.crc32 {
+        return Err(ReadError::Corrupt(format!("{name} fails its checksum")));
+    }
+    Ok(bytes)
+}
+
+/// Reads a file of `len` bytes (as its metadata said) into memory reserved fallibly.
+fn read_sized(path: &Path, len: u64) -> Result<Vec<u8>, ReadError> {
+    let exhausted = || {
+        ReadError::Exhausted(format!(
+            "cannot reserve {len} bytes to read {}",
+            path.display()
+        ))
+    };
+    let len = usize::try_from(len).map_err(|_| exhausted())?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| exhausted())?;
+    File::open(path)
+        .and_then(|f| f.take(len as u64).read_to_end(&mut bytes))
+        .map_err(ReadError::Io)?;
+    Ok(bytes)
+}
+
+/// A bounds-checked little-endian reader over a byte slice: every read past the end is `None`,
+/// never a panic.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// The next `n` bytes, or `None` (and nothing consumed) if fewer are left.
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    /// The next byte.
+    pub fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    /// The next little-endian `u32`.
+    pub fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The next `n` little-endian `u32`s, as raw bytes (`n * 4` of them).
+    pub fn u32_bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        self.take(n.checked_mul(4)?)
+    }
+
+    /// How many bytes have been read.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// How many bytes are left.
+    pub fn left(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+/// The little-endian `u32`s in `bytes` (a trailing partial word is ignored).
+pub fn le_u32s(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn write_then_read_round_trips_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body: Vec<u8> = (0..3000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let rec = write_file(dir.path(), "f.bin", |w| w.write_all(&body)).expect("write");
+        assert_eq!(
+            rec,
+            FileRecord {
+                bytes: body.len() as u64,
+                crc32: crc32fast::hash(&body)
+            }
+        );
+        sync_dir(dir.path()).expect("sync");
+        let path = dir.path().join("f.bin");
+        assert_eq!(read_checked(&path, "f.bin", rec).expect("read"), body);
+        assert!(!dir.path().join("f.bin.tmp").exists());
+        assert_eq!(read_if_exists(&path).expect("read"), Some(body));
+        assert_eq!(
+            read_if_exists(&dir.path().join("none")).expect("read"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_failed_body_names_the_temporary_and_keeps_the_old_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_file(dir.path(), "f", |w| w.write_all(b"old")).expect("write");
+        let err = write_file(dir.path(), "f", |w| {
+            w.write_all(b"half")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .expect_err("the body failed");
+        assert_eq!(err.path, dir.path().join("f.tmp"));
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(fs::read(dir.path().join("f")).expect("read"), b"old");
+        let missing = write_file(&dir.path().join("no"), "f", |_| Ok(())).expect_err("no dir");
+        assert_eq!(missing.path, dir.path().join("no/f.tmp"));
+    }
+
+    #[test]
+    fn read_checked_reports_missing_short_and_damaged_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = write_file(dir.path(), "f", |w| w.write_all(b"abcdef")).expect("write");
+        let path = dir.path().join("f");
+        let reason = |r: Result<Vec<u8>, ReadError>| match r {
+            Err(ReadError::Corrupt(m)) => m,
+            other => panic!("expected corrupt, got {other:?}"),
+        };
+        let gone = dir.path().join("g");
+        assert_eq!(reason(read_checked(&gone, "g", rec)), "g is missing");
+        fs::write(&path, b"abc").expect("truncate");
+        assert_eq!(
+            reason(read_checked(&path, "f", rec)),
+            "f has 3 bytes, manifest says 6"
+        );
+        fs::write(&path, b"abcdeF").expect("flip");
+        assert_eq!(
+            reason(read_checked(&path, "f", rec)),
+            "f fails its checksum"
+        );
+        fs::write(&path, b"abcdef").expect("restore");
+        assert_eq!(read_checked(&path, "f", rec).expect("read"), b"abcdef");
+    }
+
+    #[test]
+    fn remove_files_where_removes_only_the_doomed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for n in ["a-1.bin", "a-2.bin", "b.bin"] {
+            fs::write(dir.path().join(n), b"x").expect("write");
+        }
+        remove_files_where(dir.path(), |n| n.starts_with("a-") && n != "a-2.bin");
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a-2.bin", "b.bin"]);
+    }
+
+    #[test]
+    fn a_truncated_read_is_none_and_consumes_nothing() {
+        let bytes = [1, 0, 0, 0, 9, 2, 0];
+        let mut r = Reader::new(&bytes);
+        assert_eq!(r.u32(), Some(1));
+        assert_eq!(r.u8(), Some(9));
+        assert_eq!(r.pos(), 5);
+        assert_eq!(r.u32(), None);
+        assert_eq!(r.u32_bytes(1), None);
+        assert_eq!(r.u32_bytes(usize::MAX), None);
+        assert_eq!(r.take(usize::MAX), None);
+        assert_eq!(r.left(), 2);
+        assert_eq!(r.take(2), Some(&[2, 0][..]));
+        assert_eq!(r.u8(), None);
+        assert_eq!(r.left(), 0);
+        assert_eq!(
+            le_u32s(&[1, 0, 0, 0, 2, 0, 0, 0, 3]).collect::<Vec<_>>(),
+            [1, 2]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_reader_over_any_bytes_never_panics_and_stays_in_bounds(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            ops in proptest::collection::vec((0u8..4, any::<usize>()), 0..32),
+        ) {
+            let mut r = Reader::new(&bytes);
+            for (op, n) in ops {
+                let before = r.pos();
+                let n = if n % 2 == 0 { n % 40 } else { n };
+                let got = match op {
+                    0 => r.take(n).map(<[u8]>::len),
+                    1 => r.u8().map(|_| 1),
+                    2 => r.u32().map(|_| 4),
+                    _ => r.u32_bytes(n).map(<[u8]>::len),
+                };
+                match got {
+                    Some(len) => prop_assert_eq!(r.pos(), before + len),
+                    None => prop_assert_eq!(r.pos(), before),
+                }
+                prop_assert!(r.pos() <= bytes.len());
+                prop_assert_eq!(r.left(), bytes.len() - r.pos());
+            }
+        }
+    }
+}
