@@ -28,8 +28,13 @@ fn spamassassin_subjects_matches_the_reference() {
     )
     .unwrap();
     let ds = BeirDataset::open(&root).unwrap();
+    // Dense: the embedder against the reference (text queries default to hybrid).
+    let dense = EvalOptions {
+        mode: Some(latentdb::SearchMode::Dense),
+        ..EvalOptions::default()
+    };
     let ann = Evaluator::new(&db)
-        .evaluate_beir("spam", &ds, &EvalOptions::default(), &|_| {})
+        .evaluate_beir("spam", &ds, &dense, &|_| {})
         .unwrap();
     assert_eq!(ann.ingested, 1903);
     let exact = Evaluator::new(&db)
@@ -38,7 +43,7 @@ fn spamassassin_subjects_matches_the_reference() {
             &ds,
             &EvalOptions {
                 exact: true,
-                ..EvalOptions::default()
+                ..dense.clone()
             },
             &|_| {},
         )
