@@ -86,9 +86,34 @@ pub struct FusionParams {
     /// The method.
     pub method: FusionMethod,
     /// RRF's rank constant (RRF only), > 0.
+    #[serde(serialize_with = "short::f32")]
     pub rrf_k: f32,
     /// The weights of the dense and the lexical leg, each finite and >= 0, not both 0.
+    #[serde(serialize_with = "short::pair")]
     pub weights: [f32; 2],
+}
+
+/// `f32`s serialised as the `f64` of their shortest decimal form, so that JSON shows 0.4, not
+/// 0.4000000059604645 (they read back as the same `f32`).
+pub(crate) mod short {
+    use serde::Serializer;
+
+    /// The `f64` whose decimal form is `x`'s shortest.
+    pub fn decimal(x: f32) -> f64 {
+        x.to_string().parse().unwrap_or(f64::from(x))
+    }
+
+    pub fn f32<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(decimal(*x))
+    }
+
+    pub fn pair<S: Serializer>(x: &[f32; 2], s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&decimal(x[0]))?;
+        t.serialize_element(&decimal(x[1]))?;
+        t.end()
+    }
 }
 
 impl FusionParams {
@@ -358,6 +383,10 @@ mod tests {
             );
         }
         assert!("RRF".parse::<FusionMethod>().is_ok());
+        let p = params(FusionMethod::MinMax, 2.0, [0.6, 0.4]);
+        let json = serde_json::to_value(p).unwrap();
+        assert_eq!(json["weights"], serde_json::json!([0.6, 0.4]));
+        assert_eq!(serde_json::from_value::<FusionParams>(json).unwrap(), p);
         assert!("borda".parse::<FusionMethod>().is_err());
     }
 }

@@ -41,7 +41,7 @@ fn text(n: u64) -> String {
 fn doc(n: u64) -> Document {
     Document::new(format!("d{n:05}"), crate::common::vector(n, DIM))
         .with_text(text(n))
-        .with_metadata(json!({"n": n, "even": n % 2 == 0}))
+        .with_metadata(json!({"n": n, "even": n.is_multiple_of(2)}))
 }
 
 fn queries() -> Vec<String> {
@@ -227,26 +227,30 @@ fn filters_apply_to_both_legs_and_explain_shows_the_ranks() {
             }
         }
         if mode == SearchMode::Hybrid {
-            // RRF (k = 2, weights 1,1 by default) recomputed from the explained ranks.
+            // Min-max blended 50/50 by default: fused scores in [0, 1], best first.
             let settings = db.lexical_settings("c").unwrap();
-            assert_eq!(settings.fusion.method, FusionMethod::Rrf);
+            assert_eq!(settings.fusion.method, FusionMethod::MinMax);
+            assert_eq!(settings.fusion.weights, [0.5, 0.5]);
             for h in &hits {
+                assert!((0.0..=1.0 + 1e-6).contains(&h.score), "{h:?}");
+            }
+            let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
+            let mut sorted = scores.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(scores, sorted);
+            // RRF on request, recomputed from the explained ranks.
+            let rrf = SearchRequest {
+                fusion: Some(FusionMethod::Rrf),
+                rrf_k: Some(2.0),
+                weights: Some([1.0, 0.5]),
+                ..req.clone()
+            };
+            for h in &db.search("c", &rrf).unwrap() {
                 let e = h.explain.unwrap();
-                let part = |r: Option<usize>, w: f32| {
-                    r.map_or(0.0, |r| w / (settings.fusion.rrf_k + r as f32))
-                };
-                let want = part(e.dense_rank, settings.fusion.weights[0])
-                    + part(e.lexical_rank, settings.fusion.weights[1]);
+                let part = |r: Option<usize>, w: f32| r.map_or(0.0, |r| w / (2.0 + r as f32));
+                let want = part(e.dense_rank, 1.0) + part(e.lexical_rank, 0.5);
                 assert!((want - h.score).abs() < 1e-6, "{h:?}");
             }
-            let mut scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
-            let sorted = {
-                let mut s = scores.clone();
-                s.sort_by(|a, b| b.total_cmp(a));
-                s
-            };
-            assert_eq!(scores, sorted);
-            scores.dedup();
         }
     }
     // Without explain, no explain.

@@ -102,14 +102,14 @@ impl From<FusionArg> for FusionMethod {
 /// lexical settings.
 #[derive(Debug, Clone, Args)]
 pub struct FusionArgs {
-    /// Hybrid: how the dense and lexical results are fused [default: the collection's, rrf].
+    /// Hybrid: how the dense and lexical results are fused [default: the collection's, minmax].
     #[arg(long, value_enum)]
     pub fusion: Option<FusionArg>,
     /// Hybrid with rrf: the rank constant K, > 0 [default: the collection's].
     #[arg(long, value_name = "K", allow_negative_numbers = true)]
     pub rrf_k: Option<f32>,
     /// Hybrid: the weights of the dense and lexical results, e.g. 1,0.5 [default: the
-    /// collection's, 1,1].
+    /// collection's, 0.5,0.5].
     #[arg(long, value_name = "D,L", value_parser = parse_weights, allow_hyphen_values = true)]
     pub weights: Option<[f32; 2]>,
     /// Hybrid: candidates taken from each leg before fusion, 1 to 10000 (less than -k counts

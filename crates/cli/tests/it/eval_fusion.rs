@@ -195,7 +195,10 @@ fn eval_modes_and_tune_fusion_only() {
         "cannot be used with",
     );
     fails_with(
-        &run(&d, &["tune", "e", "--beir", ds, "--fusion-only", "--lr", "0.1"]),
+        &run(
+            &d,
+            &["tune", "e", "--beir", ds, "--fusion-only", "--lr", "0.1"],
+        ),
         "cannot be used with",
     );
 }
