@@ -210,7 +210,7 @@ async fn hybrid_search_fuses_caller_vector_and_text() {
                     ..Default::default()
                 },
                 pb::SearchRequest {
-                    text: Some("dogs".into()),
+                    text: Some("lazy".into()),
                     k: 1,
                     mode: pb::SearchMode::Lexical as i32,
                     explain: true,
