@@ -29,6 +29,10 @@ pub enum Error {
     /// A limit was reached (too many loaded models, ...).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller stopped a long call part-way (a cancel hook such as
+    /// [`Evaluator::cancel_when`](crate::eval::Evaluator::cancel_when) said so).
+    #[error("{0}")]
+    Cancelled(String),
     /// The system failed: a panicked worker thread, a broken invariant. Never the caller's
     /// fault.
     #[error("internal error: {0}")]
@@ -96,6 +100,7 @@ impl Error {
                 ErrorKind::FailedPrecondition
             }
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Error::Cancelled(_) => ErrorKind::Cancelled,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Quarantined { .. } => ErrorKind::FailedPrecondition,
             Error::DataLoss { .. } => ErrorKind::DataLoss,

@@ -111,15 +111,44 @@ pub struct EvalReport {
 /// println!("nDCG@10 {:.4}", report.metrics.ndcg_at_10);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Evaluator<'a> {
     db: &'a Database,
+    cancel: Option<&'a (dyn Fn() -> bool + Sync)>,
+}
+
+impl std::fmt::Debug for Evaluator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("cancellable", &self.cancel.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Evaluator<'a> {
     /// The evaluation service of `db`.
     pub fn new(db: &'a Database) -> Evaluator<'a> {
-        Evaluator { db }
+        Evaluator { db, cancel: None }
+    }
+
+    /// The same service, asking `cancel` between batches (of corpus documents loaded, of
+    /// queries searched) whether to stop: when it says so, the call fails with
+    /// [`Error::Cancelled`] (the documents loaded so far stay stored).
+    pub fn cancel_when(self, cancel: &'a (dyn Fn() -> bool + Sync)) -> Evaluator<'a> {
+        Evaluator {
+            cancel: Some(cancel),
+            ..self
+        }
+    }
+
+    /// [`Error::Cancelled`] when the cancel hook says so.
+    fn check_cancel(&self) -> Result<()> {
+        match self.cancel {
+            Some(cancel) if cancel() => {
+                Err(Error::Cancelled("the evaluation was cancelled".into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Loads a BEIR corpus into `collection` (document id = corpus id, text = BEIR's
@@ -151,6 +180,7 @@ impl<'a> Evaluator<'a> {
                 n += batch.len() as u64;
                 db.upsert_with(collection, std::mem::take(&mut batch), Durability::Buffered)?;
                 progress(n);
+                self.check_cancel()?;
             }
         }
         if !batch.is_empty() {
@@ -217,6 +247,7 @@ impl<'a> Evaluator<'a> {
                     hits.into_iter().map(|h| (h.id, h.score)).collect(),
                 );
             }
+            self.check_cancel()?;
         }
         let search_seconds = t.elapsed().as_secs_f64();
         let m = metrics::evaluate(&qrels, &run);

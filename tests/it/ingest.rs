@@ -518,3 +518,60 @@ fn ingest_chunks_skips_replaces_resumes_and_deletes_parents() {
         "{e}"
     );
 }
+
+/// The evaluator asks its cancel hook between batches: a hook that says stop fails the call
+/// with a Cancelled error after the first batch of the corpus (which stays stored); without
+/// the hook, the same evaluation runs to the end.
+#[test]
+fn an_evaluation_stops_when_its_cancel_hook_says_so() {
+    use latentdb::eval::{BeirDataset, EvalOptions, Evaluator};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("beir");
+    std::fs::create_dir_all(data.join("qrels")).unwrap();
+    let corpus: String = (0..600)
+        .map(|i| {
+            format!("{{\"_id\": \"d{i}\", \"title\": \"\", \"text\": \"document number {i}\"}}\n")
+        })
+        .collect();
+    std::fs::write(data.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(
+        data.join("queries.jsonl"),
+        "{\"_id\": \"q1\", \"text\": \"number 7\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td7\t1\n",
+    )
+    .unwrap();
+    let ds = BeirDataset::open(&data).unwrap();
+    let db = Database::open(dir.path().join("db")).unwrap();
+    text_collection(&db, "e");
+
+    let asked = AtomicUsize::new(0);
+    let stop = || {
+        asked.fetch_add(1, Ordering::Relaxed);
+        true
+    };
+    let e = Evaluator::new(&db)
+        .cancel_when(&stop)
+        .evaluate_beir("e", &ds, &EvalOptions::default(), &|_| {})
+        .unwrap_err();
+    assert_eq!(e.kind(), latentdb::ErrorKind::Cancelled, "{e}");
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        1,
+        "asked once, after the first batch"
+    );
+    assert_eq!(db.count("e").unwrap(), 256, "the first batch stays stored");
+
+    let never = || false;
+    db.delete_all("e").unwrap();
+    let report = Evaluator::new(&db)
+        .cancel_when(&never)
+        .evaluate_beir("e", &ds, &EvalOptions::default(), &|_| {})
+        .unwrap();
+    assert_eq!((report.ingested, report.metrics.queries), (600, 1));
+}
