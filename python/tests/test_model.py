@@ -152,3 +152,30 @@ def test_ctrl_c_stops_an_ingest_between_file_groups(model_db, tmp_path):
     assert 0 < written <= 256
     stats = col.ingest(src, progress=False)
     assert stats["skipped"] == written and col.count() == 300
+
+
+def test_ctrl_c_stops_an_eval_between_batches(model_db, tmp_path):
+    import _thread
+
+    ds, _ = mini_beir(tmp_path, n_docs=600)
+    col = model_db.create_collection("intr_eval", model="default")
+    seen = []
+
+    def progress(n):
+        seen.append(n)
+        if len(seen) == 1:
+            _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        col.eval_beir(ds, "test", progress=progress)
+    # Stopped after the first batch of the corpus (256 documents), which stays stored.
+    assert seen == [256] and col.count() == 256
+    # A progress callback that raises stops it too, with its own exception.
+    col2 = model_db.create_collection("raising_eval", model="default")
+
+    def boom(n):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        col2.eval_beir(ds, "test", progress=boom)
+    assert col2.count() == 256
