@@ -490,6 +490,8 @@ impl Collection {
     /// logged, never returned: the write itself succeeded.
     pub fn maintain(&self, storage: &Storage, w: &mut WriterState, changes: u64) {
         w.changes += changes;
+        metrics::gauge!("latentdb_collection_changelog_length", "collection" => self.name.clone())
+            .set(w.changes as f64);
         if self.lexical.repair(storage, &self.name) {
             w.dirty = true;
         }
@@ -609,13 +611,18 @@ impl Collection {
         let index = self.index()?;
         storage.flush()?;
         let seq = storage.last_seq(&self.name)?;
+        let start = std::time::Instant::now();
         index.persist(&self.dir, seq)?;
         // The change log is trimmed only once both dumps reflect `seq`.
         self.lexical.persist(seq)?;
+        metrics::histogram!("latentdb_index_dump_duration_seconds", "collection" => self.name.clone())
+            .record(start.elapsed().as_secs_f64());
         storage.trim_changes(&self.name, seq)?;
         w.persisted_seq = seq;
         w.changes = 0;
         w.dirty = false;
+        metrics::gauge!("latentdb_collection_changelog_length", "collection" => self.name.clone())
+            .set(0.0);
         Ok(())
     }
 

@@ -376,11 +376,27 @@ pub(crate) fn embed_passages(embedder: &Embedder, docs: &mut [Document]) -> Resu
         batch_size: EMBED_BATCH,
         ..EmbedOptions::default()
     };
-    let vectors = embedder.embed(&texts, &opts)?;
+    let vectors = embed_recorded(embedder, &texts, &opts)?;
     for (&i, v) in todo.iter().zip(vectors) {
         docs[i].vector = Some(v);
     }
     Ok(true)
+}
+
+/// `embedder.embed`, recording the batch's duration and text count per model
+/// (`latentdb_embed_batch_duration_seconds`, `latentdb_embed_texts_total`).
+fn embed_recorded(
+    embedder: &Embedder,
+    texts: &[&str],
+    opts: &EmbedOptions,
+) -> Result<Vec<Vec<f32>>> {
+    let start = std::time::Instant::now();
+    let vectors = embedder.embed(texts, opts)?;
+    let model = embedder.identity().name.clone();
+    metrics::histogram!("latentdb_embed_batch_duration_seconds", "model" => model.clone())
+        .record(start.elapsed().as_secs_f64());
+    metrics::counter!("latentdb_embed_texts_total", "model" => model).increment(texts.len() as u64);
+    Ok(vectors)
 }
 
 /// The documents that have text and no vector.
@@ -439,7 +455,7 @@ pub(crate) fn embed_query_texts<'r>(
             batch_size: EMBED_BATCH,
             ..EmbedOptions::default()
         };
-        let vectors = embedder.embed(&texts, &opts)?;
+        let vectors = embed_recorded(embedder, &texts, &opts)?;
         for (&i, v) in members.iter().zip(vectors) {
             let mut r = reqs[i].clone();
             // The text stays: the lexical leg of a hybrid search needs it.
