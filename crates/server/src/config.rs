@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// How long shutdown waits for calls in flight and open connections before it closes
     /// them (default 10 s).
     pub drain_timeout: Duration,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (none: no metrics endpoint). Starting
+    /// the server installs latentdb's `metrics` recorder for the whole process
+    /// ([`crate::install_metrics_recorder`]).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The default [`ServerConfig::drain_timeout`].
@@ -102,6 +106,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("tls", &self.tls.is_some())
             .field("allow_model_paths", &self.allow_model_paths)
             .field("drain_timeout", &self.drain_timeout)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -116,6 +121,7 @@ impl Default for ServerConfig {
             tls: None,
             allow_model_paths: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            metrics_addr: None,
         }
     }
 }
@@ -156,6 +162,13 @@ impl ServerConfig {
     /// Sets how long shutdown waits for calls in flight and open connections.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// Serves Prometheus metrics on `http://addr/metrics` (see
+    /// [`ServerConfig::metrics_addr`]).
+    pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
         self
     }
 

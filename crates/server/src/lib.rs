@@ -23,6 +23,7 @@ mod codec;
 mod config;
 mod convert;
 mod error;
+pub mod metrics;
 mod search;
 mod server;
 mod service;
@@ -30,6 +31,7 @@ mod service;
 pub use auth::ApiKeyAuth;
 pub use config::{DEFAULT_DRAIN_TIMEOUT, Limits, ServerConfig, TlsIdentity};
 pub use error::{MAX_STATUS_MESSAGE_BYTES, ServeError, ServiceError, code};
+pub use metrics::{install_metrics_recorder, resident_memory_bytes};
 pub use server::{PreparedServer, prepare, serve, serve_with_listener, shutdown_signal};
 pub use service::LatentDbService;
 

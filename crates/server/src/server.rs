@@ -15,6 +15,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::auth::ApiKeyAuth;
 use crate::config::ServerConfig;
 use crate::error::ServeError;
+use crate::metrics::MetricsEndpoint;
 use crate::pb::latent_db_server::LatentDbServer;
 use crate::service::LatentDbService;
 
@@ -62,6 +63,7 @@ pub struct PreparedServer {
     drain_timeout: Duration,
     auth: bool,
     tls: bool,
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl std::fmt::Debug for PreparedServer {
@@ -71,6 +73,7 @@ impl std::fmt::Debug for PreparedServer {
             .field("auth", &self.auth)
             .field("tls", &self.tls)
             .field("drain_timeout", &self.drain_timeout)
+            .field("metrics_addr", &self.metrics_addr())
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +81,9 @@ impl std::fmt::Debug for PreparedServer {
 /// Checks `config` and builds the server on `listener`, serving nothing yet.
 ///
 /// Fails with [`ServeError::Config`] for an empty API key (it would silently turn
-/// authentication off) and [`ServeError::Tls`] for an unusable certificate or key. Logs a
+/// authentication off) or a metrics endpoint when another `metrics` recorder is installed,
+/// [`ServeError::Bind`] when the metrics address cannot be bound, and [`ServeError::Tls`]
+/// for an unusable certificate or key. Logs a
 /// warning when the address is not loopback and the server has no TLS or no API key.
 pub async fn prepare(
     db: Arc<Database>,
@@ -100,6 +105,10 @@ pub async fn prepare(
     if let Some(warning) = exposure_warning(addr, config.tls.is_some(), config.api_key.is_some()) {
         tracing::warn!(%addr, "{warning}");
     }
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(MetricsEndpoint::bind(addr, Arc::clone(&db)).await?),
+        None => None,
+    };
     let limits = config.limits.clone();
     let auth = ApiKeyAuth::new(config.api_key.as_deref());
 
@@ -149,6 +158,7 @@ pub async fn prepare(
         drain_timeout: config.drain_timeout,
         auth: config.api_key.is_some(),
         tls: config.tls.is_some(),
+        metrics,
     })
 }
 
@@ -177,6 +187,11 @@ impl PreparedServer {
         self.addr
     }
 
+    /// The address its Prometheus endpoint (`/metrics`) listens on, when it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(MetricsEndpoint::local_addr)
+    }
+
     /// Serves until `shutdown` completes. Then it stops accepting connections, refuses new
     /// upsert-stream batches (`UNAVAILABLE`), waits for the calls in flight (at most the drain
     /// timeout, then closes what is still open), and flushes the database.
@@ -191,8 +206,18 @@ impl PreparedServer {
             drain_timeout,
             auth,
             tls,
+            metrics,
         } = self;
         tracing::info!(%addr, auth, tls, "latentdb gRPC server listening");
+        // The metrics endpoint answers until the database is flushed, drain included.
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        if let Some(endpoint) = metrics {
+            if let Some(maddr) = endpoint.local_addr() {
+                tracing::info!(addr = %maddr, "Prometheus metrics on http://{maddr}/metrics");
+            }
+            tokio::spawn(endpoint.run(metrics_stopped));
+        }
+        let _stop_metrics = StopOnDrop(stop_metrics);
 
         let (began, began_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -225,13 +250,22 @@ impl PreparedServer {
             }
         }
 
-        let flushed = tokio::task::spawn_blocking(move || db.flush()).await;
+        let flushed = tokio::task::spawn_blocking(move || crate::metrics::timed_flush(&db)).await;
         match flushed {
             Ok(r) => r.map_err(ServeError::Flush)?,
             Err(e) => return Err(ServeError::Setup(format!("flush task failed: {e}"))),
         }
         tracing::info!("flushed; server stopped");
         Ok(())
+    }
+}
+
+/// Stops the metrics endpoint when dropped (whichever way `serve` returns).
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Every handler validates what it can against the [`Limits`], then runs the database call on
 //! the blocking pool (`spawn_blocking`): storage, index and embedder work never runs on the
-//! async threads. Each call logs one line at debug with its outcome and duration.
+//! async threads. Each call runs inside a `rpc` tracing span (the RPC's name and its
+//! collection), which the blocking work enters too, logs one line at debug with its outcome
+//! and duration, and is counted in the Prometheus metrics ([`crate::metrics`]).
 //!
 //! Every call runs within its deadline (`grpc-timeout`), and its blocking work is not started
 //! once the deadline has passed or the client has gone ([`Call`]). After shutdown begins, new
@@ -18,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::call::{Call, CallToken};
 use crate::config::Limits;
@@ -102,7 +105,10 @@ where
     call.check()?;
     let db = Arc::clone(db);
     let token = call.clone();
+    // The blocking pool does not inherit the request's span: enter it there.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         // It may have waited in the pool's queue.
         token.check()?;
         f(&db)
@@ -117,27 +123,55 @@ where
     })?
 }
 
-/// Awaits a handler body within the call's deadline, logs one line, and turns its error into
-/// a status.
+/// The span of one call: its RPC and, when it names one, its collection.
+pub(crate) fn rpc_span(rpc: &'static str, collection: &str) -> tracing::Span {
+    let span = tracing::info_span!("rpc", rpc, collection = tracing::field::Empty);
+    if !collection.is_empty() {
+        span.record("collection", collection);
+    }
+    span
+}
+
+/// Awaits a handler body within the call's deadline inside the call's span ([`rpc_span`]),
+/// logs one line, records its metrics, and turns its error into a status.
 pub(crate) async fn observe<T>(
     rpc: &'static str,
+    collection: &str,
     call: &Call,
     body: impl Future<Output = Result<T, ServiceError>>,
 ) -> Result<Response<T>, Status> {
+    let span = rpc_span(rpc, collection);
     let start = Instant::now();
-    let out = call.within(body).await;
-    let micros = start.elapsed().as_micros() as u64;
+    let out = call.within(body).instrument(span.clone()).await;
+    let _span = span.enter();
     match out {
         Ok(v) => {
-            tracing::debug!(rpc, code = "OK", micros, "request");
+            finished(rpc, start, Ok(()));
             Ok(Response::new(v))
         }
         Err(e) => {
             let status = e.into_status();
-            tracing::debug!(rpc, code = ?status.code(), micros, message = status.message(), "request");
+            finished(rpc, start, Err(&status));
             Err(status)
         }
     }
+}
+
+/// Logs one finished call at debug and records its metrics: the one place both happen.
+pub(crate) fn finished(rpc: &'static str, start: Instant, out: Result<(), &Status>) {
+    let elapsed = start.elapsed();
+    let micros = elapsed.as_micros() as u64;
+    let code = match out {
+        Ok(()) => {
+            tracing::debug!(rpc, code = "OK", micros, "request");
+            tonic::Code::Ok
+        }
+        Err(status) => {
+            tracing::debug!(rpc, code = ?status.code(), micros, message = status.message(), "request");
+            status.code()
+        }
+    };
+    crate::metrics::record_call(rpc, code, elapsed);
 }
 
 /// Rejects a batch larger than the limit.
@@ -273,6 +307,7 @@ impl LatentDbService {
                         ));
                     }
                     (None, name) => {
+                        tracing::Span::current().record("collection", name.as_str());
                         let n = name.clone();
                         let uid =
                             blocking(&token, &self.db, move |db| crate::bind::uid(db, &n)).await?;
@@ -366,7 +401,8 @@ impl LatentDb for LatentDbService {
         req: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
         let call = Call::of(&req);
-        observe("CreateCollection", &call, async {
+        let collection = req.get_ref().name.clone();
+        observe("CreateCollection", &collection, &call, async {
             let token = call.token();
             let (spec, model) = convert::collection_spec(req.into_inner())?;
             let info = match model {
@@ -393,7 +429,8 @@ impl LatentDb for LatentDbService {
         req: Request<pb::GetCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
         let call = Call::of(&req);
-        observe("GetCollection", &call, async {
+        let collection = req.get_ref().name.clone();
+        observe("GetCollection", &collection, &call, async {
             let name = req.into_inner().name;
             let info = blocking(&call.token(), &self.db, move |db| {
                 Ok(db.collection_info(&name)?)
@@ -409,7 +446,7 @@ impl LatentDb for LatentDbService {
         req: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
         let call = Call::of(&req);
-        observe("ListCollections", &call, async {
+        observe("ListCollections", "", &call, async {
             let list = blocking(&call.token(), &self.db, |db| Ok(db.list_collections())).await?;
             Ok(pb::ListCollectionsResponse {
                 collections: list.into_iter().map(convert::collection_info).collect(),
@@ -423,7 +460,8 @@ impl LatentDb for LatentDbService {
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
         let call = Call::of(&req);
-        observe("DeleteCollection", &call, async {
+        let collection = req.get_ref().name.clone();
+        observe("DeleteCollection", &collection, &call, async {
             let name = req.into_inner().name;
             blocking(&call.token(), &self.db, move |db| {
                 Ok(db.drop_collection(&name)?)
@@ -439,7 +477,8 @@ impl LatentDb for LatentDbService {
         req: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
         let call = Call::of(&req);
-        observe("Upsert", &call, async {
+        let collection = req.get_ref().collection.clone();
+        observe("Upsert", &collection, &call, async {
             let req = req.into_inner();
             let ids = self
                 .upsert_batch(&call.token(), Target::Name(req.collection), req.documents)
@@ -454,28 +493,25 @@ impl LatentDb for LatentDbService {
         req: Request<Streaming<pb::UpsertRequest>>,
     ) -> Result<Response<pb::UpsertStreamResponse>, Status> {
         let call = Call::of(&req);
+        // The collection is known at the first message: the stream's span records it then.
+        let span = rpc_span("UpsertStream", "");
         let start = Instant::now();
-        let out = self.stream_upsert(&call, req.into_inner()).await;
-        let micros = start.elapsed().as_micros() as u64;
-        match &out {
-            Ok(r) => tracing::debug!(
-                rpc = "UpsertStream",
-                code = "OK",
-                micros,
-                written = r.written,
-                batches = r.batches,
-                "request"
-            ),
-            Err(s) => {
-                tracing::debug!(rpc = "UpsertStream", code = ?s.code(), micros, message = s.message(), "request")
-            }
+        let out = self
+            .stream_upsert(&call, req.into_inner())
+            .instrument(span.clone())
+            .await;
+        let _span = span.enter();
+        if let Ok(r) = &out {
+            tracing::debug!(written = r.written, batches = r.batches, "upsert stream");
         }
+        finished("UpsertStream", start, out.as_ref().map(|_| ()));
         out.map(Response::new)
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let call = Call::of(&req);
-        observe("Get", &call, async {
+        let collection = req.get_ref().collection.clone();
+        observe("Get", &collection, &call, async {
             let req = req.into_inner();
             check_batch("ids per call", req.ids.len(), &self.limits)?;
             let (collection, ids) = (req.collection, req.ids);
@@ -504,7 +540,8 @@ impl LatentDb for LatentDbService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let call = Call::of(&req);
-        observe("Delete", &call, async {
+        let collection = req.get_ref().collection.clone();
+        observe("Delete", &collection, &call, async {
             let token = call.token();
             let req = req.into_inner();
             let filter = convert::filter(req.filter)?;
@@ -566,7 +603,8 @@ impl LatentDb for LatentDbService {
         req: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
         let call = Call::of(&req);
-        observe("Count", &call, async {
+        let collection = req.get_ref().collection.clone();
+        observe("Count", &collection, &call, async {
             let name = req.into_inner().collection;
             let count = blocking(&call.token(), &self.db, move |db| Ok(db.count(&name)?)).await?;
             Ok(pb::CountResponse { count })
@@ -579,7 +617,8 @@ impl LatentDb for LatentDbService {
         req: Request<pb::ScrollRequest>,
     ) -> Result<Response<pb::ScrollResponse>, Status> {
         let call = Call::of(&req);
-        observe("Scroll", &call, async {
+        let collection = req.get_ref().collection.clone();
+        observe("Scroll", &collection, &call, async {
             let req = req.into_inner();
             let limit = if req.limit == 0 {
                 100
@@ -608,8 +647,10 @@ impl LatentDb for LatentDbService {
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let call = Call::of(&req);
+        let collection = req.get_ref().collection.clone();
         observe(
             "Search",
+            &collection,
             &call,
             crate::search::search(self, call.token(), req.into_inner()),
         )
@@ -621,8 +662,10 @@ impl LatentDb for LatentDbService {
         req: Request<pb::SearchBatchRequest>,
     ) -> Result<Response<pb::SearchBatchResponse>, Status> {
         let call = Call::of(&req);
+        let collection = req.get_ref().collection.clone();
         observe(
             "SearchBatch",
+            &collection,
             &call,
             crate::search::search_batch(self, call.token(), req.into_inner()),
         )
@@ -634,7 +677,7 @@ impl LatentDb for LatentDbService {
         req: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let call = Call::of(&req);
-        observe("Embed", &call, async {
+        observe("Embed", "", &call, async {
             let token = call.token();
             let req = req.into_inner();
             let embedder = self.embedder.clone().ok_or_else(|| {
@@ -653,11 +696,16 @@ impl LatentDb for LatentDbService {
             let _permit = self.embed_permit().await?;
             let texts = req.texts;
             let dimension = u32::try_from(embedder.dimension()).unwrap_or(u32::MAX);
-            let vectors = blocking(
-                &token,
-                &self.db,
-                move |_| Ok(embedder.embed(&texts, &opts)?),
-            )
+            let vectors = blocking(&token, &self.db, move |_| {
+                let start = Instant::now();
+                let vectors = embedder.embed(&texts, &opts)?;
+                crate::metrics::record_embed(
+                    &embedder.identity().name,
+                    texts.len(),
+                    start.elapsed(),
+                );
+                Ok(vectors)
+            })
             .await?;
             Ok(pb::EmbedResponse {
                 vectors: vectors
@@ -675,8 +723,11 @@ impl LatentDb for LatentDbService {
         req: Request<pb::FlushRequest>,
     ) -> Result<Response<pb::FlushResponse>, Status> {
         let call = Call::of(&req);
-        observe("Flush", &call, async {
-            blocking(&call.token(), &self.db, |db| Ok(db.flush()?)).await?;
+        observe("Flush", "", &call, async {
+            blocking(&call.token(), &self.db, |db| {
+                Ok(crate::metrics::timed_flush(db)?)
+            })
+            .await?;
             Ok(pb::FlushResponse {})
         })
         .await
@@ -687,8 +738,10 @@ impl LatentDb for LatentDbService {
         req: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
         let call = Call::of(&req);
+        let collection = req.get_ref().collection.clone();
         observe(
             "Compact",
+            &collection,
             &call,
             crate::search::compact(call.token(), &self.db, req.into_inner().collection),
         )

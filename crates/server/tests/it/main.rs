@@ -4,6 +4,7 @@ mod common;
 mod contract;
 mod grpc;
 mod hybrid;
+mod metrics;
 mod services;
 mod streams;
 mod tls;
