@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for calls in flight and open connections before closing them.
     #[arg(long, value_name = "SECS", default_value_t = latentdb_server::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
     pub drain_timeout: f64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (none: no metrics endpoint; port 0
+    /// picks a free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The API key of `--api-key` (or LATENTDB_API_KEY): an empty one is an error, where it used
@@ -92,6 +96,10 @@ pub fn serve(args: ServeArgs, global: &Global, out: &mut Out) -> anyhow::Result<
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
+    if args.metrics_addr.is_some() {
+        // Before the open, so that what the open does (index dumps) is counted too.
+        latentdb_server::install_metrics_recorder().context("cannot start metrics")?;
+    }
     // Clients name models under the models root unless the operator allows any directory.
     let db = super::open_database_with(
         global,
@@ -119,6 +127,7 @@ pub fn serve(args: ServeArgs, global: &Global, out: &mut Out) -> anyhow::Result<
         tls,
         allow_model_paths: args.allow_model_paths,
         drain_timeout,
+        metrics_addr: args.metrics_addr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,15 +142,22 @@ pub fn serve(args: ServeArgs, global: &Global, out: &mut Out) -> anyhow::Result<
             .await
             .context("cannot start the server")?;
         let addr = server.local_addr();
+        let metrics = server.metrics_addr();
         out.either(
             &serde_json::json!({
                 "listening": addr.to_string(),
                 "auth": config.api_key.is_some(),
                 "tls": config.tls.is_some(),
+                "metrics": metrics.map(|m| format!("http://{m}/metrics")),
             }),
             || {
                 let tls = if config.tls.is_some() { " TLS" } else { "" };
-                format!("latentdb serving{tls} on {addr}")
+                match metrics {
+                    Some(m) => {
+                        format!("latentdb serving{tls} on {addr} (metrics on http://{m}/metrics)")
+                    }
+                    None => format!("latentdb serving{tls} on {addr}"),
+                }
             },
         )?;
         server
