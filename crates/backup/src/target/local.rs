@@ -115,6 +115,15 @@ impl LocalTarget {
         Ok(bytes)
     }
 
+    pub(super) fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path.display(), e)),
+        }
+    }
+
     pub(super) fn head(&self, name: &str) -> Result<Option<u64>> {
         let path = self.path(name);
         match fs::metadata(&path) {
@@ -219,5 +228,8 @@ mod tests {
         assert_eq!(all, ["a/x", "m", "y"], "no temporary files left");
         assert_eq!(t.list("a").unwrap(), ["a/x"]);
         assert_eq!(t.list_children().unwrap(), ["a"]);
+        t.delete("m").unwrap();
+        t.delete("m").unwrap();
+        assert_eq!(t.head("m").unwrap(), None);
     }
 }

@@ -127,6 +127,15 @@ impl Target {
         }
     }
 
+    /// Removes `path`; a missing file is not an error.
+    pub fn delete(&self, path: &str) -> Result<()> {
+        validate_name(path)?;
+        match &self.inner {
+            Inner::Local(t) => t.delete(path),
+            Inner::S3(t) => t.delete(path),
+        }
+    }
+
     /// The size of `path`, or `None` if it does not exist.
     pub fn head(&self, path: &str) -> Result<Option<u64>> {
         validate_name(path)?;

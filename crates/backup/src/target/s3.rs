@@ -217,6 +217,14 @@ impl S3Target {
         )
     }
 
+    pub(super) fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name)?;
+        match self.block_on(self.shared.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.store_error(name, e)),
+        }
+    }
+
     pub(super) fn head(&self, name: &str) -> Result<Option<u64>> {
         let path = self.path(name)?;
         match self.block_on(self.shared.store.head(&path)) {
