@@ -32,7 +32,27 @@ impl LocalTarget {
     }
 
     pub(super) fn prepare(&self) -> Result<()> {
-        fs::create_dir_all(&self.root).map_err(|e| Error::io(self.root.display(), e))
+        if self.root.is_dir() {
+            return Ok(());
+        }
+        self.create_dirs(&self.root)
+    }
+
+    /// Creates `dir` (the root or below it) and makes the new directory entries durable: each
+    /// directory from `dir`'s parent up to the root (the root's parent if `dir` is the root)
+    /// is fsynced.
+    fn create_dirs(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        for ancestor in dir.ancestors().skip(1) {
+            if ancestor.as_os_str().is_empty() {
+                break;
+            }
+            sync_dir(ancestor)?;
+            if self.root.starts_with(ancestor) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -43,7 +63,9 @@ impl LocalTarget {
     /// Writes `bytes` to a fresh temporary file beside `dest`, fsynced; returns its path.
     fn write_temp(&self, dest: &Path, bytes: &[u8]) -> Result<PathBuf> {
         let dir = dest.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        if !dir.is_dir() {
+            self.create_dirs(dir)?;
+        }
         let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{base}.tmp-{}-{n}", std::process::id()));

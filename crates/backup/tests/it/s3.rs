@@ -25,6 +25,13 @@ fn s3_round_trip_kill_and_damage_against_moto() {
     common::round_trip(&root);
     let names: Vec<String> = list(&root).unwrap().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["b1", "b2"]);
+    // Called from inside a tokio runtime (a gRPC handler that forgot spawn_blocking), the
+    // target still works instead of panicking.
+    let inside = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async { verify(&root.child("b1").unwrap()) });
+    assert_eq!(inside.unwrap().files, 3);
     // A missing bucket is an error, not an empty listing.
     let err = list(&moto.target("s3://no-such-bucket/x")).unwrap_err();
     assert_eq!(err.kind(), latentdb_types::ErrorKind::Internal, "{err}");
