@@ -20,6 +20,9 @@ pub const ID_PREFIX: u8 = b'i';
 pub const POINT_PREFIX: u8 = b'p';
 /// Prefix byte of the change log: `l` + sequence (u64 BE) → change.
 pub const LOG_PREFIX: u8 = b'l';
+/// Prefix byte of deferred records: `d` + point id (u32 BE) → removal sequence (u64 BE) +
+/// record, kept while a snapshot holds the collection (see `snapshot.rs`).
+pub const DEFERRED_PREFIX: u8 = b'd';
 /// Prefix byte of per-collection counters: `m` + name → big-endian integer.
 pub const META_PREFIX: u8 = b'm';
 
@@ -74,6 +77,39 @@ pub fn parse_point_key(key: &[u8]) -> Result<u32> {
     }
 }
 
+/// `d` + point id (big-endian).
+pub fn deferred_key(point: u32) -> [u8; 5] {
+    let mut k = [DEFERRED_PREFIX, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&point.to_be_bytes());
+    k
+}
+
+/// The point id of a `d` key.
+pub fn parse_deferred_key(key: &[u8]) -> Result<u32> {
+    match key {
+        [DEFERRED_PREFIX, a, b, c, d] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => Err(Error::Corrupt("not a deferred record key".into())),
+    }
+}
+
+/// The value of a `d` key: the removal sequence (u64 BE), then the record.
+pub fn deferred_value(seq: u64, record: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + record.len());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(record);
+    v
+}
+
+/// The removal sequence and the record of a `d` value.
+pub fn split_deferred_value(v: &[u8]) -> Result<(u64, &[u8])> {
+    match v.split_first_chunk::<8>() {
+        Some((seq, record)) => Ok((u64::from_be_bytes(*seq), record)),
+        None => Err(Error::Corrupt(
+            "deferred record shorter than its sequence".into(),
+        )),
+    }
+}
+
 /// `l` + sequence (big-endian).
 pub fn log_key(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -125,5 +161,10 @@ mod tests {
         assert_eq!(parse_collection_tree(b"collections"), None);
         assert!(parse_point_key(b"px").is_err());
         assert!(be_u32(&[1, 2]).is_err());
+        assert_eq!(parse_deferred_key(&deferred_key(9)).unwrap(), 9);
+        assert!(parse_deferred_key(&point_key(9)).is_err());
+        let v = deferred_value(5, b"rec");
+        assert_eq!(split_deferred_value(&v).unwrap(), (5, &b"rec"[..]));
+        assert!(split_deferred_value(b"short").is_err());
     }
 }

@@ -29,6 +29,7 @@ pub mod key;
 mod options;
 mod read;
 pub mod record;
+mod snapshot;
 mod store;
 mod watermark;
 mod write;
@@ -45,4 +46,5 @@ pub use store::{
     DeleteOutcome, FORMAT_VERSION, LOCK_FILE, MAX_SCROLL_PAGE, SLED_DIR, ScrollPage, Storage,
     UpsertOutcome,
 };
+pub use snapshot::{Snapshot, SnapshotCollection};
 pub use watermark::{DataLossReport, WATERMARK_FILE, WATERMARK_VERSION};

@@ -73,6 +73,8 @@ pub(crate) struct Counters {
     pub next_point: u32,
     pub seq: u64,
     pub dropped: bool,
+    /// The snapshots holding the collection: removed records are deferred while non-zero.
+    pub holds: u32,
 }
 
 /// An open collection. One per collection for the life of the storage: settings change in
@@ -282,7 +284,7 @@ impl Storage {
             watermark.clone(),
             Duration::from_millis(options.flush_every_ms.max(1)),
         )?;
-        Ok(Storage {
+        let storage = Storage {
             path,
             db,
             registry,
@@ -292,7 +294,10 @@ impl Storage {
             data_loss,
             flusher: Some(flusher),
             _lock: lock,
-        })
+        };
+        // Deferred records left by a crash during a snapshot: nothing holds them now.
+        storage.purge_all_deferred()?;
+        Ok(storage)
     }
 
     /// The collections that opened behind the watermark of acknowledged writes (only ever
@@ -628,6 +633,7 @@ fn open_state(db: &sled::Db, config: CollectionConfig) -> Result<CollectionState
             next_point,
             seq,
             dropped: false,
+            holds: 0,
         }),
         count: AtomicU64::new(count),
         seq: AtomicU64::new(seq),

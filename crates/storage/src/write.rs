@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::key;
 use crate::options::Durability;
 use crate::record::{self, Change};
+use crate::snapshot;
 use crate::store::{CollectionState, Counters, DeleteOutcome, Storage, UpsertOutcome, not_found};
 
 impl Storage {
@@ -121,8 +122,8 @@ impl Storage {
             if let Some(old) = state.tree.get(&id_key)? {
                 let old = key::be_u32(&old)?;
                 batch.remove(id_key);
-                batch.remove(&key::point_key(old));
                 seq += 1;
+                snapshot::remove_record(&state, counters.holds, &mut batch, old, seq)?;
                 let change = Change::Remove { seq, point: old };
                 batch.insert(&key::log_key(seq), &change.encode_value());
                 count = count.saturating_sub(1);
@@ -203,8 +204,8 @@ fn upsert_batch(
         match state.tree.get(&id_key)? {
             Some(old) => {
                 let old = key::be_u32(&old)?;
-                batch.remove(&key::point_key(old));
                 seq += 1;
+                snapshot::remove_record(state, counters.holds, &mut batch, old, seq)?;
                 let change = Change::Remove { seq, point: old };
                 batch.insert(&key::log_key(seq), &change.encode_value());
                 out.removed.push(old);

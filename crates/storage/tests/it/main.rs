@@ -7,3 +7,4 @@ mod model_switch;
 mod races;
 mod records;
 mod settings;
+mod snapshot;
