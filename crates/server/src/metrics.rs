@@ -212,7 +212,11 @@ impl MetricsEndpoint {
                 () = &mut stopped => return,
                 _ = upkeep.tick() => handle.run_upkeep(),
                 accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
+                    let Ok((stream, _)) = accepted else {
+                        // Out of descriptors, say: do not spin.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
                     let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
                     let (handle, db) = (handle.clone(), Arc::clone(&db));
                     tokio::spawn(async move {

@@ -783,6 +783,151 @@ mod tests {
         );
     }
 
+    /// A global subscriber that keeps, for each event, its message and the fields of the span
+    /// its thread was in.
+    #[derive(Default)]
+    struct SpanRecorder {
+        next: std::sync::atomic::AtomicU64,
+        spans: std::sync::Mutex<
+            std::collections::HashMap<u64, (String, &'static tracing::Metadata<'static>)>,
+        >,
+        events: std::sync::Mutex<Vec<(String, Option<String>)>>,
+    }
+
+    thread_local! {
+        static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    struct Fields<'a>(&'a mut String);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for SpanRecorder {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, attrs: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let mut fields = format!("{} ", attrs.metadata().name());
+            attrs.record(&mut Fields(&mut fields));
+            self.spans
+                .lock()
+                .expect("lock")
+                .insert(id, (fields, attrs.metadata()));
+            tracing::span::Id::from_u64(id)
+        }
+        fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+            if let Some((fields, _)) = self.spans.lock().expect("lock").get_mut(&span.into_u64()) {
+                values.record(&mut Fields(fields));
+            }
+        }
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut message = String::new();
+            event.record(&mut Fields(&mut message));
+            let current = ENTERED.with(|e| e.borrow().last().copied());
+            let span = current.and_then(|id| {
+                let spans = self.spans.lock().expect("lock");
+                spans.get(&id).map(|(fields, _)| fields.clone())
+            });
+            self.events.lock().expect("lock").push((message, span));
+        }
+        fn enter(&self, span: &tracing::span::Id) {
+            ENTERED.with(|e| e.borrow_mut().push(span.into_u64()));
+        }
+        fn exit(&self, _: &tracing::span::Id) {
+            ENTERED.with(|e| e.borrow_mut().pop());
+        }
+        fn current_span(&self) -> tracing_core::span::Current {
+            match ENTERED.with(|e| e.borrow().last().copied()) {
+                None => tracing_core::span::Current::none(),
+                Some(id) => match self.spans.lock().expect("lock").get(&id) {
+                    Some((_, meta)) => {
+                        tracing_core::span::Current::new(tracing::span::Id::from_u64(id), meta)
+                    }
+                    None => tracing_core::span::Current::none(),
+                },
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn blocking_work_runs_in_the_calls_span() {
+        // The blocking pool's threads see only the global subscriber (the only test of this
+        // binary that installs one).
+        let recorder = Arc::new(SpanRecorder::default());
+        tracing::subscriber::set_global_default(SharedRecorder(Arc::clone(&recorder)))
+            .expect("the only global subscriber");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Database::open(dir.path()).expect("open"));
+        let call = Call::with_timeout(None);
+        let thread = observe("Count", "span_test_collection", &call, async {
+            blocking(&call.token(), &db, |_| {
+                tracing::info!("work on the blocking pool");
+                Ok(std::thread::current().id())
+            })
+            .await
+        })
+        .await
+        .expect("runs")
+        .into_inner();
+        assert_ne!(thread, std::thread::current().id(), "ran on another thread");
+
+        let events = recorder.events.lock().expect("lock").clone();
+        let (_, span) = events
+            .iter()
+            .find(|(m, _)| m.contains("work on the blocking pool"))
+            .unwrap_or_else(|| panic!("no event captured: {events:?}"));
+        let span = span.as_deref().unwrap_or("");
+        assert!(
+            span.starts_with("rpc ")
+                && span.contains("rpc=\"Count\"")
+                && span.contains("collection=\"span_test_collection\""),
+            "the event lacks its call's span: {span:?}"
+        );
+        // The call's own log line is in the span too.
+        assert!(
+            events.iter().any(|(m, s)| m.contains("code=\"OK\"")
+                && s.as_deref().is_some_and(|s| s.starts_with("rpc "))),
+            "{events:?}"
+        );
+    }
+
+    /// The recorder behind an `Arc`, so that the test keeps a handle to it.
+    struct SharedRecorder(Arc<SpanRecorder>);
+
+    impl tracing::Subscriber for SharedRecorder {
+        fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+            self.0.enabled(m)
+        }
+        fn new_span(&self, a: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            self.0.new_span(a)
+        }
+        fn record(&self, s: &tracing::span::Id, v: &tracing::span::Record<'_>) {
+            self.0.record(s, v)
+        }
+        fn record_follows_from(&self, a: &tracing::span::Id, b: &tracing::span::Id) {
+            self.0.record_follows_from(a, b)
+        }
+        fn event(&self, e: &tracing::Event<'_>) {
+            self.0.event(e)
+        }
+        fn enter(&self, s: &tracing::span::Id) {
+            self.0.enter(s)
+        }
+        fn exit(&self, s: &tracing::span::Id) {
+            self.0.exit(s)
+        }
+        fn current_span(&self) -> tracing_core::span::Current {
+            self.0.current_span()
+        }
+    }
+
     #[test]
     fn only_empty_objects_match_everything() {
         assert!(matches_everything(&serde_json::json!({})));
