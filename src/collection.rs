@@ -626,6 +626,48 @@ impl Collection {
         Ok(())
     }
 
+    /// Hard-links the files of the dump into `into` (same relative paths) when the dump
+    /// reflects exactly storage sequence `seq`, and returns their relative paths (`None` when
+    /// it does not, or a file cannot be linked). The caller holds the writer (`w`), so no
+    /// persist replaces the dump meanwhile; the links keep the files after a later persist.
+    pub fn link_dump(&self, w: &WriterState, seq: u64, into: &Path) -> Option<Vec<String>> {
+        if w.dirty || w.persisted_seq != seq || self.broken.read().is_some() {
+            return None;
+        }
+        fn walk(dir: &Path, rel: &str, into: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || name.contains(".tmp") {
+                    continue;
+                }
+                let rel = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if entry.file_type()?.is_dir() {
+                    std::fs::create_dir_all(into.join(&rel))?;
+                    walk(&entry.path(), &rel, into, out)?;
+                } else {
+                    std::fs::hard_link(entry.path(), into.join(&rel))?;
+                    out.push(rel);
+                }
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        std::fs::create_dir_all(into).ok()?;
+        match walk(&self.dir, "", into, &mut out) {
+            Ok(()) if !out.is_empty() => Some(out),
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(collection = %self.name, error = %e, "index dump not linked for a backup");
+                None
+            }
+        }
+    }
+
     /// Removes the dump directory (after the collection was dropped).
     pub fn remove_dump(&self) {
         recovery::remove_dump_dir(&self.dir);

@@ -27,6 +27,9 @@ use crate::search::{self, SearchHit, SearchRequest};
 pub struct UpsertResult {
     /// The ids written, in input order (generated ones included).
     pub ids: Vec<String>,
+    /// The collection's change sequence after this write (every later backup captured at or
+    /// past it holds the write).
+    pub seq: u64,
 }
 
 /// An open latentdb database: a directory holding collections of documents.
@@ -113,6 +116,32 @@ impl Database {
                 .error(name)
                 .unwrap_or_else(|| Error::collection_not_found(name))
         })
+    }
+
+    /// The open collections named (all open ones when `names` is empty), in cid order.
+    pub(crate) fn runtimes(&self, names: &[String]) -> Result<Vec<Arc<Collection>>> {
+        let mut out: Vec<Arc<Collection>> = if names.is_empty() {
+            self.collections.read().values().cloned().collect()
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            names
+                .iter()
+                .filter(|n| seen.insert(n.as_str()))
+                .map(|n| self.coll(n))
+                .collect::<Result<_>>()?
+        };
+        out.sort_by_key(|c| c.cid);
+        Ok(out)
+    }
+
+    /// Takes an online point-in-time backup of the collections in `options` (all when empty)
+    /// to `target` (a local path or `s3://bucket/prefix`): see [`crate::backup`].
+    pub fn backup(
+        &self,
+        target: &str,
+        options: &crate::backup::BackupOptions,
+    ) -> Result<crate::backup::BackupReport> {
+        crate::backup::Backups::new(self).create(target, options, &mut |_| {})
     }
 
     /// The stable identity of a collection: its storage id, never reused by a later collection
@@ -305,7 +334,10 @@ impl Database {
         if sync {
             self.storage.flush()?;
         }
-        Ok(UpsertResult { ids: out.ids })
+        Ok(UpsertResult {
+            ids: out.ids,
+            seq: out.seq,
+        })
     }
 
     /// Writes `docs` to storage (buffered: the flush is the caller's) and to the index, with

@@ -84,6 +84,9 @@ pub enum Error {
     /// A source file or line for ingestion cannot be read.
     #[error(transparent)]
     Source(#[from] crate::ingest::SourceError),
+    /// A backup cannot be written, read or verified.
+    #[error(transparent)]
+    Backup(#[from] latentdb_backup::Error),
     /// An evaluation dataset cannot be read.
     #[error(transparent)]
     Dataset(#[from] crate::eval::BeirError),
@@ -106,6 +109,7 @@ impl Error {
             Error::DataLoss { .. } => ErrorKind::DataLoss,
             Error::Index(e) => e.kind(),
             Error::Text(e) => e.kind(),
+            Error::Backup(e) => e.kind(),
             Error::Embed(e) => e.kind(),
             Error::Source(e) => source_kind(e),
             Error::Dataset(e) => match e {

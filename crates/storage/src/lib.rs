@@ -25,6 +25,7 @@
 mod collection;
 mod document;
 mod error;
+mod import;
 pub mod key;
 mod options;
 mod read;
@@ -46,5 +47,6 @@ pub use store::{
     DeleteOutcome, FORMAT_VERSION, LOCK_FILE, MAX_SCROLL_PAGE, SLED_DIR, ScrollPage, Storage,
     UpsertOutcome,
 };
+pub use import::ImportSpec;
 pub use snapshot::{Snapshot, SnapshotCollection};
 pub use watermark::{DataLossReport, WATERMARK_FILE, WATERMARK_VERSION};
