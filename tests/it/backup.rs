@@ -174,3 +174,89 @@ fn backups_under_a_writer_hold_exactly_the_captured_state() {
         .unwrap();
     assert_eq!(&hits[0].id, id);
 }
+
+#[test]
+fn restore_refuses_damage_and_non_empty_directories_and_loads_matching_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("db")).unwrap();
+    db.create_collection(CollectionSpec::new("c", DIM, Metric::Cosine))
+        .unwrap();
+    db.create_collection(CollectionSpec::new("other", DIM, Metric::L2))
+        .unwrap();
+    db.upsert("c", (0..300).map(|n| doc(n, 1)).collect())
+        .unwrap();
+    db.upsert("other", (0..5).map(|n| doc(n, 2)).collect())
+        .unwrap();
+    db.flush().unwrap(); // the dumps now reflect storage: the backup carries them
+    let target = out.path().join("b").to_str().unwrap().to_owned();
+    let opts = BackupOptions {
+        collections: vec!["c".into()],
+        ..Default::default()
+    };
+    let report = db.backup(&target, &opts).unwrap();
+    assert_eq!(report.collections.len(), 1, "only the chosen collection");
+    assert!(report.collections[0].index_included);
+    // A second backup into the same place is refused.
+    let again = db.backup(&target, &opts).unwrap_err();
+    assert_eq!(again.kind(), latentdb::ErrorKind::AlreadyExists, "{again}");
+
+    // Restore into a non-empty directory: refused, and the directory untouched.
+    let busy = out.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("keep"), b"x").unwrap();
+    let e = backup::restore(&target, &busy).unwrap_err();
+    assert_eq!(e.kind(), latentdb::ErrorKind::FailedPrecondition, "{e}");
+    assert_eq!(std::fs::read(busy.join("keep")).unwrap(), b"x");
+
+    // A good restore loads the graph from the included dump.
+    let good = out.path().join("good");
+    backup::restore(&target, &good).unwrap();
+    let rdb = Database::open(&good).unwrap();
+    assert_eq!(rdb.count("c").unwrap(), 300);
+    assert!(rdb.collection_info("other").is_err());
+    let stats = rdb.index_stats("c").unwrap();
+    assert!(stats.loaded_from_dump, "{stats:?}");
+    let q = SearchRequest::vector(vector(7, 1));
+    let ids = |d: &Database| -> Vec<String> {
+        d.search("c", &q)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+    };
+    assert_eq!(ids(&rdb), ids(&db));
+    drop(rdb);
+
+    // One flipped byte in a records chunk: verify and restore refuse it, nothing is left.
+    let chunk = std::fs::read_dir(out.path().join("b/collections/0"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("records.")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&chunk, bytes).unwrap();
+    assert!(backup::verify(&target).is_err());
+    let bad = out.path().join("bad");
+    let e = backup::restore(&target, &bad).unwrap_err();
+    assert_eq!(e.kind(), latentdb::ErrorKind::DataLoss, "{e}");
+    assert!(!bad.exists() || std::fs::read_dir(&bad).unwrap().next().is_none());
+
+    // No manifest (an upload killed before its commit): not a backup.
+    std::fs::remove_file(out.path().join("b/MANIFEST")).unwrap();
+    let e = backup::verify(&target).unwrap_err();
+    assert_eq!(e.kind(), latentdb::ErrorKind::NotFound, "{e}");
+    assert!(
+        backup::list(out.path().to_str().unwrap())
+            .unwrap()
+            .is_empty()
+    );
+}
