@@ -72,6 +72,10 @@ pub enum Command {
     /// Tune the collection's embedder on its own corpus (two-stage contrastive tuning with
     /// hard negatives mined from its index); the new version goes live only if better.
     Tune(crate::commands::tune::TuneArgs),
+    /// Online point-in-time backups: create, verify, restore and list (a directory or
+    /// s3://bucket/prefix).
+    #[command(subcommand)]
+    Backup(crate::commands::backup::BackupCommand),
 }
 
 /// `latentdb model ...`

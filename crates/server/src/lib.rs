@@ -17,6 +17,7 @@
 //! ```
 
 mod auth;
+mod backup;
 mod bind;
 mod call;
 mod codec;

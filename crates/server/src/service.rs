@@ -396,6 +396,8 @@ fn matches_everything(filter: &Value) -> bool {
 
 #[tonic::async_trait]
 impl LatentDb for LatentDbService {
+    type CreateBackupStream = crate::backup::ProgressStream;
+
     async fn create_collection(
         &self,
         req: Request<pb::CreateCollectionRequest>,
@@ -745,6 +747,25 @@ impl LatentDb for LatentDbService {
             &call,
             crate::search::compact(call.token(), &self.db, req.into_inner().collection),
         )
+        .await
+    }
+
+    async fn create_backup(
+        &self,
+        req: Request<pb::CreateBackupRequest>,
+    ) -> Result<Response<Self::CreateBackupStream>, Status> {
+        let call = Call::of(&req);
+        crate::backup::create(&self.db, call, req.into_inner()).map(Response::new)
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let call = Call::of(&req);
+        observe("ListBackups", "", &call, async {
+            crate::backup::list(&call, &self.db, req.into_inner()).await
+        })
         .await
     }
 }

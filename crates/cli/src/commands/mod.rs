@@ -1,5 +1,6 @@
 //! Subcommand implementations.
 
+pub mod backup;
 pub mod bench_ann;
 pub mod bench_hybrid;
 mod collection;
@@ -94,5 +95,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::run(a, &open()?, &mut out),
         Command::Serve(a) => serve::serve(a, global, &mut out),
         Command::Tune(a) => tune::run(a, &open()?, &mut out),
+        Command::Backup(c) => backup::run(c, global, &mut out),
     }
 }

@@ -1,5 +1,6 @@
 //! The crate's integration tests, in one binary (one link step instead of one per file).
 
+mod backup;
 mod common;
 mod contract;
 mod grpc;
