@@ -93,6 +93,10 @@ pub struct RestoreReport {
 struct Meta {
     latentdb_backup: u32,
     captured_unix_ms: u64,
+    /// The source database directory (canonical): model paths under its `tune/` are rewritten
+    /// to the restored directory's.
+    #[serde(default)]
+    source_dir: String,
     collections: Vec<MetaCollection>,
 }
 
@@ -106,6 +110,9 @@ struct MetaCollection {
     records: String,
     /// The index dump files (relative to the dump directory), stored as parts under `index/`.
     index_files: Vec<String>,
+    /// The tuned model versions (`DIR/tune/<name>/`, relative to it), stored under `tune/`.
+    #[serde(default)]
+    tune_files: Vec<String>,
 }
 
 /// An order-independent digest of a collection's records: the wrapping sum over records of a
@@ -237,6 +244,17 @@ impl<'a> Backups<'a> {
                 }
                 index_files = files.clone();
             }
+            let tune_dir = crate::tune::versions::collection_dir(self.db, &sc.name);
+            let tune_files = list_files(&tune_dir)?;
+            for rel in &tune_files {
+                let src = tune_dir.join(rel);
+                let mut f = std::fs::File::open(&src).map_err(|e| io_internal(&src, e))?;
+                let name = format!("collections/{i}/tune/{rel}");
+                let mut part = writer.part(&name)?;
+                std::io::copy(&mut f, &mut part)
+                    .map_err(|e| latentdb_backup::Error::from_io(e, &name))?;
+                part.finish()?;
+            }
             metas.push(MetaCollection {
                 summary: CollectionBackup {
                     name: sc.name.clone(),
@@ -249,6 +267,7 @@ impl<'a> Backups<'a> {
                 config: sc.config.clone(),
                 records: part_name,
                 index_files,
+                tune_files,
             });
         }
         drop(snapshot);
@@ -258,6 +277,10 @@ impl<'a> Backups<'a> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            source_dir: std::fs::canonicalize(self.db.path())
+                .unwrap_or_else(|_| self.db.path().to_path_buf())
+                .to_string_lossy()
+                .into_owned(),
             collections: metas,
         };
         let meta = serde_json::to_value(&meta)
@@ -389,7 +412,7 @@ fn restore_into(reader: &BackupReader, meta: &Meta, data: &Path) -> Result<()> {
     {
         let storage = Storage::open(data, StorageOptions::default())?;
         for m in &meta.collections {
-            restore_collection(reader, &storage, m, data)?;
+            restore_collection(reader, &storage, m, data, &meta.source_dir)?;
         }
         storage.flush()?;
     }
@@ -418,7 +441,9 @@ fn restore_collection(
     storage: &Storage,
     m: &MetaCollection,
     data: &Path,
+    source_dir: &str,
 ) -> Result<()> {
+    let data_canonical = std::fs::canonicalize(data).map_err(|e| io_internal(data, e))?;
     let mut part = reader.read_part(&m.records)?;
     let mut digest = 0u64;
     let mut failure: Option<Error> = None;
@@ -435,8 +460,18 @@ fn restore_collection(
             )))
         }
     });
+    let mut config = m.config.clone();
+    if !source_dir.is_empty() {
+        let from = format!("{source_dir}/{}/", crate::tune::versions::TUNE_DIR);
+        let to = format!(
+            "{}/{}/",
+            data_canonical.display(),
+            crate::tune::versions::TUNE_DIR
+        );
+        rewrite_prefix(&mut config.spec.embedder, &from, &to);
+    }
     let spec = ImportSpec {
-        config: m.config.clone(),
+        config,
         seq: m.summary.seq,
         next_point: m.next_point,
         count: m.summary.count,
@@ -452,24 +487,78 @@ fn restore_collection(
             m.summary.name, m.summary.digest
         )));
     }
+    let i = m.records.trim_end_matches("/records");
+    let tune_dir = data
+        .join(crate::tune::versions::TUNE_DIR)
+        .join(&m.summary.name);
+    for rel in &m.tune_files {
+        copy_part_to(reader, &format!("{i}/tune/{rel}"), &tune_dir.join(rel))?;
+    }
     if m.summary.index_included {
         let cid = storage.collection_config(&m.summary.name)?.cid;
         let dir = crate::collection::dump_dir(data, cid);
-        let i = m.records.trim_end_matches("/records");
         for rel in &m.index_files {
-            let dest = dir.join(rel);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io_internal(parent, e))?;
-            }
-            let name = format!("{i}/index/{rel}");
-            let mut src = reader.read_part(&name)?;
-            let mut f = std::fs::File::create(&dest).map_err(|e| io_internal(&dest, e))?;
-            std::io::copy(&mut src, &mut f)
-                .map_err(|e| latentdb_backup::Error::from_io(e, &name))?;
-            f.sync_all().map_err(|e| io_internal(&dest, e))?;
+            copy_part_to(reader, &format!("{i}/index/{rel}"), &dir.join(rel))?;
         }
     }
     Ok(())
+}
+
+/// Writes the part `name` of a backup to the file `dest` (parents created), fsynced.
+fn copy_part_to(reader: &BackupReader, name: &str, dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io_internal(parent, e))?;
+    }
+    let mut src = reader.read_part(name)?;
+    let mut f = std::fs::File::create(dest).map_err(|e| io_internal(dest, e))?;
+    std::io::copy(&mut src, &mut f).map_err(|e| latentdb_backup::Error::from_io(e, name))?;
+    f.sync_all().map_err(|e| io_internal(dest, e))
+}
+
+/// Every file under `dir` (relative paths with `/`), skipping hidden and temporary entries
+/// (names starting with `.`, such as a tuned version still being written); empty when `dir`
+/// does not exist.
+fn list_files(dir: &Path) -> Result<Vec<String>> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path(), &rel, out)?;
+            } else {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        walk(dir, "", &mut out).map_err(|e| io_internal(dir, e))?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Replaces the prefix `from` by `to` in every string of `v` that starts with it.
+fn rewrite_prefix(v: &mut serde_json::Value, from: &str, to: &str) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let Some(rest) = s.strip_prefix(from) {
+                *s = format!("{to}{rest}");
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| rewrite_prefix(x, from, to)),
+        serde_json::Value::Object(o) => o.values_mut().for_each(|x| rewrite_prefix(x, from, to)),
+        _ => {}
+    }
 }
 
 /// The next record frame of a records part, `None` at its end.
@@ -493,9 +582,14 @@ fn next_frame(part: &mut impl Read, name: &str) -> Result<Option<(u32, Vec<u8>)>
     if len > 1 << 30 {
         return Err(corrupt_part(name, "a record longer than 1 GiB"));
     }
-    let mut bytes = vec![0u8; len];
-    part.read_exact(&mut bytes)
+    // Grown as bytes arrive: a damaged length never allocates more than what is there.
+    let mut bytes = Vec::with_capacity(len.min(1 << 20));
+    part.take(len as u64)
+        .read_to_end(&mut bytes)
         .map_err(|e| latentdb_backup::Error::from_io(e, name))?;
+    if bytes.len() != len {
+        return Err(corrupt_part(name, "ends inside a record"));
+    }
     Ok(Some((point, bytes)))
 }
 
@@ -536,5 +630,75 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_ignores_order_and_sees_every_byte() {
+        let recs: [&[u8]; 3] = [b"alpha", b"beta", b"gamma"];
+        let fwd = recs.iter().fold(0, |d, r| record_digest(d, r));
+        let rev = recs.iter().rev().fold(0, |d, r| record_digest(d, r));
+        assert_eq!(fwd, rev);
+        let changed = [&b"alpha"[..], b"betb", b"gamma"]
+            .iter()
+            .fold(0, |d, r| record_digest(d, r));
+        assert_ne!(fwd, changed);
+        assert_ne!(
+            record_digest(0, b"x"),
+            record_digest(record_digest(0, b"x"), b"x")
+        );
+    }
+
+    #[test]
+    fn frames_round_trip_and_truncation_is_an_error() {
+        let mut buf = Vec::new();
+        for (p, r) in [(3u32, &b"abc"[..]), (9, b"")] {
+            buf.extend_from_slice(&p.to_be_bytes());
+            buf.extend_from_slice(&(r.len() as u32).to_be_bytes());
+            buf.extend_from_slice(r);
+        }
+        let mut rd = &buf[..];
+        assert_eq!(
+            next_frame(&mut rd, "x").unwrap(),
+            Some((3, b"abc".to_vec()))
+        );
+        assert_eq!(next_frame(&mut rd, "x").unwrap(), Some((9, Vec::new())));
+        assert_eq!(next_frame(&mut rd, "x").unwrap(), None);
+        for cut in 1..buf.len() - 8 {
+            let mut rd = &buf[..cut];
+            let all: Result<Vec<_>> =
+                std::iter::from_fn(|| next_frame(&mut rd, "x").transpose()).collect();
+            assert!(all.is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn model_paths_under_the_old_tune_dir_are_rewritten() {
+        let mut v = serde_json::json!({
+            "path": "/old/db/tune/c/v2",
+            "nested": ["/old/db/tune/c/v1/head.json", "/models/minilm"],
+            "n": 3
+        });
+        rewrite_prefix(&mut v, "/old/db/tune/", "/new/tune/");
+        assert_eq!(v["path"], "/new/tune/c/v2");
+        assert_eq!(v["nested"][0], "/new/tune/c/v1/head.json");
+        assert_eq!(v["nested"][1], "/models/minilm");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn frames_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let mut rd = &bytes[..];
+            for _ in 0..64 {
+                match next_frame(&mut rd, "x") {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
     }
 }
