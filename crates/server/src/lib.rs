@@ -33,7 +33,9 @@ pub use auth::ApiKeyAuth;
 pub use config::{DEFAULT_DRAIN_TIMEOUT, Limits, ServerConfig, TlsIdentity};
 pub use error::{MAX_STATUS_MESSAGE_BYTES, ServeError, ServiceError, code};
 pub use metrics::{install_metrics_recorder, resident_memory_bytes};
-pub use server::{PreparedServer, prepare, serve, serve_with_listener, shutdown_signal};
+pub use server::{
+    PreparedServer, install_crypto_provider, prepare, serve, serve_with_listener, shutdown_signal,
+};
 pub use service::LatentDbService;
 
 /// Code generated from `proto/latentdb/v1/latentdb.proto`: messages, the server trait and
