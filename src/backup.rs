@@ -57,7 +57,9 @@ pub struct CollectionBackup {
     pub count: u64,
     /// An order-independent digest of the records (see [`record_digest`]).
     pub digest: u64,
-    /// Whether the index dump (graph and lexical) is included (it matched the sequence).
+    /// Whether the index dump (graph and lexical) is included, with the change log from its
+    /// sequence up to the captured one (a restore loads it and replays that log instead of
+    /// building the indexes).
     pub index_included: bool,
 }
 
@@ -110,6 +112,13 @@ struct MetaCollection {
     records: String,
     /// The index dump files (relative to the dump directory), stored as parts under `index/`.
     index_files: Vec<String>,
+    /// The sequence the included dump reflects (at most `seq`).
+    #[serde(default)]
+    index_seq: u64,
+    /// The change-log entries in `(index_seq, seq]` (a part of 13-byte frames: sequence u64 BE,
+    /// then the change's 5-byte log value), replayed onto the dump at open.
+    #[serde(default)]
+    changes: Option<String>,
     /// The tuned model versions (`DIR/tune/<name>/`, relative to it), stored under `tune/`.
     #[serde(default)]
     tune_files: Vec<String>,
@@ -232,7 +241,24 @@ impl<'a> Backups<'a> {
                 bytes: writer.bytes_written(),
             });
             let mut index_files = Vec::new();
-            if let Some(files) = &dumps[i] {
+            let mut index_seq = 0;
+            let mut changes_part = None;
+            // The dump is worth carrying only with the log that brings it to the capture.
+            let log = match &dumps[i] {
+                Some((dseq, _)) => snapshot.changes(i, *dseq)?,
+                None => None,
+            };
+            if let (Some((dseq, files)), Some(log)) = (&dumps[i], log) {
+                let name = format!("collections/{i}/changes");
+                let mut part = writer.part(&name)?;
+                for c in &log {
+                    part.write_all(&c.seq().to_be_bytes())
+                        .and_then(|()| part.write_all(&c.encode_value()))
+                        .map_err(|e| latentdb_backup::Error::from_io(e, &name))?;
+                }
+                part.finish()?;
+                changes_part = Some(name);
+                index_seq = *dseq;
                 for rel in files {
                     let src = staging.dir.join(i.to_string()).join(rel);
                     let mut f = std::fs::File::open(&src).map_err(|e| io_internal(&src, e))?;
@@ -261,12 +287,14 @@ impl<'a> Backups<'a> {
                     seq: sc.seq,
                     count: n,
                     digest,
-                    index_included: dumps[i].is_some(),
+                    index_included: changes_part.is_some(),
                 },
                 next_point: sc.next_point,
                 config: sc.config.clone(),
                 records: part_name,
                 index_files,
+                index_seq,
+                changes: changes_part,
                 tune_files,
             });
         }
@@ -470,11 +498,16 @@ fn restore_collection(
         );
         rewrite_prefix(&mut config.spec.embedder, &from, &to);
     }
+    let changes = match (&m.changes, m.summary.index_included) {
+        (Some(name), true) => read_changes(reader, name)?,
+        _ => Vec::new(),
+    };
     let spec = ImportSpec {
         config,
         seq: m.summary.seq,
         next_point: m.next_point,
         count: m.summary.count,
+        changes,
     };
     let imported = storage.import_collection(spec, records);
     if let Some(e) = failure {
@@ -559,6 +592,25 @@ fn rewrite_prefix(v: &mut serde_json::Value, from: &str, to: &str) {
         serde_json::Value::Object(o) => o.values_mut().for_each(|x| rewrite_prefix(x, from, to)),
         _ => {}
     }
+}
+
+/// The change-log entries of a backup's `changes` part.
+fn read_changes(reader: &BackupReader, name: &str) -> Result<Vec<latentdb_storage::Change>> {
+    let mut part = reader.read_part(name)?;
+    let mut bytes = Vec::new();
+    part.read_to_end(&mut bytes)
+        .map_err(|e| latentdb_backup::Error::from_io(e, name))?;
+    if bytes.len() % 13 != 0 {
+        return Err(corrupt_part(name, "is not a whole number of changes"));
+    }
+    bytes
+        .chunks_exact(13)
+        .map(|c| {
+            let (seq, value) = c.split_at(8);
+            let seq = u64::from_be_bytes(seq.try_into().unwrap_or_default());
+            Ok(latentdb_storage::Change::decode(seq, value)?)
+        })
+        .collect()
 }
 
 /// The next record frame of a records part, `None` at its end.

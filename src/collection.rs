@@ -626,12 +626,16 @@ impl Collection {
         Ok(())
     }
 
-    /// Hard-links the files of the dump into `into` (same relative paths) when the dump
-    /// reflects exactly storage sequence `seq`, and returns their relative paths (`None` when
-    /// it does not, or a file cannot be linked). The caller holds the writer (`w`), so no
-    /// persist replaces the dump meanwhile; the links keep the files after a later persist.
-    pub fn link_dump(&self, w: &WriterState, seq: u64, into: &Path) -> Option<Vec<String>> {
-        if w.dirty || w.persisted_seq != seq || self.broken.read().is_some() {
+    /// Hard-links the files of the dump into `into` (same relative paths) and returns the
+    /// storage sequence it reflects with their relative paths (`None` when there is no usable
+    /// dump at or below storage sequence `seq`, or a file cannot be linked). The caller holds
+    /// the writer (`w`), so no persist replaces the dump meanwhile; the links keep the files
+    /// after a later persist.
+    pub fn link_dump(&self, w: &WriterState, seq: u64, into: &Path) -> Option<(u64, Vec<String>)> {
+        if w.dirty || w.persisted_seq > seq || self.broken.read().is_some() {
+            return None;
+        }
+        if !self.dir.join("manifest.json").is_file() {
             return None;
         }
         fn walk(dir: &Path, rel: &str, into: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
@@ -659,7 +663,7 @@ impl Collection {
         let mut out = Vec::new();
         std::fs::create_dir_all(into).ok()?;
         match walk(&self.dir, "", into, &mut out) {
-            Ok(()) if !out.is_empty() => Some(out),
+            Ok(()) if !out.is_empty() => Some((w.persisted_seq, out)),
             Ok(()) => None,
             Err(e) => {
                 tracing::warn!(collection = %self.name, error = %e, "index dump not linked for a backup");

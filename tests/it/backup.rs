@@ -66,6 +66,8 @@ fn backups_under_a_writer_hold_exactly_the_captured_state() {
             .unwrap()
             .seq;
     }
+    // An index dump at the start: every backup carries it with the log after it.
+    db.flush().unwrap();
     // The writer: batches of 10 at about 1,000 documents/s, new ids, replacements, deletes.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -147,6 +149,10 @@ fn backups_under_a_writer_hold_exactly_the_captured_state() {
     let want = backed_up(target);
     let rdb = Database::open(&new).unwrap();
     assert_eq!(rdb.count("c").unwrap() as usize, want.len());
+    assert!(report.collections[0].index_included);
+    let stats = rdb.index_stats("c").unwrap();
+    assert!(stats.loaded_from_dump && !stats.rebuilt_on_open, "{stats:?}");
+    assert_eq!(stats.live, want.len());
     let mut after: Option<String> = None;
     let mut seen = 0;
     loop {

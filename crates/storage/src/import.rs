@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use crate::collection::{CollectionConfig, CollectionInfo};
 use crate::error::{Error, Result};
 use crate::key;
-use crate::record;
+use crate::record::{self, Change};
 use crate::store::{FORMAT_VERSION, Storage};
 
 /// Records written per atomic batch while importing.
@@ -23,6 +23,9 @@ pub struct ImportSpec {
     pub next_point: u32,
     /// The number of documents the capture held.
     pub count: u64,
+    /// Change-log entries to keep (those after the included index dump, up to `seq`), so that
+    /// opening replays them onto that dump.
+    pub changes: Vec<Change>,
 }
 
 impl Storage {
@@ -108,6 +111,16 @@ impl Storage {
                 "{n} records, the capture counted {}",
                 spec.count
             )));
+        }
+        for c in &spec.changes {
+            if c.seq() > spec.seq {
+                return Err(Error::Corrupt(format!(
+                    "change {} after the captured sequence {}",
+                    c.seq(),
+                    spec.seq
+                )));
+            }
+            batch.insert(&key::log_key(c.seq()), &c.encode_value());
         }
         batch.insert(key::META_NEXT_POINT, &spec.next_point.to_be_bytes());
         batch.insert(key::META_SEQ, &spec.seq.to_be_bytes());

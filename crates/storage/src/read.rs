@@ -133,8 +133,13 @@ impl Storage {
     }
 
     /// Removes change-log entries up to and including `upto` (after the index persisted them).
+    /// Does nothing while a snapshot holds the collection (a backup copies the log after its
+    /// index dump); the next trim after the hold removes them.
     pub fn trim_changes(&self, collection: &str, upto: u64) -> Result<()> {
         self.read(collection, |state| {
+            if state.writer.lock().holds > 0 {
+                return Ok(());
+            }
             let start = key::log_key(0);
             let end = key::log_key(upto.saturating_add(1));
             let mut batch = sled::Batch::default();

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use crate::collection::CollectionConfig;
 use crate::error::{Error, Result};
 use crate::key;
+use crate::record::Change;
 use crate::store::{CollectionState, Storage, not_found};
 
 /// The most deferred records purged in one atomic batch.
@@ -172,6 +173,32 @@ impl Snapshot {
             return Err(not_found(&c.name));
         }
         Ok(n)
+    }
+}
+
+impl Snapshot {
+    /// The change-log entries of collection `i` with sequences in `(after, captured]`, oldest
+    /// first, or `None` when the log no longer reaches back to `after + 1` (it is not trimmed
+    /// while the snapshot holds the collection, so what it had at the capture stays).
+    pub fn changes(&self, i: usize, after: u64) -> Result<Option<Vec<Change>>> {
+        let (Some(state), Some(c)) = (self.storage_states.get(i), self.collections.get(i)) else {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot has no collection number {i}"
+            )));
+        };
+        if after >= c.seq {
+            return Ok(Some(Vec::new()));
+        }
+        let start = key::log_key(after + 1);
+        let end = key::log_key(c.seq.saturating_add(1));
+        let mut out = Vec::new();
+        for item in state.tree.range(start.as_slice()..end.as_slice()) {
+            let (k, v) = item?;
+            out.push(Change::decode(key::parse_log_key(&k)?, &v)?);
+        }
+        let complete =
+            out.len() as u64 == c.seq - after && out.first().map(Change::seq) == Some(after + 1);
+        Ok(complete.then_some(out))
     }
 }
 

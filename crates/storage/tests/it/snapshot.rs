@@ -57,6 +57,14 @@ fn snapshot_keeps_the_captured_state_while_writes_go_on() {
         2,
         "d1 and d2's old version"
     );
+    // The log is not trimmed while held: the snapshot still reads changes (4, 10].
+    s.trim_changes("c", 13).unwrap();
+    let log = snap.changes(0, 4).unwrap().expect("complete");
+    assert_eq!(
+        log.iter().map(|c| c.seq()).collect::<Vec<_>>(),
+        [5, 6, 7, 8, 9, 10]
+    );
+    assert_eq!(snap.changes(0, 10).unwrap(), Some(Vec::new()));
     let got = contents(&snap, 0);
     let want: BTreeMap<String, f32> = (0..10).map(|i| (format!("d{i}"), i as f32)).collect();
     assert_eq!(got, want);
@@ -76,6 +84,11 @@ fn snapshot_keeps_the_captured_state_while_writes_go_on() {
         0,
         "purged after the last hold"
     );
+    // Without a hold, trims happen; a snapshot then reports the log incomplete below them.
+    s.trim_changes("c", 13).unwrap();
+    let later = s.snapshot(&[]).unwrap();
+    assert_eq!(later.changes(0, 4).unwrap(), None);
+    drop(later);
     // With no hold, removals delete at once.
     s.delete("c", &["d3"], None).unwrap();
     assert_eq!(s.deferred_records("c").unwrap(), 0);
