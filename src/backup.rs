@@ -551,7 +551,7 @@ fn copy_part_to(reader: &BackupReader, name: &str, dest: &Path) -> Result<()> {
 /// Every file under `dir` (relative paths with `/`), skipping hidden and temporary entries
 /// (names starting with `.`, such as a tuned version still being written); empty when `dir`
 /// does not exist.
-fn list_files(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;

@@ -638,38 +638,26 @@ impl Collection {
         if !self.dir.join("manifest.json").is_file() {
             return None;
         }
-        fn walk(dir: &Path, rel: &str, into: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-            for entry in std::fs::read_dir(dir)? {
-                let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') || name.contains(".tmp") {
-                    continue;
-                }
-                let rel = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                if entry.file_type()?.is_dir() {
-                    std::fs::create_dir_all(into.join(&rel))?;
-                    walk(&entry.path(), &rel, into, out)?;
-                } else {
-                    std::fs::hard_link(entry.path(), into.join(&rel))?;
-                    out.push(rel);
-                }
-            }
-            Ok(())
-        }
-        let mut out = Vec::new();
-        std::fs::create_dir_all(into).ok()?;
-        match walk(&self.dir, "", into, &mut out) {
-            Ok(()) if !out.is_empty() => Some((w.persisted_seq, out)),
-            Ok(()) => None,
+        let files = match crate::backup::list_files(&self.dir) {
+            Ok(files) if !files.is_empty() => files,
+            Ok(_) => return None,
             Err(e) => {
+                tracing::warn!(collection = %self.name, error = %e, "index dump not listed for a backup");
+                return None;
+            }
+        };
+        for rel in &files {
+            let dest = into.join(rel);
+            let linked = dest
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::hard_link(self.dir.join(rel), &dest));
+            if let Err(e) = linked {
                 tracing::warn!(collection = %self.name, error = %e, "index dump not linked for a backup");
-                None
+                return None;
             }
         }
+        Some((w.persisted_seq, files))
     }
 
     /// Removes the dump directory (after the collection was dropped).
