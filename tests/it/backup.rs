@@ -151,7 +151,10 @@ fn backups_under_a_writer_hold_exactly_the_captured_state() {
     assert_eq!(rdb.count("c").unwrap() as usize, want.len());
     assert!(report.collections[0].index_included);
     let stats = rdb.index_stats("c").unwrap();
-    assert!(stats.loaded_from_dump && !stats.rebuilt_on_open, "{stats:?}");
+    assert!(
+        stats.loaded_from_dump && !stats.rebuilt_on_open,
+        "{stats:?}"
+    );
     assert_eq!(stats.live, want.len());
     let mut after: Option<String> = None;
     let mut seen = 0;

@@ -306,6 +306,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Makes rustls's `ring` provider the process default, once (later calls do nothing). TLS in
+/// this process (the server, and tonic clients) then never depends on which other crypto
+/// providers the dependency graph enables: with two enabled (object_store's S3 client brings
+/// aws-lc-rs), rustls cannot pick one by itself and panics. [`prepare`] calls it; call it
+/// before building a TLS client without a server.
+pub fn install_crypto_provider() {
+    // An error only says a default is installed already (this one or the caller's own).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,14 +331,4 @@ mod tests {
             assert!(w.contains("0.0.0.0:1"), "{w}");
         }
     }
-}
-
-/// Makes rustls's `ring` provider the process default, once (later calls do nothing). TLS in
-/// this process (the server, and tonic clients) then never depends on which other crypto
-/// providers the dependency graph enables: with two enabled (object_store's S3 client brings
-/// aws-lc-rs), rustls cannot pick one by itself and panics. [`prepare`] calls it; call it
-/// before building a TLS client without a server.
-pub fn install_crypto_provider() {
-    // An error only says a default is installed already (this one or the caller's own).
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
