@@ -16,6 +16,11 @@ pub(super) struct LocalTarget {
 /// Distinguishes the temporary files of concurrent writers in one process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A file is written and synced in slices of this size, so that the page cache never holds more
+/// than this much of a backup's dirty data: one fsync of a whole 64 MiB chunk made the
+/// database's own fsyncs on the same file system wait for it (writer p99 ×4 during a backup).
+const SYNC_SLICE: usize = 4 << 20;
+
 impl LocalTarget {
     pub(super) fn new(root: PathBuf) -> Self {
         LocalTarget { root }
@@ -74,7 +79,12 @@ impl LocalTarget {
                 .write(true)
                 .create_new(true)
                 .open(&temp)?;
-            file.write_all(bytes)?;
+            for slice in bytes.chunks(SYNC_SLICE) {
+                file.write_all(slice)?;
+                if bytes.len() > SYNC_SLICE {
+                    file.sync_data()?;
+                }
+            }
             file.sync_all()
         })();
         if let Err(e) = result {
