@@ -2,7 +2,7 @@
 //! top-10 equality of a restored copy, on N × 384 documents. Prints one JSON object.
 //!
 //! ```text
-//! cargo run --release --example backup_bench -- [DOCS=100000] [BASELINE_SECS=5]
+//! cargo run --release --example backup_bench -- [DOCS=100000] [BASELINE_SECS=5] [BATCH=50]
 //! ```
 
 use std::sync::Arc;
@@ -52,8 +52,19 @@ fn top10(db: &Database, queries: &[Vec<f32>]) -> Vec<Vec<String>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let docs: u64 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(100_000);
+    let docs: u64 = args
+        .first()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let baseline_secs: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    // The writer's batch size; one batch every BATCH ms makes 1,000 documents/s.
+    let batch_size: u64 = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(50)
+        .max(2);
     let tmp = tempfile::tempdir()?;
     let db = Arc::new(Database::open(tmp.path().join("db"))?);
     db.create_collection(CollectionSpec::new("c", DIM, Metric::Cosine))?;
@@ -86,8 +97,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .count();
     drop(restored);
 
-    // 2. A writer at about 1,000 documents/s (batches of 10 every 10 ms): its latency before
-    //    and during a backup.
+    // 2. A writer at 1,000 documents/s (a batch of BATCH every BATCH ms on a fixed schedule): its
+    //    latency before the backups, and while backups run back to back for as long again.
     let stop = Arc::new(AtomicBool::new(false));
     let during = Arc::new(AtomicBool::new(false));
     let lat: Arc<Mutex<(Vec<f64>, Vec<f64>)>> = Arc::default();
@@ -95,12 +106,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (db, stop, during, lat) = (db.clone(), stop.clone(), during.clone(), lat.clone());
         std::thread::spawn(move || {
             let mut n = docs;
+            let mut next = Instant::now();
+            let mut written = 0u64;
+            let began = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let batch = (0..10)
+                let batch = (0..batch_size)
                     .map(|k| {
                         // Half new documents, half replacements.
-                        let id = if k % 2 == 0 { n + k } else { (n * 31 + k) % docs };
+                        let id = if k % 2 == 0 {
+                            n + k
+                        } else {
+                            (n * 31 + k) % docs
+                        };
                         Document::new(format!("d{id}"), vector(id ^ n))
                     })
                     .collect();
@@ -113,23 +131,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     l.0.push(ms);
                 }
                 drop(l);
-                n += 10;
-                if let Some(rest) = Duration::from_millis(10).checked_sub(t.elapsed()) {
+                n += batch_size;
+                written += batch_size;
+                next += Duration::from_millis(batch_size);
+                if let Some(rest) = next.checked_duration_since(Instant::now()) {
                     std::thread::sleep(rest);
                 }
             }
+            written as f64 / began.elapsed().as_secs_f64()
         })
     };
     std::thread::sleep(Duration::from_secs(baseline_secs));
+    let (mut live_reports, mut live_backup_s) = (Vec::new(), Vec::new());
+    let window = Instant::now();
     during.store(true, Ordering::Relaxed);
-    let live = tmp.path().join("live");
-    let live = live.to_str().ok_or("path")?.to_owned();
-    let t = Instant::now();
-    let live_report = db.backup(&live, &BackupOptions::default())?;
-    let live_backup_s = t.elapsed().as_secs_f64();
+    while live_reports.is_empty() || window.elapsed() < Duration::from_secs(baseline_secs) {
+        let live = tmp.path().join(format!("live-{}", live_reports.len()));
+        let live = live.to_str().ok_or("path")?.to_owned();
+        let t = Instant::now();
+        live_reports.push((live.clone(), db.backup(&live, &BackupOptions::default())?));
+        live_backup_s.push(t.elapsed().as_secs_f64());
+    }
     during.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    writer.join().map_err(|_| "writer panicked")?;
+    let writer_docs_per_s = writer.join().map_err(|_| "writer panicked")?;
+    let (live, live_report) = live_reports.last().ok_or("no backup")?.clone();
     let t = Instant::now();
     backup::restore(&live, &tmp.path().join("restored-live"))?;
     let live_restore_s = t.elapsed().as_secs_f64();
@@ -138,6 +164,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = serde_json::json!({
         "docs": docs,
         "dim": DIM,
+        "writer_batch": batch_size,
         "load_s": load_s,
         "quiet": {
             "backup_s": quiet_backup_s,
@@ -147,8 +174,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "top10_equal_of_100": same_top10,
         },
         "under_writer": {
-            "capture_ms": live_report.capture_ms,
+            "backups": live_reports.len(),
+            "capture_ms_max": live_reports.iter().map(|(_, r)| r.capture_ms).fold(0.0, f64::max),
             "backup_s": live_backup_s,
+            "writer_docs_per_s": writer_docs_per_s,
             "bytes": live_report.bytes,
             "index_included": live_report.collections[0].index_included,
             "restore_s": live_restore_s,

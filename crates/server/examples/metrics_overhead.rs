@@ -207,23 +207,36 @@ async fn main() {
     // Then with the endpoint, alternating no scraper and a scraper every 100 ms.
     let (addr, maddr, stop) = start(Arc::clone(&db), true).await;
     let maddr = maddr.expect("metrics endpoint");
-    let (mut quiet, mut scraped) = (Vec::new(), Vec::new());
+    let (mut quiet, mut scraped, mut changes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scrape_cpu = Vec::new();
     for round in 0..rounds {
-        let (q, _, _) = measure(addr, clients, secs, None).await;
-        let (s, n, ms) = measure(addr, clients, secs, Some(maddr)).await;
+        // Alternate which phase runs first, so that a drift of the machine cancels out.
+        let ((q, _, _), (s, n, ms)) = if round % 2 == 0 {
+            let q = measure(addr, clients, secs, None).await;
+            (q, measure(addr, clients, secs, Some(maddr)).await)
+        } else {
+            let s = measure(addr, clients, secs, Some(maddr)).await;
+            (measure(addr, clients, secs, None).await, s)
+        };
+        let change = (s - q) / q * 100.0;
         println!(
             "round {round}: metrics, no scraper {q:>9.0}/s; scraped every 100 ms {s:>9.0}/s \
-             ({n} scrapes, {ms:.2} ms each); change {:+.2}%",
-            (s - q) / q * 100.0
+             ({n} scrapes, {ms:.2} ms each); change {change:+.2}%"
         );
         quiet.push(q);
         scraped.push(s);
+        changes.push(change);
+        // The share of one core the scrapes took (their wall time, an upper bound).
+        scrape_cpu.push(n as f64 * ms / (secs as f64 * 1000.0) * 100.0);
     }
     let (q, s) = (median(&mut quiet), median(&mut scraped));
     println!(
         "median: metrics on, no scraper {q:.0}/s; scraped every 100 ms {s:.0}/s; scrape overhead \
-         {:+.2}% (recording itself vs no recorder: {:+.2}%)",
+         {:+.2}% (median of the paired rounds: {:+.2}%; scrapes took {:.1}% of one core's time; \
+         recording itself vs no recorder: {:+.2}%)",
         (s - q) / q * 100.0,
+        median(&mut changes),
+        median(&mut scrape_cpu),
         (q - no_recorder) / no_recorder * 100.0
     );
     let _ = stop.send(());
