@@ -437,6 +437,12 @@ impl Collection {
         docs: Vec<(String, Map<String, Value>)>,
         texts: &[Option<String>],
     ) {
+        let _span = tracing::debug_span!(
+            "index.update",
+            removed = removed.len(),
+            inserted = inserted.len()
+        )
+        .entered();
         {
             let mut payload = self.payload.write();
             for &p in removed {

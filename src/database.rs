@@ -292,6 +292,7 @@ impl Database {
         model: Option<&latentdb_embed::ModelIdentity>,
         uid: Option<u64>,
     ) -> Result<UpsertResult> {
+        let _span = tracing::debug_span!("write", collection = name, docs = docs.len()).entered();
         let coll = self.coll(name)?;
         // What the index would reject must be rejected before storage accepts it.
         for d in &docs {
@@ -332,6 +333,7 @@ impl Database {
         // Group commit: writers that queued behind this one flush concurrently, and one sled
         // flush makes all their batches durable. The batch is acknowledged only after it.
         if sync {
+            let _span = tracing::debug_span!("storage.flush").entered();
             self.storage.flush()?;
         }
         Ok(UpsertResult {
@@ -363,16 +365,19 @@ impl Database {
         } else {
             Vec::new()
         };
-        let out = match embedder {
-            None => self
-                .storage
-                .upsert(name, docs, Some(Durability::Buffered))?,
-            Some(embedder) => self.storage.replace_vectors_and_settings(
-                name,
-                docs,
-                embedder,
-                Some(Durability::Buffered),
-            )?,
+        let out = {
+            let _span = tracing::debug_span!("storage.write").entered();
+            match embedder {
+                None => self
+                    .storage
+                    .upsert(name, docs, Some(Durability::Buffered))?,
+                Some(embedder) => self.storage.replace_vectors_and_settings(
+                    name,
+                    docs,
+                    embedder,
+                    Some(Durability::Buffered),
+                )?,
+            }
         };
         let changes = (out.inserted.len() + out.removed.len()) as u64;
         let docs = out.ids.iter().cloned().zip(metas).collect();
@@ -439,6 +444,7 @@ impl Database {
     /// returned by a search that starts after this returns. Deleting a parent document (one
     /// that was ingested in chunks) deletes its chunks `{id}#{n}` too.
     pub fn delete(&self, collection: &str, ids: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        let _span = tracing::debug_span!("delete", collection, ids = ids.len()).entered();
         let coll = self.coll(collection)?;
         let parents: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
         let mut ids: Vec<String> = parents.iter().map(|s| s.to_string()).collect();
@@ -449,7 +455,10 @@ impl Database {
         }
         let DeleteOutcome {
             deleted, removed, ..
-        } = self.storage.delete(collection, &ids, None)?;
+        } = {
+            let _span = tracing::debug_span!("storage.write").entered();
+            self.storage.delete(collection, &ids, None)?
+        };
         coll.apply(&removed, &[], Vec::new(), &[]);
         coll.maintain(&self.storage, &mut w, removed.len() as u64);
         Ok(deleted)
@@ -516,6 +525,7 @@ impl Database {
     /// In a collection with an embedder, `req.text` is embedded with the collection's query
     /// template (and `req.task` or `req.instruction`) instead of giving `req.vector`.
     pub fn search(&self, collection: &str, req: &SearchRequest) -> Result<Vec<SearchHit>> {
+        let _span = tracing::debug_span!("search", collection, queries = 1, k = req.k).entered();
         let coll = self.coll(collection)?;
         let req = self.embed_queries(collection, std::slice::from_ref(req))?;
         search::search_one(&self.storage, &coll, &req[0])
@@ -528,6 +538,7 @@ impl Database {
         collection: &str,
         reqs: &[SearchRequest],
     ) -> Result<Vec<Vec<SearchHit>>> {
+        let _span = tracing::debug_span!("search", collection, queries = reqs.len()).entered();
         let coll = self.coll(collection)?;
         let reqs = self.embed_queries(collection, reqs)?;
         search::search_many(&self.storage, &coll, &reqs)

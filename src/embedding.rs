@@ -390,9 +390,10 @@ fn embed_recorded(
     texts: &[&str],
     opts: &EmbedOptions,
 ) -> Result<Vec<Vec<f32>>> {
+    let model = embedder.identity().name.clone();
+    let _span = tracing::debug_span!("embed", model = %model, texts = texts.len()).entered();
     let start = std::time::Instant::now();
     let vectors = embedder.embed(texts, opts)?;
-    let model = embedder.identity().name.clone();
     metrics::histogram!("latentdb_embed_batch_duration_seconds", "model" => model.clone())
         .record(start.elapsed().as_secs_f64());
     metrics::counter!("latentdb_embed_texts_total", "model" => model).increment(texts.len() as u64);

@@ -28,6 +28,17 @@ pub struct Global {
     /// was lost is printed on stderr.
     #[arg(long, global = true)]
     pub accept_data_loss: bool,
+    /// Export tracing spans over OTLP/HTTP (protobuf) to a collector at URL, e.g.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is appended to a URL without a path). Which spans:
+    /// `LATENTDB_TRACE` (default `latentdb=debug`). Needs a binary built with
+    /// `--features otlp`.
+    #[arg(
+        long,
+        global = true,
+        env = "LATENTDB_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The subcommands.

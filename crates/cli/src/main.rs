@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod output;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -10,14 +11,14 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LATENTDB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    match commands::run(args) {
+    let telemetry = match telemetry::Telemetry::init(args.global.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match commands::run(args) {
         Ok(code) => code,
         Err(e) => {
             // One line that says what was wrong.
@@ -25,5 +26,7 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

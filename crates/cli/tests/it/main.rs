@@ -5,6 +5,7 @@ mod cli_documents;
 mod cli_embed;
 mod eval_fusion;
 mod hybrid;
+mod otlp;
 mod safety;
 mod search;
 mod serve_crash;

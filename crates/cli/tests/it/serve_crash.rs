@@ -44,7 +44,7 @@ fn start(data: &std::path::Path) -> (Child, String) {
     (child, addr)
 }
 
-async fn connect(addr: &str) -> LatentDbClient<Channel> {
+pub(crate) async fn connect(addr: &str) -> LatentDbClient<Channel> {
     for _ in 0..100 {
         if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
             .expect("url")
