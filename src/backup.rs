@@ -549,14 +549,14 @@ fn copy_part_to(reader: &BackupReader, name: &str, dest: &Path) -> Result<()> {
 }
 
 /// Every file under `dir` (relative paths with `/`), skipping hidden and temporary entries
-/// (names starting with `.`, such as a tuned version still being written); empty when `dir`
-/// does not exist.
+/// (names starting with `.`, such as a tuned version still being written, and names with
+/// `.tmp`, the index dumps' files being written); empty when `dir` does not exist.
 pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            if name.starts_with('.') || name.contains(".tmp") {
                 continue;
             }
             let rel = if rel.is_empty() {

@@ -88,11 +88,11 @@ mod otlp {
             .with_context(|| {
                 format!("--otlp-endpoint {url:?}: expected an http:// or https:// URL")
             })?;
-        let host = rest.split('/').next().unwrap_or("");
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if host.is_empty() {
             anyhow::bail!("--otlp-endpoint {url:?}: no host");
         }
-        if rest.len() == host.len() || rest.len() == host.len() + 1 {
+        if path.is_empty() || path == "/" {
             Ok(format!("{}/v1/traces", url.trim_end_matches('/')))
         } else {
             Ok(url.to_owned())

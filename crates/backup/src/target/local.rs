@@ -79,9 +79,11 @@ impl LocalTarget {
                 .write(true)
                 .create_new(true)
                 .open(&temp)?;
-            for slice in bytes.chunks(SYNC_SLICE) {
+            let mut slices = bytes.chunks(SYNC_SLICE).peekable();
+            while let Some(slice) = slices.next() {
                 file.write_all(slice)?;
-                if bytes.len() > SYNC_SLICE {
+                // The last slice is synced with the metadata below.
+                if slices.peek().is_some() {
                     file.sync_data()?;
                 }
             }
