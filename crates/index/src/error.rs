@@ -72,6 +72,10 @@ pub enum Error {
         /// What check failed.
         reason: String,
     },
+    /// System fault: data handed back to the index disagrees with it (e.g. a vector fetched
+    /// for rescoring has the wrong dimension).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// System fault: reading or writing files failed.
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -97,7 +101,9 @@ impl Error {
             | Error::Npy { .. } => ErrorKind::InvalidArgument,
             Error::DuplicateId(_) => ErrorKind::AlreadyExists,
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
-            Error::CorruptDump { .. } | Error::Io { .. } => ErrorKind::Internal,
+            Error::CorruptDump { .. } | Error::Io { .. } | Error::Internal(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 

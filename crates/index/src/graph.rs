@@ -22,7 +22,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::metric::MetricExt;
-use crate::params::IndexParams;
+use crate::params::{IndexParams, Quantization};
+use crate::quant::{CALIBRATION_POINTS, Quantizer};
 use crate::synth::mix64;
 use latentdb_types::Metric;
 
@@ -39,7 +40,7 @@ pub(crate) const MAX_POINTS: usize = u32::MAX as usize;
 /// `NPY=DIR cargo bench -p latentdb-index --bench ann` on 100k x 384 (cosine, 2 threads):
 /// build 3,690 -> 4,225 vectors/s, one-thread QPS at ef 32 10,410 -> 12,291 (recall 0.99).
 #[inline(always)]
-fn prefetch(p: *const f32) {
+fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `prefetch` never faults and reads no memory into the program: any address is
     // allowed, and SSE (its target feature) is part of the x86-64 baseline.
@@ -85,7 +86,14 @@ pub(crate) struct Nodes {
     pub(crate) dim: usize,
     pub(crate) m: usize,
     pub(crate) m0: usize,
+    /// Prepared `f32` vectors, `dim` per point; empty once the points are quantized.
     pub(crate) vectors: Vec<f32>,
+    /// With int8 quantization, once calibrated: `dim` codes per point (see `quant.rs`).
+    pub(crate) codes: Vec<u8>,
+    /// With int8 quantization, once calibrated: each point's correction term.
+    pub(crate) corr: Vec<f32>,
+    /// The calibrated range; `Some` exactly when the points are held as codes.
+    pub(crate) quant: Option<Quantizer>,
     pub(crate) ids: Vec<u32>,
     pub(crate) levels: Vec<u8>,
     pub(crate) links0: Vec<AtomicU32>,
@@ -99,13 +107,20 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
-    /// Empty arrays with room for `cap` points, reserved fallibly: an impossible size is an
-    /// [`Error::ResourceExhausted`], never an abort.
-    pub(crate) fn with_capacity(dim: usize, params: &IndexParams, cap: usize) -> Result<Self> {
+    /// Empty arrays with room for `cap` points (held as codes under `quant` when given),
+    /// reserved fallibly: an impossible size is an [`Error::ResourceExhausted`], never an
+    /// abort.
+    pub(crate) fn with_capacity(
+        dim: usize,
+        params: &IndexParams,
+        cap: usize,
+        quant: Option<Quantizer>,
+    ) -> Result<Self> {
         let mut nodes = Self {
             dim,
             m: params.m,
             m0: params.m0(),
+            quant,
             ..Self::default()
         };
         nodes.try_reserve(cap)?;
@@ -134,7 +149,12 @@ impl Nodes {
             return Err(fail(&format!("an index holds at most {MAX_POINTS} points")));
         }
         let e = |_| fail("out of memory");
-        self.vectors.try_reserve(floats).map_err(e)?;
+        if self.quant.is_some() {
+            self.codes.try_reserve(floats).map_err(e)?;
+            self.corr.try_reserve(additional).map_err(e)?;
+        } else {
+            self.vectors.try_reserve(floats).map_err(e)?;
+        }
         self.links0.try_reserve(links).map_err(e)?;
         self.ids.try_reserve(additional).map_err(e)?;
         self.levels.try_reserve(additional).map_err(e)?;
@@ -150,10 +170,94 @@ impl Nodes {
         self.ids.len()
     }
 
+    /// The `f32` vector of `slot`; only while the points are not quantized.
     #[inline]
     pub(crate) fn vector(&self, slot: u32) -> &[f32] {
         let start = slot as usize * self.dim;
         &self.vectors[start..start + self.dim]
+    }
+
+    /// The codes of `slot`; only once the points are quantized.
+    #[inline]
+    pub(crate) fn code(&self, slot: u32) -> &[u8] {
+        let start = slot as usize * self.dim;
+        &self.codes[start..start + self.dim]
+    }
+
+    /// `slot` as a query or a distance operand, in whichever form the points are held.
+    #[inline]
+    pub(crate) fn view(&self, slot: u32) -> View<'_> {
+        match &self.quant {
+            Some(quant) => View::Code {
+                codes: self.code(slot),
+                corr: self.corr[slot as usize],
+                quant,
+            },
+            None => View::F32(self.vector(slot)),
+        }
+    }
+
+    /// Starts loading the first cache line of `slot`'s vector or codes.
+    #[inline(always)]
+    fn prefetch(&self, slot: u32) {
+        let start = slot as usize * self.dim;
+        if self.quant.is_some() {
+            prefetch(self.codes[start..].as_ptr());
+        } else {
+            prefetch(self.vectors[start..].as_ptr());
+        }
+    }
+
+    /// Appends `slot`'s vector (decoded when quantized: within half a code step of the
+    /// prepared vector inside the calibrated range) to `out`.
+    pub(crate) fn copy_vector(&self, slot: u32, out: &mut Vec<f32>) {
+        match &self.quant {
+            Some(q) => q.decode(self.code(slot), out),
+            None => out.extend_from_slice(self.vector(slot)),
+        }
+    }
+
+    /// A prepared query as a distance operand: encoded into `buf` when the points are
+    /// quantized.
+    pub(crate) fn query_view<'a>(
+        &'a self,
+        q: &'a [f32],
+        buf: &'a mut Vec<u8>,
+        metric: Metric,
+    ) -> View<'a> {
+        match &self.quant {
+            Some(quant) => {
+                buf.clear();
+                quant.encode(q, buf);
+                View::Code {
+                    codes: buf,
+                    corr: quant.correction(metric, buf),
+                    quant,
+                }
+            }
+            None => View::F32(q),
+        }
+    }
+
+    /// Switches the points to codes under `quant`: encodes every `f32` vector and frees them.
+    pub(crate) fn quantize(&mut self, quant: Quantizer, metric: Metric) -> Result<()> {
+        let n = self.len();
+        let fail =
+            || Error::ResourceExhausted(format!("cannot reserve memory to quantize {n} points"));
+        let mut codes = Vec::new();
+        codes.try_reserve(self.vectors.len()).map_err(|_| fail())?;
+        let mut corr = Vec::new();
+        corr.try_reserve(n).map_err(|_| fail())?;
+        for v in self.vectors.chunks_exact(self.dim.max(1)) {
+            let start = codes.len();
+            quant.encode(v, &mut codes);
+            corr.push(quant.correction(metric, &codes[start..]));
+        }
+        self.codes = codes;
+        self.corr = corr;
+        self.vectors = Vec::new();
+        self.quant = Some(quant);
+        Ok(())
     }
 
     /// Copies the neighbours of `slot` on `layer` into `out`.
@@ -209,10 +313,18 @@ impl Nodes {
         links[0].store(count as u32, Relaxed);
     }
 
-    /// Appends one unlinked node.
-    pub(crate) fn push(&mut self, id: u32, vector: &[f32], level: u8) {
+    /// Appends one unlinked node (encoded when the points are quantized).
+    pub(crate) fn push(&mut self, id: u32, vector: &[f32], level: u8, metric: Metric) {
         let slot = self.ids.len() as u32;
-        self.vectors.extend_from_slice(vector);
+        match &self.quant {
+            Some(q) => {
+                let start = self.codes.len();
+                q.encode(vector, &mut self.codes);
+                let c = q.correction(metric, &self.codes[start..]);
+                self.corr.push(c);
+            }
+            None => self.vectors.extend_from_slice(vector),
+        }
         self.ids.push(id);
         self.levels.push(level);
         self.links0.extend((0..=self.m0).map(|_| AtomicU32::new(0)));
@@ -238,6 +350,19 @@ impl Nodes {
     }
 }
 
+/// A point or a query as a distance operand: `f32` values, or codes with their correction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum View<'a> {
+    /// Prepared `f32` values.
+    F32(&'a [f32]),
+    /// Codes under `quant`, with their correction term.
+    Code {
+        codes: &'a [u8],
+        corr: f32,
+        quant: &'a Quantizer,
+    },
+}
+
 /// Per-search scratch memory, pooled so that a query allocates nothing once warm.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
@@ -250,6 +375,8 @@ pub(crate) struct Scratch {
     selected: Vec<Cand>,
     /// The pruned list while a full neighbour list is cut back to its maximum.
     kept: Vec<Cand>,
+    /// A query's codes, when the points are quantized.
+    qcodes: Vec<u8>,
 }
 
 impl Scratch {
@@ -294,17 +421,19 @@ pub(crate) struct Graph {
 impl Graph {
     /// An empty graph with room for `params.initial_capacity` points.
     pub(crate) fn new(metric: Metric, dim: usize, params: IndexParams) -> Result<Self> {
-        Self::with_capacity(metric, dim, params, params.initial_capacity)
+        Self::with_capacity(metric, dim, params, params.initial_capacity, None)
     }
 
-    /// An empty graph with room for `cap` points.
+    /// An empty graph with room for `cap` points, holding them as codes under `quant` when
+    /// given (a rebuild keeps its index's calibration).
     pub(crate) fn with_capacity(
         metric: Metric,
         dim: usize,
         params: IndexParams,
         cap: usize,
+        quant: Option<Quantizer>,
     ) -> Result<Self> {
-        let nodes = Nodes::with_capacity(dim, &params, cap)?;
+        let nodes = Nodes::with_capacity(dim, &params, cap, quant)?;
         Ok(Self::from_parts(metric, dim, params, nodes, None, 0))
     }
 
@@ -335,9 +464,20 @@ impl Graph {
         ((-u.ln() * ml).floor() as u64).min(MAX_LEVEL as u64) as u8
     }
 
+    /// The internal distance from `q` to point `slot` (on codes when the points are
+    /// quantized: `q` is then a [`View::Code`] too).
     #[inline]
-    fn dist(&self, a: &[f32], b: &[f32]) -> f32 {
-        self.metric.distance(a, b)
+    pub(crate) fn dist(&self, nodes: &Nodes, q: View<'_>, slot: u32) -> f32 {
+        match q {
+            View::F32(a) => self.metric.distance(a, nodes.vector(slot)),
+            View::Code { codes, corr, quant } => quant.distance(
+                self.metric,
+                codes,
+                corr,
+                nodes.code(slot),
+                nodes.corr[slot as usize],
+            ),
+        }
     }
 
     fn take_scratch(&self) -> Scratch {
@@ -359,11 +499,35 @@ impl Graph {
         }
         let start = {
             let mut nodes = self.nodes.write();
+            let calibrate = self.params.quantization == Quantization::Int8
+                && nodes.quant.is_none()
+                && nodes.len() + ids.len() >= CALIBRATION_POINTS;
+            if calibrate {
+                // The range comes from every point so far and this batch; the points so far
+                // are encoded now, the batch as it is appended.
+                let mut all = Vec::new();
+                all.try_reserve(nodes.vectors.len() + flat.len())
+                    .map_err(|_| {
+                        Error::ResourceExhausted(
+                            "cannot reserve memory to calibrate the quantizer".into(),
+                        )
+                    })?;
+                all.extend_from_slice(&nodes.vectors);
+                all.extend_from_slice(flat);
+                let quant = Quantizer::calibrate(&all);
+                drop(all);
+                nodes.quantize(quant, self.metric)?;
+            }
             nodes.try_reserve(ids.len())?;
             let start = nodes.len();
             for (i, &id) in ids.iter().enumerate() {
                 let level = self.level_for(id);
-                nodes.push(id, &flat[i * self.dim..(i + 1) * self.dim], level);
+                nodes.push(
+                    id,
+                    &flat[i * self.dim..(i + 1) * self.dim],
+                    level,
+                    self.metric,
+                );
             }
             start
         };
@@ -402,7 +566,7 @@ impl Graph {
     fn greedy(
         &self,
         nodes: &Nodes,
-        q: &[f32],
+        q: View<'_>,
         mut cur: Cand,
         layer: u8,
         nbuf: &mut Vec<u32>,
@@ -412,7 +576,7 @@ impl Graph {
             let mut changed = false;
             nodes.neighbors(cur.slot, layer, nbuf);
             for &n in nbuf.iter() {
-                let d = self.dist(q, nodes.vector(n));
+                let d = self.dist(nodes, q, n);
                 if d < cur.d && usable(n) {
                     cur = Cand { d, slot: n };
                     changed = true;
@@ -431,7 +595,7 @@ impl Graph {
         &self,
         nodes: &Nodes,
         scratch: &mut Scratch,
-        q: &[f32],
+        q: View<'_>,
         start: Cand,
         ef: usize,
         layer: u8,
@@ -455,12 +619,12 @@ impl Graph {
             nbuf.retain(|&n| {
                 let fresh = scratch.visit(n);
                 if fresh {
-                    prefetch(nodes.vector(n).as_ptr());
+                    nodes.prefetch(n);
                 }
                 fresh
             });
             for &n in &nbuf {
-                let d = self.dist(q, nodes.vector(n));
+                let d = self.dist(nodes, q, n);
                 if scratch.results.len() < ef || d < bound {
                     let cand = Cand { d, slot: n };
                     scratch.candidates.push(Reverse(cand));
@@ -487,11 +651,8 @@ impl Graph {
             if out.len() >= m {
                 break;
             }
-            let vc = nodes.vector(c.slot);
-            if out
-                .iter()
-                .all(|s| self.dist(vc, nodes.vector(s.slot)) >= c.d)
-            {
+            let vc = nodes.view(c.slot);
+            if out.iter().all(|s| self.dist(nodes, vc, s.slot) >= c.d) {
                 out.push(c);
             }
         }
@@ -501,10 +662,10 @@ impl Graph {
     fn link(&self, nodes: &Nodes, q: u32, scratch: &mut Scratch) {
         let Some(ep) = *self.entry.read() else { return };
         let level = nodes.levels[q as usize];
-        let vq = nodes.vector(q);
+        let vq = nodes.view(q);
         let mut nbuf = std::mem::take(&mut scratch.nbuf);
         let mut cur = Cand {
-            d: self.dist(vq, nodes.vector(ep.slot)),
+            d: self.dist(nodes, vq, ep.slot),
             slot: ep.slot,
         };
         let mut layer = ep.level;
@@ -638,11 +799,11 @@ impl Graph {
         buf: &mut Vec<Cand>,
         kept: &mut Vec<Cand>,
     ) {
-        let vn = nodes.vector(n);
+        let vn = nodes.view(n);
         buf.clear();
         buf.extend_from_slice(known);
         buf.extend(others.iter().map(|&s| Cand {
-            d: self.dist(vn, nodes.vector(s)),
+            d: self.dist(nodes, vn, s),
             slot: s,
         }));
         buf.sort_unstable();
@@ -668,8 +829,10 @@ impl Graph {
         }
         let mut scratch = self.take_scratch();
         let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        let mut qcodes = std::mem::take(&mut scratch.qcodes);
+        let q = nodes.query_view(q, &mut qcodes, self.metric);
         let mut cur = Cand {
-            d: self.dist(q, nodes.vector(ep.slot)),
+            d: self.dist(nodes, q, ep.slot),
             slot: ep.slot,
         };
         for layer in (1..=ep.level).rev() {
@@ -694,6 +857,7 @@ impl Graph {
         }
         out.extend(scratch.results.drain());
         out.sort_unstable();
+        scratch.qcodes = qcodes;
         self.put_scratch(scratch);
     }
 }

@@ -329,10 +329,12 @@ impl Index {
         let q = self.prepare_query(query)?;
         let graph = self.graph();
         let nodes = graph.nodes.read();
+        let mut qcodes = Vec::new();
+        let qv = nodes.query_view(&q, &mut qcodes, self.metric);
         let score = |id: &u32| -> Option<Cand> {
             let slot = *nodes.slot_of.get(id)?;
             (!nodes.is_deleted(slot)).then(|| Cand {
-                d: self.metric.distance(&q, nodes.vector(slot)),
+                d: graph.dist(&nodes, qv, slot),
                 slot,
             })
         };
@@ -366,6 +368,8 @@ impl Index {
         let q = self.prepare_query(query)?;
         let graph = self.graph();
         let nodes = graph.nodes.read();
+        let mut qcodes = Vec::new();
+        let qv = nodes.query_view(&q, &mut qcodes, self.metric);
         let n = nodes.len();
         let best = (0..n as u32)
             .into_par_iter()
@@ -373,7 +377,7 @@ impl Index {
             .fold(Vec::new, |mut acc: Vec<Cand>, slot| {
                 if !nodes.is_deleted(slot) && filter(nodes.ids[slot as usize]) {
                     acc.push(Cand {
-                        d: self.metric.distance(&q, nodes.vector(slot)),
+                        d: graph.dist(&nodes, qv, slot),
                         slot,
                     });
                     if acc.len() >= k.saturating_mul(4).saturating_add(64) {
@@ -391,11 +395,79 @@ impl Index {
         Ok(self.hits(&graph, &best))
     }
 
+    /// How many candidates a search for `k` results should ask the graph for: `k` for exact
+    /// `f32` vectors, `k * oversampling` once the vectors are quantized (see
+    /// [`rescore`](Index::rescore)).
+    pub fn candidates_for(&self, k: usize) -> usize {
+        if self.quantized() {
+            k.saturating_mul(self.params.oversampling)
+        } else {
+            k
+        }
+    }
+
+    /// True when the graph holds quantized codes instead of `f32` vectors, so that search
+    /// scores are approximate and should be [rescored](Index::rescore). An index with
+    /// [`Quantization::Int8`](crate::Quantization::Int8) keeps `f32` vectors until it has
+    /// enough points to calibrate its codes.
+    pub fn quantized(&self) -> bool {
+        self.graph().nodes.read().quant.is_some()
+    }
+
+    /// Exact scores for the candidates of a quantized search: `fetch(id, buf)` appends the
+    /// point's original vector to `buf` (as given at insert) and returns false when the point
+    /// is gone (it is then dropped). Returns the best `k`, best first (ties by id).
+    ///
+    /// A fetched vector of the wrong dimension or with non-finite values is an
+    /// [`Error::Internal`]: the caller's store and this index disagree.
+    pub fn rescore<E: From<Error>>(
+        &self,
+        query: &[f32],
+        hits: &[Hit],
+        k: usize,
+        mut fetch: impl FnMut(u32, &mut Vec<f32>) -> std::result::Result<bool, E>,
+    ) -> std::result::Result<Vec<Hit>, E> {
+        Self::check_k(k)?;
+        let q = self.prepare_query(query)?;
+        let mut buf = Vec::with_capacity(self.dim);
+        let mut prepared = Vec::with_capacity(self.dim);
+        let mut scored = Vec::with_capacity(hits.len());
+        for h in hits {
+            buf.clear();
+            if !fetch(h.id, &mut buf)? {
+                continue;
+            }
+            prepared.clear();
+            self.prepare(h.id, &buf, &mut prepared).map_err(|e| {
+                Error::Internal(format!(
+                    "the stored vector of point {} cannot be rescored: {e}",
+                    h.id
+                ))
+            })?;
+            scored.push((self.metric.distance(&q, &prepared), h.id));
+        }
+        scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        scored.truncate(k);
+        Ok(scored
+            .into_iter()
+            .map(|(d, id)| Hit {
+                id,
+                score: self.metric.score(d),
+            })
+            .collect())
+    }
+
     /// The stored (prepared: normalised under cosine) vector of a point, live or deleted.
+    /// Once the index is [quantized](Index::quantized), the vector its codes stand for
+    /// (within half a code step of the prepared vector inside the calibrated range).
     pub fn vector(&self, id: u32) -> Option<Vec<f32>> {
         let graph = self.graph();
         let nodes = graph.nodes.read();
-        nodes.slot_of.get(&id).map(|&s| nodes.vector(s).to_vec())
+        nodes.slot_of.get(&id).map(|&s| {
+            let mut v = Vec::with_capacity(self.dim);
+            nodes.copy_vector(s, &mut v);
+            v
+        })
     }
 
     /// Builds a fresh graph from the live points and swaps it in: tombstones and their space
@@ -405,20 +477,21 @@ impl Index {
     pub fn rebuild(&self) {
         let _w = self.writer.lock();
         let old = self.graph();
-        let (ids, flat) = {
+        let (ids, flat, quant) = {
             let nodes = old.nodes.read();
             let mut ids = Vec::with_capacity(nodes.len());
             let mut flat = Vec::with_capacity(nodes.len() * self.dim);
             for slot in 0..nodes.len() as u32 {
                 if !nodes.is_deleted(slot) {
                     ids.push(nodes.ids[slot as usize]);
-                    flat.extend_from_slice(nodes.vector(slot));
+                    nodes.copy_vector(slot, &mut flat);
                 }
             }
-            (ids, flat)
+            (ids, flat, nodes.quant)
         };
         let cap = self.params.initial_capacity.max(ids.len());
-        let fresh = match Graph::with_capacity(self.metric, self.dim, self.params, cap)
+        // A quantized index keeps its calibration: decoded values re-encode to the same codes.
+        let fresh = match Graph::with_capacity(self.metric, self.dim, self.params, cap, quant)
             .and_then(|g| g.add(&ids, &flat).map(|()| g))
         {
             Ok(g) => g,
@@ -555,7 +628,7 @@ mod tests {
         // Past the parameter checks, the reservation itself is fallible.
         let params = IndexParams::default();
         for cap in [usize::MAX / 2, 1 << 31] {
-            let err = Graph::with_capacity(Metric::L2, 65_536, params, cap).unwrap_err();
+            let err = Graph::with_capacity(Metric::L2, 65_536, params, cap, None).unwrap_err();
             assert!(matches!(err, Error::ResourceExhausted(_)), "{cap}: {err}");
             assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
         }

@@ -25,6 +25,7 @@ pub mod npy;
 mod params;
 mod parse;
 mod persist;
+mod quant;
 pub mod synth;
 mod value_set;
 
@@ -35,6 +36,6 @@ pub use latentdb_types::Metric;
 pub use metric::MetricExt;
 pub use params::{
     IndexParams, MAX_EF_CONSTRUCTION, MAX_EF_SEARCH, MAX_INITIAL_BYTES, MAX_INITIAL_CAPACITY,
-    MAX_M, MIN_M,
+    MAX_M, MAX_OVERSAMPLING, MIN_M, Quantization,
 };
-pub use persist::FORMAT_VERSION;
+pub use persist::{FORMAT_VERSION, QUANTIZED_FORMAT_VERSION};

@@ -22,14 +22,64 @@ pub const MAX_INITIAL_CAPACITY: usize = 1 << 26;
 /// since it depends on the dimension.
 pub const MAX_INITIAL_BYTES: u64 = 1 << 32;
 
+/// Largest allowed [`IndexParams::oversampling`].
+pub const MAX_OVERSAMPLING: usize = 100;
+
 /// The names of the settings, as in JSON.
-const KEYS: [&str; 5] = [
+const KEYS: [&str; 7] = [
     "m",
     "ef_construction",
     "ef_search",
     "initial_capacity",
     "seed",
+    "quantization",
+    "oversampling",
 ];
+
+/// How an index keeps its vectors in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// Full `f32` vectors (4 bytes per dimension); distances are exact.
+    #[default]
+    None,
+    /// 7-bit scalar codes (1 byte per dimension), calibrated from a quantile of the data:
+    /// the graph is built and walked on codes, and the best `k * oversampling` candidates of
+    /// a search are meant to be rescored with the exact vectors the caller keeps (see
+    /// [`Index::rescore`](crate::Index::rescore)).
+    Int8,
+}
+
+impl Quantization {
+    /// The setting's name, as in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantization::None => "none",
+            Quantization::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Quantization::None),
+            "int8" => Ok(Quantization::Int8),
+            other => Err(Error::InvalidArgument(format!(
+                "index setting quantization must be \"none\" or \"int8\", got {}",
+                bounded(other)
+            ))),
+        }
+    }
+}
 
 /// Parameters of one HNSW index, chosen per collection.
 ///
@@ -59,6 +109,12 @@ pub struct IndexParams {
     pub initial_capacity: usize,
     /// Seed of the level generator (fixed seed: reproducible layer assignment). Any value.
     pub seed: u64,
+    /// How vectors are kept in memory: [`Quantization::None`] (default) or
+    /// [`Quantization::Int8`]. Fixed when the index is created.
+    pub quantization: Quantization,
+    /// With [`Quantization::Int8`]: a search walks the graph for `k * oversampling`
+    /// candidates, which the caller rescores with exact vectors. 1..=[`MAX_OVERSAMPLING`].
+    pub oversampling: usize,
 }
 
 impl Default for IndexParams {
@@ -69,6 +125,8 @@ impl Default for IndexParams {
             ef_search: 128,
             initial_capacity: 1024,
             seed: 0x5eed,
+            quantization: Quantization::None,
+            oversampling: 3,
         }
     }
 }
@@ -108,6 +166,17 @@ impl IndexParams {
                     KEYS.join(", ")
                 )));
             }
+            if key == "quantization" {
+                let name = v.as_str().ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "index setting quantization must be a string (\"none\" or \"int8\"), \
+                         got {}",
+                        bounded(&v.to_string())
+                    ))
+                })?;
+                params.quantization = name.parse()?;
+                continue;
+            }
             let n = v.as_u64().ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "index setting {key} must be a non-negative integer, got {}",
@@ -121,6 +190,7 @@ impl IndexParams {
                 "ef_construction" => params.ef_construction = u,
                 "ef_search" => params.ef_search = u,
                 "initial_capacity" => params.initial_capacity = u,
+                "oversampling" => params.oversampling = u,
                 _ => params.seed = n,
             }
         }
@@ -146,6 +216,7 @@ impl IndexParams {
             0,
             MAX_INITIAL_CAPACITY,
         )?;
+        check("oversampling", self.oversampling, 1, MAX_OVERSAMPLING)?;
         Ok(())
     }
 
@@ -226,6 +297,8 @@ mod tests {
             ("ef_search", 0, 1),
             ("ef_search", 100_001, 100_000),
             ("initial_capacity", 1 << 26 | 1, 0),
+            ("oversampling", 0, 1),
+            ("oversampling", 101, 100),
         ] {
             let msg = invalid(json!({ key: bad }));
             assert!(msg.contains(key), "{msg}");
@@ -254,6 +327,23 @@ mod tests {
         assert!(err.to_string().contains("mm"));
         assert!(invalid(json!([1, 2])).contains("object"));
         assert!(invalid(json!("x".repeat(10_000))).len() < 400);
+    }
+
+    #[test]
+    fn quantization_is_a_named_setting() {
+        let p =
+            IndexParams::from_json(&json!({ "quantization": "int8", "oversampling": 4 })).unwrap();
+        assert_eq!(p.quantization, Quantization::Int8);
+        assert_eq!(p.oversampling, 4);
+        assert_eq!(IndexParams::default().quantization, Quantization::None);
+        assert!(invalid(json!({ "quantization": "int4" })).contains("int4"));
+        assert!(invalid(json!({ "quantization": 8 })).contains("string"));
+        // Stored settings written before quantization existed read as the defaults.
+        let old: IndexParams = serde_json::from_value(json!({ "m": 12 })).unwrap();
+        assert_eq!(old.quantization, Quantization::None);
+        assert_eq!(old.oversampling, 3);
+        let back: IndexParams = serde_json::from_value(serde_json::to_value(p).unwrap()).unwrap();
+        assert_eq!(back, p);
     }
 
     #[test]

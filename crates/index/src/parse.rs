@@ -5,7 +5,9 @@
 //! - the graph file is exactly as long as its header and levels say, with the magic, format
 //!   version, point count and `m`/`m0` of the manifest;
 //! - the vectors file holds `points * dim` finite floats; every vector's squared norm is at
-//!   most [`MAX_SQUARED_NORM`], and under cosine it is unit length (within 1e-3);
+//!   most [`MAX_SQUARED_NORM`], and under cosine it is unit length (within 1e-3); in a
+//!   quantized dump it holds `points * dim` codes of at most 127, under a finite range
+//!   `lo < hi`, and the index's settings ask for quantization;
 //! - ids are unique (slot and id map one to one), levels are at most `MAX_LEVEL`;
 //! - the tombstone bitmap sets no bit past the last point, and its count is the manifest's;
 //! - every link list has at most `m0` (layer 0) or `m` (upper layers) entries, none of them
@@ -26,7 +28,9 @@ use parking_lot::Mutex;
 use crate::distance::{MAX_SQUARED_NORM, squared_norm};
 use crate::error::{Error, Result};
 use crate::graph::{Entry, MAX_LEVEL, Nodes};
-use crate::persist::{FORMAT_VERSION, MAGIC, Manifest, corrupt};
+use crate::params::Quantization;
+use crate::persist::{MAGIC, Manifest, corrupt};
+use crate::quant::{CODE_MAX, Quantizer};
 
 /// What a dump's data files hold, checked.
 pub(crate) struct Loaded {
@@ -119,7 +123,7 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
         return Err(bad("truncated header".into()));
     };
     let n = n as usize;
-    if version != FORMAT_VERSION
+    if version != m.format_version
         || n != m.points
         || mm as usize != m.params.m
         || m0 as usize != m.params.m0()
@@ -128,7 +132,22 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
     }
     let (mm, m0) = (mm as usize, m0 as usize);
     let dim = m.dim;
-    if Some(vectors.len()) != n.checked_mul(dim).and_then(|x| x.checked_mul(4)) {
+    let quant = match m.quantizer {
+        None => None,
+        Some([lo, hi]) => {
+            let q = Quantizer::from_range(lo, hi)
+                .ok_or_else(|| corrupt(dir, "the quantizer range is not finite and ordered"))?;
+            if m.params.quantization != Quantization::Int8 {
+                return Err(corrupt(
+                    dir,
+                    "a quantized dump of an index without quantization",
+                ));
+            }
+            Some(q)
+        }
+    };
+    let width = if quant.is_some() { 1 } else { 4 };
+    if Some(vectors.len()) != n.checked_mul(dim).and_then(|x| x.checked_mul(width)) {
         return Err(bad_vec("length does not match points * dim".into()));
     }
     // Every section is sliced (and so its length checked) before anything is allocated.
@@ -156,9 +175,23 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
         return Err(bad("trailing bytes".into()));
     }
 
-    let mut nodes = Nodes::with_capacity(dim, &m.params, n)?;
+    let mut nodes = Nodes::with_capacity(dim, &m.params, n, quant)?;
+    if let Some(q) = quant {
+        if let Some(at) = vectors.iter().position(|&c| c > CODE_MAX) {
+            return Err(bad_vec(format!(
+                "code {} of vector {} is above {CODE_MAX}",
+                vectors[at],
+                at / dim
+            )));
+        }
+        nodes.codes.extend_from_slice(vectors);
+        nodes
+            .corr
+            .extend(vectors.chunks_exact(dim).map(|c| q.correction(m.metric, c)));
+    }
+    let floats = if quant.is_some() { &[][..] } else { vectors };
     nodes.vectors.extend(
-        vectors
+        floats
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
     );

@@ -3,7 +3,9 @@
 //! ```text
 //! DIR/manifest.json        format version, metric, dim, params, counts, storage seq, entry
 //!                          point, and name + byte length + CRC-32 of each data file
-//! DIR/vectors-GEN.bin      n * dim f32 (prepared vectors), little endian
+//! DIR/vectors-GEN.bin      n * dim f32 (prepared vectors), little endian; in a quantized
+//!                          dump (format version 2, the manifest's `quantizer` = [lo, hi]):
+//!                          n * dim codes, one byte each, at most 127
 //! DIR/graph-GEN.bin        "LDBGRAPH", version, n, m, m0, then ids [u32; n], levels [u8; n],
 //!                          tombstone bitmap [u8; ceil(n/8)], layer-0 links [u32; n * (m0+1)],
 //!                          then for each node with level L > 0: [u32; L * (m+1)]
@@ -35,8 +37,13 @@ use crate::parse;
 use latentdb_types::Metric;
 use latentdb_types::dump::{self, FileRecord, HashingWriter, ReadError};
 
-/// Version of the dump format; a dump with another version is reported corrupt (rebuild).
+/// Version of the dump format of an index holding `f32` vectors; a dump with a version other
+/// than this or [`QUANTIZED_FORMAT_VERSION`] is reported corrupt (rebuild).
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Version of the dump format of a quantized index: the vectors file holds codes and the
+/// manifest the calibrated range.
+pub const QUANTIZED_FORMAT_VERSION: u32 = 2;
 const MANIFEST: &str = "manifest.json";
 pub(crate) const MAGIC: &[u8; 8] = b"LDBGRAPH";
 
@@ -65,6 +72,9 @@ pub(crate) struct Manifest {
     pub(crate) deleted: usize,
     pub(crate) seq: u64,
     pub(crate) entry: Option<EntryPoint>,
+    /// The calibrated range `[lo, hi]` of a quantized dump (format version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) quantizer: Option<[f32; 2]>,
     vectors: FileEntry,
     graph: FileEntry,
 }
@@ -116,7 +126,19 @@ impl Index {
         let nodes = graph.nodes.read();
         let entry = *graph.entry.read();
         let n = nodes.len();
+        let quantizer = nodes.quant.map(|q| {
+            let (lo, hi) = q.range();
+            [lo, hi]
+        });
+        let version = if quantizer.is_some() {
+            QUANTIZED_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        };
         let vectors = write_file(dir, &format!("vectors-{generation}.bin"), |w| {
+            if quantizer.is_some() {
+                w.write_all(&nodes.codes)?;
+            }
             for x in &nodes.vectors {
                 w.write_all(&x.to_le_bytes())?;
             }
@@ -125,7 +147,7 @@ impl Index {
         let mut deleted = 0usize;
         let graph_file = write_file(dir, &format!("graph-{generation}.bin"), |w| {
             w.write_all(MAGIC)?;
-            for v in [FORMAT_VERSION, n as u32, nodes.m as u32, nodes.m0 as u32] {
+            for v in [version, n as u32, nodes.m as u32, nodes.m0 as u32] {
                 w.write_all(&v.to_le_bytes())?;
             }
             for id in &nodes.ids {
@@ -152,7 +174,7 @@ impl Index {
         })?;
         drop(nodes);
         let manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: version,
             generation,
             metric: self.metric(),
             dim: self.dim(),
@@ -164,6 +186,7 @@ impl Index {
                 slot: e.slot,
                 level: e.level,
             }),
+            quantizer,
             vectors,
             graph: graph_file,
         };
@@ -191,11 +214,18 @@ impl Index {
         let Some(m) = read_manifest(dir)? else {
             return Ok(None);
         };
-        if m.format_version != FORMAT_VERSION {
+        let version_ok = match m.format_version {
+            FORMAT_VERSION => m.quantizer.is_none(),
+            QUANTIZED_FORMAT_VERSION => m.quantizer.is_some(),
+            _ => false,
+        };
+        if !version_ok {
             return Err(corrupt(
                 dir,
                 format!(
-                    "format version {} is not {FORMAT_VERSION}",
+                    "format version {} is not {FORMAT_VERSION} (f32 vectors) or \
+                     {QUANTIZED_FORMAT_VERSION} (quantized, with a range), or does not match \
+                     the manifest's quantizer",
                     m.format_version
                 ),
             ));
