@@ -222,6 +222,17 @@ impl Index {
         }
     }
 
+    /// Bytes the index holds for its points' vectors: `4 * dim` per point for `f32` vectors;
+    /// `dim + 4` per point (codes and a correction term) once [quantized](Index::quantized).
+    /// Room reserved for growth is not counted.
+    pub fn vector_bytes(&self) -> usize {
+        let graph = self.graph();
+        let nodes = graph.nodes.read();
+        nodes.vectors.len() * size_of::<f32>()
+            + nodes.codes.len()
+            + nodes.corr.len() * size_of::<f32>()
+    }
+
     /// Points that searches can return.
     pub fn len(&self) -> usize {
         self.stats().live
