@@ -63,6 +63,12 @@ pub struct IndexInfo {
     pub persisted_seq: u64,
     /// The index parameters.
     pub params: IndexParams,
+    /// True once an int8 index holds codes instead of `f32` vectors (it calibrates them at
+    /// 1,024 points); searches then rescore their candidates with the stored vectors.
+    pub quantized: bool,
+    /// Bytes of memory the index holds for its points' vectors or codes (see
+    /// [`Index::vector_bytes`](latentdb_index::Index::vector_bytes)).
+    pub vector_bytes: usize,
     /// The lexical index's statistics (`None`: the collection keeps none).
     pub lexical: Option<latentdb_text::LexicalStats>,
     /// How the lexical index was obtained at open.
@@ -690,6 +696,8 @@ impl Collection {
             recoveries: self.recoveries.load(Ordering::Relaxed),
             persisted_seq,
             params: index.params(),
+            quantized: index.quantized(),
+            vector_bytes: index.vector_bytes(),
             lexical: self.lexical.stats(),
             lexical_opened: self.lexical.opened(),
         }

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use latentdb_index::distance::VectorDefect;
-use latentdb_index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Filter, Hit, Index};
+use latentdb_index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Filter, Hit, Index, Quantization};
 use latentdb_storage::Storage;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -353,6 +353,7 @@ fn check_vector(coll: &Collection, v: &[f32]) -> Result<()> {
 
 /// Ranks the points of a planned search, best first (the payload read lock held).
 fn rank(
+    storage: &Storage,
     coll: &Collection,
     payload: &Payload,
     req: &SearchRequest,
@@ -361,7 +362,7 @@ fn rank(
     let filter = plan.filter.as_ref();
     let dense = |k: usize, ef: Option<usize>| -> Result<Vec<Hit>> {
         let q = plan.vector.unwrap_or_default();
-        run(coll, payload, q, k, ef, req.exact, filter)
+        run(storage, coll, payload, q, k, ef, req.exact, filter)
     };
     let lexical = |k: usize| -> Result<Vec<LexicalHit>> {
         let text = plan.text.unwrap_or_default();
@@ -443,7 +444,7 @@ pub(crate) fn search_one(
     let mut points = Vec::new();
     let mut out = {
         let payload = coll.payload.read();
-        let hits = rank(coll, &payload, req, &plan)?;
+        let hits = rank(storage, coll, &payload, req, &plan)?;
         // Resolve ids and metadata from memory; a point removed meanwhile is skipped.
         let mut out = Vec::with_capacity(hits.len());
         if with_records {
@@ -535,7 +536,15 @@ fn exact_threshold(live: usize) -> usize {
 }
 
 /// Runs a dense search on the index with the planner; returns index hits, best first.
+///
+/// A quantized index (int8 codes) walks its graph, or scans its codes, for
+/// [`Index::candidates_for`]`(k)` candidates (the candidate list at least that long), and
+/// their original vectors, read from storage, rescore them: the best `k` come back with exact
+/// scores. An `exact` search on a quantized index scores every matching point's stored
+/// vector (never the codes), so it stays exact.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
+    storage: &Storage,
     coll: &Collection,
     payload: &Payload,
     q: &[f32],
@@ -546,6 +555,43 @@ pub(crate) fn run(
 ) -> Result<Vec<Hit>> {
     let index = coll.index()?;
     let index: &Index = &index;
+    // Decided by the setting, not by `quantized()`: an index calibrating its codes during
+    // this search still gets exact scores (a few reads while it has fewer points).
+    if index.params().quantization == Quantization::None {
+        return plan_dense(index, payload, q, k, ef, exact, filter);
+    }
+    let fetch = |p: u32, buf: &mut Vec<f32>| -> Result<bool> {
+        Ok(storage.point_vector(&coll.name, p, buf)?)
+    };
+    if exact {
+        // Every matching live point, scored with its stored vector.
+        let points = match filter {
+            None => payload.all_points(),
+            Some(f) => payload.matching(f, payload.candidates(f).as_deref()),
+        };
+        let all: Vec<Hit> = points
+            .into_iter()
+            .map(|id| Hit { id, score: 0.0 })
+            .collect();
+        return index.rescore(q, &all, k, fetch);
+    }
+    let n = index.candidates_for(k).clamp(k, MAX_EF);
+    let ef = ef.map(|ef| ef.max(n).min(MAX_EF));
+    let hits = plan_dense(index, payload, q, n, ef, false, filter)?;
+    index.rescore(q, &hits, k, fetch)
+}
+
+/// The planner over the index alone: brute force when asked or when few points match, else
+/// the graph walk (filtered during the traversal); hits best first, scored by the index.
+fn plan_dense(
+    index: &Index,
+    payload: &Payload,
+    q: &[f32],
+    k: usize,
+    ef: Option<usize>,
+    exact: bool,
+    filter: Option<&Filter>,
+) -> Result<Vec<Hit>> {
     let Some(filter) = filter else {
         return Ok(if exact {
             index.exact_search_filtered(q, k, &|_| true)?
