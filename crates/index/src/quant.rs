@@ -31,9 +31,13 @@ pub(crate) const CODE_MAX: u8 = 127;
 /// codes (a range from fewer points would clamp much of the data that follows).
 pub(crate) const CALIBRATION_POINTS: usize = 1024;
 
-/// The range covers values from the `1 - QUANTILE` to the `QUANTILE` quantile: the extreme
-/// 0.1% on each side are clamped, so that a few outliers do not coarsen every code.
-pub(crate) const QUANTILE: f64 = 0.999;
+/// The range covers values from the `1 - QUANTILE` to the `QUANTILE` quantile: only the
+/// extreme 0.001% on each side are clamped, so that a rare outlier does not coarsen every
+/// code. Clamping more costs far more than it gains: on clustered 64-d data (the index
+/// tests' `embedding_like`, cosine, 20k points) exact search on codes found 0.716 of the true
+/// top 10 with the 1%/99% range, 0.888 with 0.1%/99.9% and 0.907 with this one, since a
+/// clamped coordinate loses exactly the small differences between neighbours.
+pub(crate) const QUANTILE: f64 = 0.99999;
 
 /// At most this many values (evenly strided) are sorted to find the quantiles.
 const SAMPLE_VALUES: usize = 1 << 20;

@@ -5,5 +5,6 @@ mod concurrent_build;
 mod dump_invariants;
 mod filter_limits;
 mod persist;
+mod quantized;
 mod recall;
 mod search;
