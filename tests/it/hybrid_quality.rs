@@ -1,38 +1,18 @@
 //! Hybrid retrieval quality with the real all-MiniLM-L6-v2 on
 //! `tests/fixtures/datasets/spamassassin-subjects`: on the test split the lexical leg reaches
 //! its BM25 level and hybrid search with the default settings beats both legs; a fusion fitted
-//! on the train split beats both legs there and is what hybrid search then runs. Fetches the
-//! default model into the model cache if it is absent (a fetch failure fails the test; it is
-//! never skipped silently).
+//! on the train split beats both legs there and is what hybrid search then runs. The corpus is
+//! embedded once per test process and shared by copy ([`crate::common::spam_database`]).
 
-use std::path::{Path, PathBuf};
-
-use latentdb::embed::{ModelSpec, fetch_default, models_dir};
 use latentdb::eval::{BeirDataset, EvalOptions, EvalReport, Evaluator};
 use latentdb::tune::{FusionFitOptions, Tuner};
-use latentdb::{CollectionSpec, DEFAULT_FUSION, Database, Metric, SearchMode};
+use latentdb::{DEFAULT_FUSION, Database, SearchMode};
 
-fn dataset() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets/spamassassin-subjects")
-}
-
-/// A database with collection `spam` on the default model and a lexical index, corpus loaded.
+/// A database with collection `spam` on the default model and a lexical index, corpus loaded
+/// (1,903 documents, checked by `spam_database`).
 fn loaded() -> (tempfile::TempDir, Database, BeirDataset) {
-    if ModelSpec::Default.resolve().is_err() {
-        fetch_default(&models_dir()).expect("fetching the default model");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(dir.path()).unwrap();
-    db.create_collection_with_model(
-        CollectionSpec::new("spam", 0, Metric::Cosine),
-        &ModelSpec::Default,
-    )
-    .unwrap();
-    let ds = BeirDataset::open(dataset()).unwrap();
-    let n = Evaluator::new(&db)
-        .load_beir_corpus("spam", &ds, &|_| {})
-        .unwrap();
-    assert_eq!(n, 1903);
+    let (dir, db) = crate::common::spam_database();
+    let ds = BeirDataset::open(crate::common::spam_dataset_dir()).unwrap();
     (dir, db, ds)
 }
 

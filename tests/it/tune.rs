@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use latentdb::embed::{ModelSpec, fetch_default, models_dir};
-use latentdb::eval::{BeirDataset, Evaluator};
+use latentdb::eval::BeirDataset;
 use latentdb::tune::{
     PairSource, TrainTarget, TuneOptions, TuneProgress, TuneReport, Tuner, beir_pairs,
 };
@@ -64,20 +64,11 @@ fn tune_full_corpus(label: &str, opts: TuneOptions) -> TuneReport {
         serde_json::from_slice(&std::fs::read(root.join("reference-minilm-test.json")).unwrap())
             .unwrap();
     let reference = reference["ndcg@10"].as_f64().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(dir.path()).unwrap();
-    db.create_collection_with_model(
-        CollectionSpec::new("spam", 0, Metric::Cosine),
-        &ModelSpec::Default,
-    )
-    .unwrap();
+    // Collection `spam` on the default model with the 1,903 documents loaded (embedded once
+    // per test process, copied for each test).
+    let (_dir, db) = crate::common::spam_database();
+    assert_eq!(db.count("spam").unwrap(), 1903);
     let ds = BeirDataset::open(&root).unwrap();
-    let t = Instant::now();
-    let n = Evaluator::new(&db)
-        .load_beir_corpus("spam", &ds, &|_| {})
-        .unwrap();
-    assert_eq!(n, 1903);
-    eprintln!("ingest {:.1}s", t.elapsed().as_secs_f64());
     let train = beir_pairs(&ds, "train").unwrap();
     let test = beir_pairs(&ds, "test").unwrap();
     let opts = TuneOptions {
@@ -136,8 +127,8 @@ fn tune_full_corpus(label: &str, opts: TuneOptions) -> TuneReport {
     report
 }
 
-/// Runs in CI: two backbone passes over the 1,903 e-mails (ingest, then the token-state cache)
-/// and 60 head steps, about 4.5 minutes on 2 cores.
+/// Runs in CI: one backbone pass over the 1,903 e-mails (the token-state cache; the ingest's
+/// is shared with the other tests of the process) and 60 head steps.
 #[test]
 fn tune_head_on_spamassassin_subjects() {
     tune_full_corpus(
