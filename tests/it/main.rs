@@ -12,6 +12,7 @@ mod index_persistence;
 mod ingest;
 mod lock;
 mod models;
+mod quantization;
 mod quarantine;
 mod races;
 mod search;
