@@ -195,6 +195,42 @@ pub struct CreateArgs {
     /// No lexical (BM25) index: lexical and hybrid search are then unavailable.
     #[arg(long, conflicts_with_all = ["stemmer", "stopwords"])]
     pub no_lexical: bool,
+    /// How the index keeps vectors in memory: `int8` codes (a quarter of the memory; searches
+    /// rescore their candidates with the stored vectors) or `none` (f32) [default: none].
+    #[arg(long, value_enum)]
+    pub quantization: Option<QuantizationArg>,
+    /// With `--quantization int8`: candidates per result rescored with the stored vectors
+    /// (1-100) [default: 3].
+    #[arg(long)]
+    pub oversampling: Option<usize>,
+    /// HNSW M: neighbours per node (2-128) [default: 16].
+    #[arg(long)]
+    pub m: Option<usize>,
+    /// HNSW ef_construction: the candidate list while building [default: 200].
+    #[arg(long)]
+    pub ef_construction: Option<usize>,
+    /// The default search candidate list `ef` [default: 128].
+    #[arg(long)]
+    pub ef_search: Option<usize>,
+}
+
+/// An index quantization on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuantizationArg {
+    /// f32 vectors.
+    None,
+    /// 7-bit scalar codes, one byte per dimension.
+    Int8,
+}
+
+impl QuantizationArg {
+    /// The index setting's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuantizationArg::None => "none",
+            QuantizationArg::Int8 => "int8",
+        }
+    }
 }
 
 /// A metric on the command line.

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use latentdb::{CollectionInfo, LexicalSettings, Record};
+use latentdb::{CollectionInfo, IndexParams, LexicalSettings, Record};
 
 /// Where command output goes.
 pub struct Out {
@@ -55,6 +55,11 @@ pub fn collection_json(info: &CollectionInfo) -> Value {
     if !info.embedder.is_null() {
         v["embedder"] = info.embedder.clone();
     }
+    // The index settings in effect: the stored ones with every default filled in.
+    v["index"] = IndexParams::from_json(&info.index)
+        .ok()
+        .and_then(|p| serde_json::to_value(p).ok())
+        .unwrap_or_else(|| info.index.clone());
     // The lexical settings in effect: the stored ones with every default filled in.
     v["lexical"] = match LexicalSettings::from_json(&info.lexical) {
         Ok(s) => s.to_json(),
@@ -65,8 +70,9 @@ pub fn collection_json(info: &CollectionInfo) -> Value {
 
 /// A collection's information as one readable line.
 pub fn collection_text(info: &CollectionInfo) -> String {
+    let quantization = IndexParams::from_json(&info.index).map_or("?", |p| p.quantization.as_str());
     format!(
-        "{}\tdim={}\tmetric={}\tcount={}\tcreated_ms={}\tformat={}",
+        "{}\tdim={}\tmetric={}\tcount={}\tcreated_ms={}\tformat={}\tquantization={quantization}",
         info.name, info.dimension, info.metric, info.count, info.created_ms, info.format_version
     )
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use latentdb::index::{bench, npy, synth};
 use latentdb::{CollectionSpec, Database, DatabaseOptions, Document, Durability, SearchRequest};
 
-use crate::cli::MetricArg;
+use crate::cli::{MetricArg, QuantizationArg};
 use crate::output::Out;
 
 /// Arguments of `bench ann`.
@@ -49,6 +49,13 @@ pub struct BenchAnnArgs {
     /// Documents per upsert batch.
     #[arg(long, default_value_t = 10_000)]
     pub batch_size: usize,
+    /// How the index keeps vectors: `int8` codes (searches rescore `k * oversampling`
+    /// candidates with the stored vectors) or `none` (f32).
+    #[arg(long, value_enum, default_value_t = QuantizationArg::None)]
+    pub quantization: QuantizationArg,
+    /// With `--quantization int8`: candidates per result rescored (1-100) [default: 3].
+    #[arg(long)]
+    pub oversampling: Option<usize>,
 }
 
 /// Arguments of `bench gen-data`.
@@ -173,8 +180,16 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         tmp.0.join("db"),
         DatabaseOptions::new().durability(Durability::Buffered),
     )?;
+    let mut index = json!({
+        "m": a.m,
+        "ef_construction": a.ef_construction,
+        "quantization": a.quantization.as_str(),
+    });
+    if let Some(o) = a.oversampling {
+        index["oversampling"] = json!(o);
+    }
     let spec = CollectionSpec {
-        index: json!({"m": a.m, "ef_construction": a.ef_construction}),
+        index,
         ..CollectionSpec::new("bench", dim, metric)
     };
     db.create_collection(spec)?;
@@ -190,6 +205,11 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     db.flush()?;
     let persist_s = started.elapsed().as_secs_f64();
+    let stats = db.index_stats("bench")?;
+    let quantization = stats.params.quantization.as_str();
+    let oversampling = stats.params.oversampling;
+    // What f32 vectors of the same points take, for comparison.
+    let f32_bytes = 4 * base.rows * dim;
     let build = json!({
         "phase": "build",
         "n": base.rows,
@@ -201,15 +221,22 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         "build_s": build_s,
         "vectors_per_s": base.rows as f64 / build_s,
         "persist_s": persist_s,
+        "quantization": quantization,
+        "oversampling": oversampling,
+        "quantized": stats.quantized,
+        "vector_bytes": stats.vector_bytes,
+        "f32_vector_bytes": f32_bytes,
         "peak_rss_bytes": peak_rss(),
     });
     out.either(&build, || {
         format!(
-            "build: {} x {dim} ({}) in {build_s:.2}s = {:.0} vectors/s (storage included); persist {persist_s:.2}s; peak RSS {:.0} MiB",
+            "build: {} x {dim} ({}) in {build_s:.2}s = {:.0} vectors/s (storage included); persist {persist_s:.2}s; peak RSS {:.0} MiB; quantization {quantization} (oversampling {oversampling}): vectors {:.1} MiB in memory (f32: {:.1} MiB)",
             base.rows,
             metric,
             base.rows as f64 / build_s,
-            peak_rss().unwrap_or(0) as f64 / 1048576.0
+            peak_rss().unwrap_or(0) as f64 / 1048576.0,
+            stats.vector_bytes as f64 / 1048576.0,
+            f32_bytes as f64 / 1048576.0,
         )
     })?;
 
@@ -242,6 +269,8 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             "phase": "search",
             "ef": ef,
             "k": a.k,
+            "quantization": quantization,
+            "oversampling": oversampling,
             "recall": recall,
             "qps": qps,
             "p50_ms": p50,

@@ -20,8 +20,10 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
                 MetricArg::L2 => Metric::L2,
             };
             let lexical = lexical_settings(&a)?;
+            let index = index_settings(&a);
             let mut spec = CollectionSpec::new(a.name, a.dim.unwrap_or(0), metric);
             spec.lexical = lexical;
+            spec.index = index;
             let info = match a.model.as_deref() {
                 Some(model) => {
                     let spec_model = ModelSpec::parse(model);
@@ -79,7 +81,18 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
         }
         CollectionCommand::Info(a) => {
             let info = db.collection_info(&a.name)?;
-            out.either(&collection_json(&info), || collection_text(&info))?;
+            let mut v = collection_json(&info);
+            let mut text = collection_text(&info);
+            // The index's state, when it is open (a quarantined collection has none).
+            if let Ok(stats) = db.index_stats(&a.name) {
+                v["quantized"] = json!(stats.quantized);
+                v["vector_bytes"] = json!(stats.vector_bytes);
+                text.push_str(&format!(
+                    "\tquantized={}\tvector_bytes={}",
+                    stats.quantized, stats.vector_bytes
+                ));
+            }
+            out.either(&v, || text)?;
         }
         CollectionCommand::Drop(a) => {
             db.drop_collection(&a.name)?;
@@ -89,6 +102,32 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The index settings `collection create` asks for, as the index JSON (`null`, the defaults,
+/// without any index flag); their values are checked by the database when it creates the
+/// collection.
+fn index_settings(a: &CreateArgs) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if let Some(q) = a.quantization {
+        m.insert("quantization".into(), json!(q.as_str()));
+    }
+    let numbers = [
+        ("oversampling", a.oversampling),
+        ("m", a.m),
+        ("ef_construction", a.ef_construction),
+        ("ef_search", a.ef_search),
+    ];
+    for (key, value) in numbers {
+        if let Some(v) = value {
+            m.insert(key.into(), json!(v));
+        }
+    }
+    if m.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(m)
+    }
 }
 
 /// The lexical settings `collection create` asks for (`null`, the defaults, without

@@ -6,6 +6,7 @@ mod cli_embed;
 mod eval_fusion;
 mod hybrid;
 mod otlp;
+mod quantization;
 mod safety;
 mod search;
 mod serve_crash;
