@@ -441,21 +441,47 @@ impl Index {
         Self::check_k(k)?;
         let q = self.prepare_query(query)?;
         let mut buf = Vec::with_capacity(self.dim);
-        let mut prepared = Vec::with_capacity(self.dim);
+        let mut prepared = Vec::new();
         let mut scored = Vec::with_capacity(hits.len());
         for h in hits {
             buf.clear();
             if !fetch(h.id, &mut buf)? {
                 continue;
             }
-            prepared.clear();
-            self.prepare(h.id, &buf, &mut prepared).map_err(|e| {
-                Error::Internal(format!(
-                    "the stored vector of point {} cannot be rescored: {e}",
-                    h.id
+            if buf.len() != self.dim {
+                return Err(Error::Internal(format!(
+                    "the stored vector of point {} has dimension {}, the index {}",
+                    h.id,
+                    buf.len(),
+                    self.dim
                 ))
-            })?;
-            scored.push((self.metric.distance(&q, &prepared), h.id));
+                .into());
+            }
+            // The fast path: one or two SIMD passes over the stored vector, no copy. Vectors
+            // were checked on insert; whatever the fast path cannot score exactly (a norm
+            // whose f32 square underflows or overflows) takes the checked path below.
+            let fast = match self.metric {
+                Metric::Cosine => {
+                    let n2 = distance::dot(&buf, &buf);
+                    (n2 > f32::MIN_POSITIVE * self.dim as f32)
+                        .then(|| 1.0 - distance::dot(&q, &buf) / n2.sqrt())
+                }
+                _ => Some(self.metric.distance(&q, &buf)),
+            };
+            let d = match fast {
+                Some(d) if d.is_finite() => d,
+                _ => {
+                    prepared.clear();
+                    self.prepare(h.id, &buf, &mut prepared).map_err(|e| {
+                        Error::Internal(format!(
+                            "the stored vector of point {} cannot be rescored: {e}",
+                            h.id
+                        ))
+                    })?;
+                    self.metric.distance(&q, &prepared)
+                }
+            };
+            scored.push((d, h.id));
         }
         scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         scored.truncate(k);

@@ -119,6 +119,29 @@ fn rescored_scores_are_exact_and_ordered() {
             );
         }
     }
+    // Stored vectors whose f32 squares underflow (components around 1e-30, valid under
+    // cosine) are scored exactly too, through the checked path.
+    let q = &base[..DIM];
+    let hits = idx.search(q, 30, Some(64)).unwrap();
+    let scaled = |scale: f32| {
+        idx.rescore(q, &hits, 10, |id, buf: &mut Vec<f32>| {
+            let start = id as usize * DIM;
+            buf.extend(base[start..start + DIM].iter().map(|x| x * scale));
+            Ok::<bool, latentdb_index::Error>(true)
+        })
+        .unwrap()
+    };
+    let (plain, tiny) = (scaled(1.0), scaled(1e-30));
+    assert_eq!(plain.len(), tiny.len());
+    for (a, b) in plain.iter().zip(&tiny) {
+        assert_eq!(a.id, b.id);
+        assert!(
+            (a.score - b.score).abs() < 1e-5,
+            "{} vs {}",
+            a.score,
+            b.score
+        );
+    }
     // A point the caller no longer has is dropped; a vector of the wrong size is internal.
     let hits = idx.search(&base[..DIM], 30, Some(64)).unwrap();
     let kept = idx
