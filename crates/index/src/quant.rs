@@ -334,11 +334,28 @@ mod tests {
                     (want - got).abs() <= 1e-3 * (1.0 + want.abs()),
                     "{metric}: {want} vs {got}"
                 );
-                // And close to the exact distance of the original vectors.
+                // And within the worst-case error of the codes from the exact distance of the
+                // original vectors (every value here is inside the range, so each coordinate
+                // is off by at most half a step): for inner products
+                // |a·b - â·b̂| <= step/2 (|a|_1 + |b̂|_1); for squared L2, with u = a - b,
+                // |(|u|² - |û|²)| <= step * Σ|u_i + û_i|.
                 let exact = metric.distance(pair[0], pair[1]);
+                let l1 = |v: &[f32]| v.iter().map(|x| x.abs()).sum::<f32>();
+                let bound = match metric {
+                    Metric::Cosine | Metric::Dot => q.step / 2.0 * (l1(pair[0]) + l1(&db)),
+                    Metric::L2 => {
+                        q.step
+                            * pair[0]
+                                .iter()
+                                .zip(pair[1])
+                                .zip(da.iter().zip(&db))
+                                .map(|((a, b), (x, y))| (a - b + x - y).abs())
+                                .sum::<f32>()
+                    }
+                };
                 assert!(
-                    (exact - got).abs() <= 0.05 * (1.0 + exact.abs()),
-                    "{metric}: {exact} vs {got}"
+                    (exact - got).abs() <= bound * 1.01 + 1e-3,
+                    "{metric}: {exact} vs {got} (bound {bound})"
                 );
             }
         }
