@@ -5,7 +5,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-fn run(data: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
+/// Runs the binary on `data` with `args`, feeding `stdin` when given.
+pub(crate) fn run(data: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_latentdb"))
         .arg("--data")
         .arg(data)
@@ -22,7 +23,8 @@ fn run(data: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn lines(o: &Output) -> Vec<Value> {
+/// The JSON objects of a successful run's stdout, one per line.
+pub(crate) fn lines(o: &Output) -> Vec<Value> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout.clone())
         .unwrap()
