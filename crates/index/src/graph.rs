@@ -503,19 +503,9 @@ impl Graph {
                 && nodes.quant.is_none()
                 && nodes.len() + ids.len() >= CALIBRATION_POINTS;
             if calibrate {
-                // The range comes from every point so far and this batch; the points so far
-                // are encoded now, the batch as it is appended.
-                let mut all = Vec::new();
-                all.try_reserve(nodes.vectors.len() + flat.len())
-                    .map_err(|_| {
-                        Error::ResourceExhausted(
-                            "cannot reserve memory to calibrate the quantizer".into(),
-                        )
-                    })?;
-                all.extend_from_slice(&nodes.vectors);
-                all.extend_from_slice(flat);
-                let quant = Quantizer::calibrate(&all);
-                drop(all);
+                // The range comes from every point so far and this batch (sampled in place);
+                // the points so far are encoded now, the batch as it is appended.
+                let quant = Quantizer::calibrate(&[&nodes.vectors, flat]);
                 nodes.quantize(quant, self.metric)?;
             }
             nodes.try_reserve(ids.len())?;

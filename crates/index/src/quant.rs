@@ -75,11 +75,14 @@ impl Quantizer {
     }
 
     /// Calibrates from prepared (finite) values: the [`QUANTILE`] range of a strided sample.
-    /// Constant or empty data gets a unit-wide range around its value.
-    pub(crate) fn calibrate(values: &[f32]) -> Self {
-        let stride = values.len().div_ceil(SAMPLE_VALUES).max(1);
-        let mut sample: Vec<f32> = values
+    /// Constant or empty data gets a unit-wide range around its value. The values are the
+    /// concatenation of `parts`, sampled in place (no copy).
+    pub(crate) fn calibrate(parts: &[&[f32]]) -> Self {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let stride = total.div_ceil(SAMPLE_VALUES).max(1);
+        let mut sample: Vec<f32> = parts
             .iter()
+            .flat_map(|p| p.iter())
             .step_by(stride)
             .copied()
             .filter(|x| x.is_finite())
@@ -276,7 +279,7 @@ mod tests {
         fn calibration_never_panics_and_codes_stay_7_bit(
             values in proptest::collection::vec(proptest::num::f32::ANY, 0..300)
         ) {
-            let q = Quantizer::calibrate(&values);
+            let q = Quantizer::calibrate(&[&values]);
             let (lo, hi) = q.range();
             prop_assert!(lo.is_finite() && hi.is_finite() && lo < hi);
             let mut codes = Vec::new();
@@ -288,7 +291,7 @@ mod tests {
     #[test]
     fn decoded_values_are_within_half_a_step_inside_the_range() {
         let values: Vec<f32> = (0..10_000).map(|i| (i as f32 / 5_000.0) - 1.0).collect();
-        let q = Quantizer::calibrate(&values);
+        let q = Quantizer::calibrate(&[&values]);
         let (lo, hi) = q.range();
         assert!(lo < -0.99 && hi > 0.99, "{lo} {hi}");
         let (mut codes, mut back) = (Vec::new(), Vec::new());
@@ -312,7 +315,7 @@ mod tests {
         let data: Vec<f32> = (0..64 * dim)
             .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
             .collect();
-        let q = Quantizer::calibrate(&data);
+        let q = Quantizer::calibrate(&[&data]);
         for metric in Metric::ALL {
             let vecs: Vec<&[f32]> = data.chunks(dim).collect();
             for pair in vecs.windows(2) {
@@ -368,7 +371,7 @@ mod tests {
         assert!(Quantizer::from_range(f32::NAN, 1.0).is_none());
         assert!(Quantizer::from_range(-f32::MAX, f32::MAX).is_none());
         assert!(Quantizer::from_range(-1.0, 1.0).is_some());
-        let q = Quantizer::calibrate(&[3.0; 100]);
+        let q = Quantizer::calibrate(&[&[3.0; 100]]);
         let (lo, hi) = q.range();
         assert!(lo < 3.0 && 3.0 < hi);
     }
