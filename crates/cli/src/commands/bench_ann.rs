@@ -242,16 +242,16 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
 
     // One untimed pass first, so that the first measured ef does not pay for warming the
     // caches (storage pages that rescoring reads, the graph's pages, the allocator).
+    let request = |i: usize, ef: usize| SearchRequest {
+        k: a.k,
+        ef: Some(ef),
+        with_text: false,
+        with_metadata: false,
+        ..SearchRequest::vector(queries.row(i).to_vec())
+    };
     if let Some(&ef) = a.ef.first() {
         for i in 0..queries.rows {
-            let req = SearchRequest {
-                k: a.k,
-                ef: Some(ef.max(a.k)),
-                with_text: false,
-                with_metadata: false,
-                ..SearchRequest::vector(queries.row(i).to_vec())
-            };
-            db.search("bench", &req)?;
+            db.search("bench", &request(i, ef.max(a.k)))?;
         }
     }
     for &ef in &a.ef {
@@ -260,13 +260,7 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         let mut lat = Vec::with_capacity(queries.rows);
         let total = Instant::now();
         for i in 0..queries.rows {
-            let req = SearchRequest {
-                k: a.k,
-                ef: Some(ef),
-                with_text: false,
-                with_metadata: false,
-                ..SearchRequest::vector(queries.row(i).to_vec())
-            };
+            let req = request(i, ef);
             let t = Instant::now();
             let hits = db.search("bench", &req)?;
             lat.push(t.elapsed().as_secs_f64());
