@@ -1,25 +1,88 @@
 #!/usr/bin/env python3
-"""The reference side of `latentdb bench ann`: hnswlib (and faiss HNSW if installed) on the
+"""The reference side of `latentdb bench ann`: hnswlib (and faiss HNSW if asked) on the
 same .npy files, same M / ef_construction, build with all threads, queries on one thread.
 
-    pip install hnswlib numpy   # faiss-cpu optional
+    python3 -m venv /tmp/annvenv && /tmp/annvenv/bin/pip install numpy hnswlib faiss-cpu
     latentdb bench gen-data --n 100000 --dim 384 --queries 1000 --gt-k 10 --out /tmp/ann
-    python3 scripts/ann_hnswlib.py --dir /tmp/ann --ef 16,32,64,128,256
+    /tmp/annvenv/bin/python scripts/ann_hnswlib.py --dir /tmp/ann --ef 16,32,64,128,256 [--faiss]
+
+Prints one JSON object per line: a build row per library, then one row per ef with recall,
+QPS with one query per call (`qps`, `p50_ms`, `p99_ms`) and with all queries in one call on one
+thread (`batch_qps`, `batch_recall`). Before the measured ef rows each library answers every
+query once, untimed, as `latentdb bench ann` does. scripts/ann_compare.py runs this next to
+`latentdb bench ann` and prints the ratios.
+
+`--metric` must be the metric the ground truth was computed with (`gen-data --metric`):
+cosine (hnswlib space "cosine"; faiss inner product on normalised copies, normalised outside
+the timed calls), l2 (squared L2 in both) or dot (inner product, not normalised).
 """
 import argparse
 import json
 import os
+import sys
 import time
 
-import numpy as np
+PIP_HINT = "python3 -m venv /tmp/annvenv && /tmp/annvenv/bin/pip install numpy hnswlib faiss-cpu"
+
+try:
+    import numpy as np
+except ImportError:
+    sys.exit(f"numpy is not installed for {sys.executable}: {PIP_HINT}")
+
+METRICS = ("cosine", "l2", "dot")
+
+
+def import_hnswlib():
+    try:
+        import hnswlib
+    except ImportError:
+        sys.exit(f"hnswlib is not installed for {sys.executable}: {PIP_HINT}")
+    return hnswlib
+
+
+def import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        sys.exit(f"faiss is not installed for {sys.executable}: {PIP_HINT}")
+    return faiss
+
+
+def lib_version(name):
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # not installed as a distribution: no version to report
+        return None
+
+
+def load_dir(d, k):
+    """base, queries and the first k ground-truth columns from a `gen-data` directory."""
+    paths = {name: os.path.join(d, name + ".npy") for name in ("base", "queries", "gt")}
+    for name, p in paths.items():
+        if not os.path.isfile(p):
+            hint = " (write it with `latentdb bench gen-data --gt-k K`)" if name == "gt" else ""
+            sys.exit(f"{p} is missing{hint}")
+    base = np.ascontiguousarray(np.load(paths["base"]), dtype=np.float32)
+    queries = np.ascontiguousarray(np.load(paths["queries"]), dtype=np.float32)
+    truth = np.load(paths["gt"])
+    if base.ndim != 2 or queries.ndim != 2 or truth.ndim != 2:
+        sys.exit("base.npy, queries.npy and gt.npy must be 2-d arrays")
+    if base.shape[0] == 0 or queries.shape[0] == 0 or base.shape[1] != queries.shape[1]:
+        sys.exit(f"base is {base.shape} and queries {queries.shape}: need non-empty arrays of one dimension")
+    if truth.shape[0] != queries.shape[0] or truth.shape[1] < k:
+        sys.exit(f"gt.npy is {truth.shape}, need ({queries.shape[0]}, >= {k})")
+    return base, queries, truth[:, :k].astype(np.int64)
 
 
 def recall(found, truth, k):
-    hit = sum(len(set(f[:k]) & set(t[:k])) for f, t in zip(found, truth))
+    hit = sum(len(set(np.asarray(f)[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth))
     return hit / (len(truth) * k)
 
 
 def timed_queries(search_one, queries):
+    """One query per call: (results, QPS, p50 ms, p99 ms)."""
     lat = []
     found = []
     t0 = time.perf_counter()
@@ -29,66 +92,134 @@ def timed_queries(search_one, queries):
         lat.append(time.perf_counter() - t)
     total = time.perf_counter() - t0
     lat.sort()
-    return found, len(queries) / total, lat[len(lat) // 2] * 1e3, lat[int((len(lat) - 1) * 0.99)] * 1e3
+    p50 = lat[round((len(lat) - 1) * 0.5)] * 1e3
+    p99 = lat[round((len(lat) - 1) * 0.99)] * 1e3
+    return found, len(queries) / total, p50, p99
+
+
+def timed_batch(search_all, queries):
+    """All queries in one call: (results, QPS)."""
+    t = time.perf_counter()
+    found = search_all(queries)
+    return found, len(queries) / (time.perf_counter() - t)
+
+
+def measure(lib, search_one, search_all, queries, truth, k, efs, set_ef):
+    # One untimed pass first, as `latentdb bench ann` does, so that the first ef measured does
+    # not pay for warming the caches.
+    set_ef(max(efs[0], k))
+    for q in queries:
+        search_one(q)
+    rows = []
+    for ef in efs:
+        ef = max(ef, k)
+        set_ef(ef)
+        found, qps, p50, p99 = timed_queries(search_one, queries)
+        # All queries in one call on one thread: the library's speed without Python's
+        # per-call overhead (the figure to beat).
+        bfound, batch_qps = timed_batch(search_all, queries)
+        rows.append({"lib": lib, "ef": ef, "k": k, "recall": recall(found, truth, k), "qps": qps,
+                     "p50_ms": p50, "p99_ms": p99, "batch_qps": batch_qps,
+                     "batch_recall": recall(bfound, truth, k)})
+    return rows
+
+
+def run_hnswlib(base, queries, truth, k, m, ef_construction, efs, threads, metric, seed=42):
+    """Build with `threads` threads, search on one: {"build": {...}, "rows": [...]}."""
+    hnswlib = import_hnswlib()
+    n, dim = base.shape
+    space = {"cosine": "cosine", "l2": "l2", "dot": "ip"}[metric]
+    t = time.perf_counter()
+    idx = hnswlib.Index(space=space, dim=dim)
+    idx.init_index(max_elements=n, M=m, ef_construction=ef_construction, random_seed=seed)
+    idx.set_num_threads(threads)
+    idx.add_items(base, np.arange(n))
+    build_s = time.perf_counter() - t
+    build = {"lib": "hnswlib", "phase": "build", "version": lib_version("hnswlib"), "n": n, "dim": dim,
+             "metric": metric, "m": m, "ef_construction": ef_construction, "threads": threads,
+             "build_s": build_s, "vectors_per_s": n / build_s}
+    idx.set_num_threads(1)
+    rows = measure(
+        "hnswlib",
+        lambda q: idx.knn_query(q, k=k, num_threads=1)[0][0],
+        lambda qs: idx.knn_query(qs, k=k, num_threads=1)[0],
+        queries, truth, k, efs, idx.set_ef)
+    return {"build": build, "rows": rows}
+
+
+def run_faiss(base, queries, truth, k, m, ef_construction, efs, threads, metric):
+    """faiss IndexHNSWFlat, same M and efConstruction: {"build": {...}, "rows": [...]}."""
+    faiss = import_faiss()
+    n, dim = base.shape
+    if metric == "cosine":
+        base = base / np.linalg.norm(base, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    faiss.omp_set_num_threads(threads)
+    t = time.perf_counter()
+    fi = faiss.IndexHNSWFlat(dim, m, fmetric)
+    fi.hnsw.efConstruction = ef_construction
+    fi.add(base)
+    build_s = time.perf_counter() - t
+    build = {"lib": "faiss", "phase": "build", "version": faiss.__version__, "n": n, "dim": dim,
+             "metric": metric, "m": m, "ef_construction": ef_construction, "threads": threads,
+             "build_s": build_s, "vectors_per_s": n / build_s}
+    faiss.omp_set_num_threads(1)
+
+    def set_ef(ef):
+        fi.hnsw.efSearch = ef
+
+    rows = measure(
+        "faiss",
+        lambda q: fi.search(q[None, :], k)[1][0],
+        lambda qs: fi.search(qs, k)[1],
+        queries, truth, k, efs, set_ef)
+    return {"build": build, "rows": rows}
+
+
+def parse_efs(s):
+    try:
+        efs = [int(e) for e in s.split(",") if e.strip()]
+    except ValueError:
+        sys.exit(f"--ef must be comma-separated integers, got {s!r}")
+    if not efs or min(efs) <= 0:
+        sys.exit(f"--ef must be positive integers, got {s!r}")
+    return efs
+
+
+def default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", required=True)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", required=True, help="base.npy, queries.npy, gt.npy (latentdb bench gen-data)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--m", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef", default="16,32,64,128,256")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--faiss", action="store_true")
+    ap.add_argument("--threads", type=int, default=default_threads(), help="build threads (default: all)")
+    ap.add_argument("--metric", choices=METRICS, default="cosine",
+                    help="the metric of gt.npy (default cosine)")
+    ap.add_argument("--faiss", action="store_true", help="also faiss IndexHNSWFlat")
     a = ap.parse_args()
-    base = np.load(os.path.join(a.dir, "base.npy")).astype(np.float32)
-    queries = np.load(os.path.join(a.dir, "queries.npy")).astype(np.float32)
-    truth = np.load(os.path.join(a.dir, "gt.npy"))
-    efs = [int(e) for e in a.ef.split(",")]
-    n, dim = base.shape
-
-    import hnswlib
-    idx = hnswlib.Index(space="cosine", dim=dim)
-    idx.init_index(max_elements=n, M=a.m, ef_construction=a.ef_construction, random_seed=42)
-    idx.set_num_threads(a.threads)
-    t = time.perf_counter()
-    idx.add_items(base, np.arange(n))
-    build = time.perf_counter() - t
-    print(json.dumps({"lib": "hnswlib", "phase": "build", "n": n, "dim": dim, "build_s": build,
-                      "vectors_per_s": n / build, "threads": a.threads}))
-    idx.set_num_threads(1)
-    for ef in efs:
-        idx.set_ef(max(ef, a.k))
-        found, qps, p50, p99 = timed_queries(lambda q: idx.knn_query(q, k=a.k)[0][0].tolist(), queries)
-        # All queries in one call on one thread: the library's speed without Python's
-        # per-call overhead (the figure to beat).
-        t = time.perf_counter()
-        idx.knn_query(queries, k=a.k, num_threads=1)
-        batch_qps = len(queries) / (time.perf_counter() - t)
-        print(json.dumps({"lib": "hnswlib", "ef": ef, "recall": recall(found, truth, a.k), "qps": qps,
-                          "batch_qps": batch_qps, "p50_ms": p50, "p99_ms": p99}))
-
+    if a.k <= 0 or a.m <= 0 or a.ef_construction <= 0 or a.threads <= 0:
+        sys.exit("--k, --m, --ef-construction and --threads must be positive")
+    efs = parse_efs(a.ef)
+    base, queries, truth = load_dir(a.dir, a.k)
+    runs = [run_hnswlib]
     if a.faiss:
-        import faiss
-        faiss.omp_set_num_threads(a.threads)
-        nb = base / np.linalg.norm(base, axis=1, keepdims=True)
-        nq = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-        fi = faiss.IndexHNSWFlat(dim, a.m, faiss.METRIC_INNER_PRODUCT)
-        fi.hnsw.efConstruction = a.ef_construction
-        t = time.perf_counter()
-        fi.add(nb)
-        build = time.perf_counter() - t
-        print(json.dumps({"lib": "faiss", "phase": "build", "build_s": build, "vectors_per_s": n / build}))
-        faiss.omp_set_num_threads(1)
-        for ef in efs:
-            fi.hnsw.efSearch = max(ef, a.k)
-            found, qps, p50, p99 = timed_queries(lambda q: fi.search(q[None, :], a.k)[1][0].tolist(), nq)
-            t = time.perf_counter()
-            fi.search(nq, a.k)
-            batch_qps = len(nq) / (time.perf_counter() - t)
-            print(json.dumps({"lib": "faiss", "ef": ef, "recall": recall(found, truth, a.k), "qps": qps,
-                              "batch_qps": batch_qps, "p50_ms": p50, "p99_ms": p99}))
+        runs.append(run_faiss)
+    for run in runs:
+        r = run(base, queries, truth, a.k, a.m, a.ef_construction, efs, a.threads, a.metric)
+        print(json.dumps(r["build"]), flush=True)
+        for row in r["rows"]:
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
