@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no scripts/__pycache__ left in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ann_hnswlib as ref  # noqa: E402  (the sibling script: hnswlib and faiss runners)
 
