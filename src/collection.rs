@@ -69,6 +69,11 @@ pub struct IndexInfo {
     /// Bytes of memory the index holds for its points' vectors or codes (see
     /// [`Index::vector_bytes`](latentdb_index::Index::vector_bytes)).
     pub vector_bytes: usize,
+    /// Bytes of memory the index holds in all: vectors or codes, links and bookkeeping (see
+    /// [`Index::memory_bytes`](latentdb_index::Index::memory_bytes)).
+    pub index_bytes: usize,
+    /// Bytes of memory the payload index holds: ids, metadata and postings (an estimate).
+    pub payload_bytes: usize,
     /// The lexical index's statistics (`None`: the collection keeps none).
     pub lexical: Option<latentdb_text::LexicalStats>,
     /// How the lexical index was obtained at open.
@@ -698,6 +703,8 @@ impl Collection {
             params: index.params(),
             quantized: index.quantized(),
             vector_bytes: index.vector_bytes(),
+            index_bytes: index.memory_bytes(),
+            payload_bytes: self.payload.read().heap_bytes(),
             lexical: self.lexical.stats(),
             lexical_opened: self.lexical.opened(),
         }

@@ -39,6 +39,14 @@ impl Key {
         })
     }
 
+    /// Heap bytes below the key.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Key::Str(s) => malloc_bytes(s.len()),
+            _ => 0,
+        }
+    }
+
     /// The keys a stored field value is listed under (an array: each scalar element).
     fn of_stored(v: &Value, out: &mut Vec<Key>) {
         match v {
@@ -47,6 +55,9 @@ impl Key {
         }
     }
 }
+
+/// The postings of one field: value → sorted points.
+type PostingMap = HashMap<Key, Vec<u32>>;
 
 /// One live point.
 #[derive(Debug)]
@@ -61,7 +72,17 @@ pub(crate) struct PointEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Payload {
     points: HashMap<u32, PointEntry>,
-    postings: HashMap<Box<str>, HashMap<Key, Vec<u32>>>,
+    postings: HashMap<Box<str>, PostingMap>,
+    /// [`Payload::heap_bytes`], kept up to date by every insert and remove (a walk over a
+    /// million points' metadata is too slow for a metrics scrape).
+    bytes: usize,
+}
+
+impl PointEntry {
+    /// Heap bytes below this entry: the id and the metadata.
+    fn heap_bytes(&self) -> usize {
+        malloc_bytes(self.id.len()) + value_heap_bytes(&self.metadata)
+    }
 }
 
 impl Payload {
@@ -85,6 +106,8 @@ impl Payload {
     /// Adds a point. Points arrive in increasing order on the write path, so postings stay
     /// sorted by a push; an out-of-order point is inserted in place.
     pub fn insert(&mut self, point: u32, id: &str, metadata: Map<String, Value>) {
+        // A point already present is replaced whole (its postings go first).
+        self.remove(point);
         let mut keys = Vec::new();
         for (field, value) in &metadata {
             keys.clear();
@@ -92,9 +115,20 @@ impl Payload {
             if keys.is_empty() {
                 continue;
             }
-            let by_value = self.postings.entry(field.as_str().into()).or_default();
+            if !self.postings.contains_key(field.as_str()) {
+                self.postings
+                    .insert(field.as_str().into(), PostingMap::default());
+                self.bytes += malloc_bytes(field.len());
+            }
+            let Some(by_value) = self.postings.get_mut(field.as_str()) else {
+                continue;
+            };
             for key in keys.drain(..) {
+                if !by_value.contains_key(&key) {
+                    self.bytes += key.heap_bytes();
+                }
                 let list = by_value.entry(key).or_default();
+                let before = malloc_bytes(list.capacity() * size_of::<u32>());
                 match list.last() {
                     Some(&last) if last >= point => {
                         if let Err(at) = list.binary_search(&point) {
@@ -103,15 +137,15 @@ impl Payload {
                     }
                     _ => list.push(point),
                 }
+                self.bytes += malloc_bytes(list.capacity() * size_of::<u32>()) - before;
             }
         }
-        self.points.insert(
-            point,
-            PointEntry {
-                id: id.into(),
-                metadata: Value::Object(metadata),
-            },
-        );
+        let entry = PointEntry {
+            id: id.into(),
+            metadata: Value::Object(metadata),
+        };
+        self.bytes += entry.heap_bytes();
+        self.points.insert(point, entry);
     }
 
     /// Removes a point (no-op when unknown).
@@ -119,6 +153,7 @@ impl Payload {
         let Some(entry) = self.points.remove(&point) else {
             return;
         };
+        self.bytes -= entry.heap_bytes();
         let Value::Object(metadata) = &entry.metadata else {
             return;
         };
@@ -135,11 +170,14 @@ impl Payload {
                         list.remove(at);
                     }
                     if list.is_empty() {
+                        self.bytes -= malloc_bytes(list.capacity() * size_of::<u32>());
+                        self.bytes -= key.heap_bytes();
                         by_value.remove(&key);
                     }
                 }
             }
             if by_value.is_empty() {
+                self.bytes -= malloc_bytes(field.len());
                 self.postings.remove(field.as_str());
             }
         }
@@ -250,11 +288,106 @@ impl Payload {
         out
     }
 
+    /// Bytes of heap this payload index holds: the point table, ids, metadata values and
+    /// postings. An estimate modelled on the layouts it uses (hashbrown tables, `BTreeMap`
+    /// nodes of 11 entries, glibc malloc chunks of at least 32 bytes in 16-byte steps); what
+    /// lies below the tables' entries is counted by every write, so this costs one step per
+    /// metadata field, not per point. Checked against the process's resident memory by
+    /// `latentdb bench ann --metadata --reopen`.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes + self.table_bytes()
+    }
+
+    /// The hash tables' own allocations, from their capacities.
+    fn table_bytes(&self) -> usize {
+        table_bytes(self.points.capacity(), size_of::<(u32, PointEntry)>())
+            + table_bytes(
+                self.postings.capacity(),
+                size_of::<(Box<str>, PostingMap)>(),
+            )
+            + self
+                .postings
+                .values()
+                .map(|m| table_bytes(m.capacity(), size_of::<(Key, Vec<u32>)>()))
+                .sum::<usize>()
+    }
+
+    /// What the writes counted in `bytes`, computed by walking everything (the tests' oracle).
+    #[cfg(test)]
+    fn walked_entry_bytes(&self) -> usize {
+        let mut total = self
+            .points
+            .values()
+            .map(PointEntry::heap_bytes)
+            .sum::<usize>();
+        for (field, by_value) in &self.postings {
+            total += malloc_bytes(field.len());
+            for (key, list) in by_value {
+                total += key.heap_bytes() + malloc_bytes(list.capacity() * size_of::<u32>());
+            }
+        }
+        total
+    }
+
     /// Every live point, sorted.
     pub fn all_points(&self) -> Vec<u32> {
         let mut out: Vec<u32> = self.points.keys().copied().collect();
         out.sort_unstable();
         out
+    }
+}
+
+/// What glibc malloc takes for a request of `n` bytes (none for `n == 0`, as Rust does not
+/// allocate then).
+fn malloc_bytes(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        ((n + 8 + 15) & !15).max(32)
+    }
+}
+
+/// What a hashbrown table of `capacity` entries of `entry` bytes allocates.
+fn table_bytes(capacity: usize, entry: usize) -> usize {
+    // hashbrown's buckets: 4 up to 3 entries, 8 up to 7, then a power of two 8/7 of them.
+    // A removal may leave a tombstone that lowers `capacity` by one until the next rehash;
+    // rounding up to the power of two absorbs that.
+    let buckets = match capacity {
+        0 => return 0,
+        1..=3 => 4,
+        4..=7 => 8,
+        c => (c * 8 / 7).next_power_of_two(),
+    };
+    malloc_bytes(buckets * entry + buckets + 16)
+}
+
+/// Heap bytes below a JSON value (its own inline bytes not counted).
+fn value_heap_bytes(v: &Value) -> usize {
+    /// Entries per `BTreeMap` node (std's `B = 6`: `2B - 1`).
+    const NODE: usize = 11;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => malloc_bytes(s.capacity()),
+        Value::Array(items) => {
+            malloc_bytes(items.capacity() * size_of::<Value>())
+                + items.iter().map(value_heap_bytes).sum::<usize>()
+        }
+        Value::Object(map) => {
+            let leaf = NODE * (size_of::<String>() + size_of::<Value>()) + 16;
+            // One leaf up to 11 entries; beyond, nodes are between half and fully used.
+            let leaves = match map.len() {
+                0 => 0,
+                n if n <= NODE => 1,
+                n => n.div_ceil(8),
+            };
+            let internal = if leaves > 1 { leaves.div_ceil(6) } else { 0 };
+            leaves * malloc_bytes(leaf)
+                + internal * malloc_bytes(leaf + (NODE + 1) * size_of::<usize>())
+                + map
+                    .iter()
+                    .map(|(k, v)| malloc_bytes(k.capacity()) + value_heap_bytes(v))
+                    .sum::<usize>()
+        }
     }
 }
 
@@ -311,5 +444,65 @@ mod tests {
         assert_eq!(p.len(), 2);
         let (frac, whole) = p.sample_fraction(&f(json!({"tag": "y"})), None, 100);
         assert!(whole && (frac - 0.5).abs() < 1e-9);
+    }
+    /// Metadata of one of a few shapes, built from `seed`: shared and unique strings, numbers,
+    /// arrays, nested objects, long strings without postings, empty objects.
+    fn sample_meta(seed: u32) -> Map<String, Value> {
+        let v = match seed % 5 {
+            0 => json!({}),
+            1 => json!({"tag": format!("t{}", seed % 7), "n": seed % 3}),
+            2 => json!({"parent": format!("doc-{seed}"), "char_start": seed * 13,
+                        "tags": ["a", format!("b{}", seed % 4)], "deep": {"x": seed}}),
+            3 => {
+                json!({"long": "x".repeat(300 + seed as usize % 50), "flag": seed.is_multiple_of(2),
+                        "nothing": null})
+            }
+            _ => {
+                json!({"tag": "shared", "f": f64::from(seed) / 8.0, "s": "y".repeat(seed as usize % 40)})
+            }
+        };
+        meta(v)
+    }
+
+    proptest::proptest! {
+        /// The byte count kept by inserts and removes equals a walk over everything below the
+        /// tables, whatever
+        /// the order of writes (out-of-order points, re-inserts, removes of unknown points).
+        #[test]
+        fn tracked_bytes_equal_a_walk(ops in proptest::collection::vec((0u32..300, 0u32..1000, proptest::bool::ANY), 0..400)) {
+            let mut p = Payload::default();
+            for (point, seed, insert) in ops {
+                if insert {
+                    p.insert(point, &format!("id-{seed}"), sample_meta(seed));
+                } else {
+                    p.remove(point);
+                }
+                proptest::prop_assert_eq!(p.bytes, p.walked_entry_bytes());
+            }
+            let all = p.all_points();
+            for point in all {
+                p.remove(point);
+            }
+            proptest::prop_assert_eq!(p.bytes, p.walked_entry_bytes());
+            proptest::prop_assert!(p.postings.is_empty());
+        }
+    }
+
+    #[test]
+    fn heap_bytes_grow_with_metadata() {
+        let mut bare = Payload::default();
+        let mut rich = Payload::default();
+        for i in 0..1000 {
+            bare.insert(i, &format!("doc-{i}"), Map::new());
+            rich.insert(i, &format!("doc-{i}"), sample_meta(i * 5 + 2));
+        }
+        // 1,000 ids of 8-9 bytes: at least one 32-byte chunk each.
+        assert!(bare.heap_bytes() >= 32_000, "{}", bare.heap_bytes());
+        // A BTreeMap leaf (over 600 bytes) per point, plus keys, values and postings.
+        assert!(
+            rich.heap_bytes() > bare.heap_bytes() + 600_000,
+            "{}",
+            rich.heap_bytes()
+        );
     }
 }

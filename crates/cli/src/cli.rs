@@ -131,6 +131,9 @@ pub enum BenchCommand {
     Embed(BenchEmbedArgs),
     /// ANN index build rate, recall@k, QPS and latency per ef, through the database.
     Ann(crate::commands::bench_ann::BenchAnnArgs),
+    /// Open the database of `--data`: open time, resident memory, and what each collection
+    /// holds in memory (index, vectors, payload).
+    Open(crate::commands::bench_ann::BenchOpenArgs),
     /// Write seeded clustered base/query vectors (and ground truth) as .npy files.
     GenData(crate::commands::bench_ann::GenDataArgs),
     /// What the lexical index costs: ingest rate with and without it, and dense, lexical and

@@ -107,6 +107,38 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
+    /// Bytes these arrays hold on the heap, capacity reserved for growth included (what the
+    /// process pays for them): vectors or codes, ids, levels, links, locks, flags and the
+    /// id map (modelled as a hashbrown table: one control byte and one `(u32, u32)` per
+    /// bucket, buckets the next power of two above 8/7 of the capacity).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        fn vec<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        let upper: usize = self
+            .upper
+            .iter()
+            .map(|b| b.len() * size_of::<AtomicU32>())
+            .sum();
+        let buckets = if self.slot_of.capacity() == 0 {
+            0
+        } else {
+            (self.slot_of.capacity() * 8 / 7 + 1).next_power_of_two()
+        };
+        vec(&self.vectors)
+            + vec(&self.codes)
+            + vec(&self.corr)
+            + vec(&self.ids)
+            + vec(&self.levels)
+            + vec(&self.links0)
+            + vec(&self.upper)
+            + upper
+            + vec(&self.locks)
+            + vec(&self.deleted)
+            + vec(&self.linked)
+            + buckets * (1 + size_of::<(u32, u32)>())
+    }
+
     /// Empty arrays with room for `cap` points (held as codes under `quant` when given),
     /// reserved fallibly: an impossible size is an [`Error::ResourceExhausted`], never an
     /// abort.

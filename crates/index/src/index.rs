@@ -233,6 +233,13 @@ impl Index {
             + nodes.corr.len() * size_of::<f32>()
     }
 
+    /// Bytes of memory the index holds in all: vectors or codes, links, ids and bookkeeping,
+    /// room reserved for growth included (an estimate from the arrays' capacities; the
+    /// allocator's own overhead is not counted).
+    pub fn memory_bytes(&self) -> usize {
+        self.graph().nodes.read().heap_bytes()
+    }
+
     /// Points that searches can return.
     pub fn len(&self) -> usize {
         self.stats().live

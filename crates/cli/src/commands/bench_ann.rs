@@ -12,7 +12,8 @@ use serde_json::json;
 use latentdb::index::{bench, npy, synth};
 use latentdb::{CollectionSpec, Database, DatabaseOptions, Document, Durability, SearchRequest};
 
-use crate::cli::{MetricArg, QuantizationArg};
+use crate::cli::{Global, MetricArg, QuantizationArg};
+use crate::commands::open_database_with;
 use crate::output::Out;
 
 /// Arguments of `bench ann`.
@@ -56,6 +57,34 @@ pub struct BenchAnnArgs {
     /// With `--quantization int8`: candidates per result rescored (1-100) [default: 3].
     #[arg(long)]
     pub oversampling: Option<usize>,
+    /// Give every document the metadata `latentdb ingest` gives a chunk (parent, source,
+    /// chunk_index, chunk_count, char_start, char_end, content_sha256, chunking; 8 chunks per
+    /// parent), so that the payload index holds what it holds for an ingested corpus.
+    #[arg(long)]
+    pub metadata: bool,
+    /// Build the database in this directory and keep it (it must not exist, or be empty);
+    /// `latentdb --data DIR bench open` then measures reopening it. Default: a temporary
+    /// directory removed at the end.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+/// Arguments of `bench open`.
+#[derive(Debug, Args)]
+pub struct BenchOpenArgs {
+    /// Also search these query vectors (a float32 `.npy` of shape [q, d]) in this collection
+    /// right after opening, and report the QPS of that first pass (caches cold).
+    #[arg(long, requires = "collection")]
+    pub queries: Option<PathBuf>,
+    /// The collection to search with `--queries`.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// Neighbours per query.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Search candidate list size.
+    #[arg(long, default_value_t = 64)]
+    pub ef: usize,
 }
 
 /// Arguments of `bench gen-data`.
@@ -99,12 +128,48 @@ fn metrics(m: MetricArg) -> (latentdb::Metric, latentdb::index::Metric) {
     }
 }
 
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
-fn peak_rss() -> Option<u64> {
+/// A line of this process's `/proc/self/status` in bytes (`VmHWM`, `VmRSS`), if known.
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+fn peak_rss() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now, in bytes (Linux `VmRSS`), if known.
+fn rss() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// The metadata `latentdb ingest` gives chunk `i` (8 chunks per parent document).
+fn chunk_metadata(i: usize) -> serde_json::Value {
+    let parent = i / 8;
+    let chunk = i % 8;
+    // A stand-in for the parent's content hash: 64 hex digits, one value per parent.
+    let mut h = (parent as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let sha: String = (0..64)
+        .map(|_| {
+            h ^= h << 13;
+            h ^= h >> 7;
+            h ^= h << 17;
+            char::from_digit((h % 16) as u32, 16).unwrap_or('0')
+        })
+        .collect();
+    json!({
+        "parent": format!("doc-{parent}"),
+        "source": format!("corpus/part-{}/doc-{parent}.md", parent / 1000),
+        "chunk_index": chunk,
+        "chunk_count": 8,
+        "char_start": chunk * 1200,
+        "char_end": chunk * 1200 + 1180,
+        "content_sha256": sha,
+        "chunking": "tokens:256:32",
+    })
 }
 
 /// A scratch directory removed on drop.
@@ -138,6 +203,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     if a.k == 0 || a.ef.is_empty() || a.batch_size == 0 {
         bail!("-k, --ef and --batch-size must be positive");
+    }
+    if let Some(d) = &a.db
+        && std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some())
+    {
+        bail!("--db {}: the directory is not empty", d.display());
     }
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new()
@@ -176,8 +246,9 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     };
 
     let tmp = TempDir::new()?;
+    let dir = a.db.clone().unwrap_or_else(|| tmp.0.join("db"));
     let db = Database::open_with(
-        tmp.0.join("db"),
+        &dir,
         DatabaseOptions::new().durability(Durability::Buffered),
     )?;
     let mut index = json!({
@@ -197,7 +268,14 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     for start in (0..base.rows).step_by(a.batch_size) {
         let end = (start + a.batch_size).min(base.rows);
         let docs = (start..end)
-            .map(|i| Document::new(i.to_string(), base.row(i).to_vec()))
+            .map(|i| {
+                let doc = Document::new(i.to_string(), base.row(i).to_vec());
+                if a.metadata {
+                    doc.with_metadata(chunk_metadata(i))
+                } else {
+                    doc
+                }
+            })
             .collect();
         db.upsert("bench", docs)?;
     }
@@ -226,7 +304,11 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         "quantized": stats.quantized,
         "vector_bytes": stats.vector_bytes,
         "f32_vector_bytes": f32_bytes,
+        "index_bytes": stats.index_bytes,
+        "payload_bytes": stats.payload_bytes,
+        "metadata": a.metadata,
         "peak_rss_bytes": peak_rss(),
+        "rss_bytes": rss(),
     });
     out.either(&build, || {
         format!(
@@ -326,5 +408,90 @@ pub fn gen_data(a: GenDataArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             )
         },
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latentdb bench open`: opens the database of `--data` (all its collections) and reports how
+/// long that took, the memory it holds, and what each collection holds in memory.
+pub fn open(a: BenchOpenArgs, global: &Global, out: &mut Out) -> anyhow::Result<ExitCode> {
+    if a.k == 0 || a.ef == 0 {
+        bail!("-k and --ef must be positive");
+    }
+    let queries = a.queries.as_deref().map(npy::read_f32).transpose()?;
+    let rss_before = rss();
+    let started = Instant::now();
+    let db = open_database_with(global, DatabaseOptions::new())?;
+    let open_s = started.elapsed().as_secs_f64();
+    let rss_after = rss();
+    let mut collections = Vec::new();
+    for c in db.list_collections() {
+        let stats = db.index_stats(&c.name)?;
+        collections.push(json!({
+            "name": c.name,
+            "count": c.count,
+            "dim": c.dimension,
+            "loaded_from_dump": stats.loaded_from_dump,
+            "replayed": stats.replayed,
+            "rebuilt_on_open": stats.rebuilt_on_open,
+            "quantized": stats.quantized,
+            "vector_bytes": stats.vector_bytes,
+            "index_bytes": stats.index_bytes,
+            "payload_bytes": stats.payload_bytes,
+        }));
+    }
+    let mut report = json!({
+        "phase": "open",
+        "open_s": open_s,
+        "rss_before_bytes": rss_before,
+        "rss_bytes": rss_after,
+        "peak_rss_bytes": peak_rss(),
+        "collections": collections,
+    });
+    if let (Some(q), Some(name)) = (&queries, &a.collection) {
+        let started = Instant::now();
+        let mut first = None;
+        for i in 0..q.rows {
+            let req = SearchRequest {
+                k: a.k,
+                ef: Some(a.ef.max(a.k)),
+                with_text: false,
+                with_metadata: false,
+                ..SearchRequest::vector(q.row(i).to_vec())
+            };
+            db.search(name, &req)?;
+            first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        report["first_query_s"] = json!(first);
+        report["cold_qps"] = json!(q.rows as f64 / secs);
+        report["rss_after_queries_bytes"] = json!(rss());
+    }
+    out.either(&report, || {
+        let mib = |b: Option<u64>| b.unwrap_or(0) as f64 / 1048576.0;
+        let mut text = format!(
+            "open: {open_s:.3}s; RSS {:.0} MiB (before open {:.0} MiB)",
+            mib(rss_after),
+            mib(rss_before)
+        );
+        for c in report["collections"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "\n  {}: {} documents, from dump {}, replayed {}; index {:.1} MiB (vectors {:.1} MiB), payload {:.1} MiB",
+                c["name"].as_str().unwrap_or(""),
+                c["count"],
+                c["loaded_from_dump"],
+                c["replayed"],
+                c["index_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                c["vector_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                c["payload_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            ));
+        }
+        if let Some(qps) = report["cold_qps"].as_f64() {
+            text.push_str(&format!(
+                "\n  first query {:.1} ms; first pass {qps:.0} QPS",
+                report["first_query_s"].as_f64().unwrap_or(0.0) * 1e3
+            ));
+        }
+        text
+    })?;
     Ok(ExitCode::SUCCESS)
 }

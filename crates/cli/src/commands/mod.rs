@@ -90,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Embed(a)) => embed::bench(a, &mut out),
         Command::Bench(BenchCommand::Ann(a)) => bench_ann::ann(a, &mut out),
         Command::Bench(BenchCommand::GenData(a)) => bench_ann::gen_data(a, &mut out),
+        Command::Bench(BenchCommand::Open(a)) => bench_ann::open(a, global, &mut out),
         Command::Bench(BenchCommand::Hybrid(a)) => bench_hybrid::hybrid(a, &mut out),
         Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
         Command::Eval(a) => eval::run(a, &open()?, &mut out),

@@ -87,6 +87,12 @@ fn rescored_int8_recall_keeps_up_with_f32_at_ef_32_and_64() {
         let (a, b) = (int8.vector_bytes(), f32_idx.vector_bytes());
         assert_eq!(b, N * DIM * 4);
         assert_eq!(a, N * DIM + N * 4);
+        // All the index holds: vectors or codes plus at least the layer-0 links (2M + 1
+        // u32 per point) and ids; the int8 index saves what its vectors save.
+        let (ma, mb) = (int8.memory_bytes(), f32_idx.memory_bytes());
+        assert!(mb >= b + N * (2 * 16 + 1) * 4 + N * 4, "{mb}");
+        assert!(ma >= a + N * (2 * 16 + 1) * 4 + N * 4, "{ma}");
+        assert!(mb - ma >= (b - a) * 9 / 10, "f32 {mb}, int8 {ma}");
         for ef in [32, 64] {
             let full = recall_at(&f32_idx, &base, &queries, &truth, ef, false);
             let rescored = recall_at(&int8, &base, &queries, &truth, ef, true);
