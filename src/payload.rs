@@ -64,25 +64,40 @@ type PostingMap = HashMap<Key, Vec<u32>>;
 pub(crate) struct PointEntry {
     /// The document id.
     pub id: Box<str>,
-    /// The metadata object (a `Value::Object`).
-    pub metadata: Value,
+    /// The metadata object's top-level members: (field number in [`Payload`]'s names, value),
+    /// sorted by field number. One boxed slice instead of a `Map` per point: a `BTreeMap`
+    /// allocates a node of 11 members (over 600 bytes) for even one, and every member its
+    /// own key string; here a name is stored once per collection.
+    fields: Box<[(u32, Value)]>,
+}
+
+impl PointEntry {
+    /// Heap bytes below this entry: the id, the fields and their values.
+    fn heap_bytes(&self) -> usize {
+        malloc_bytes(self.id.len())
+            + malloc_bytes(self.fields.len() * size_of::<(u32, Value)>())
+            + self
+                .fields
+                .iter()
+                .map(|(_, v)| value_heap_bytes(v))
+                .sum::<usize>()
+    }
 }
 
 /// Points, their metadata and postings of one collection.
 #[derive(Debug, Default)]
 pub(crate) struct Payload {
     points: HashMap<u32, PointEntry>,
-    postings: HashMap<Box<str>, PostingMap>,
-    /// [`Payload::heap_bytes`], kept up to date by every insert and remove (a walk over a
-    /// million points' metadata is too slow for a metrics scrape).
+    /// Field number → postings of that field.
+    postings: HashMap<u32, PostingMap>,
+    /// Every top-level metadata field name seen, by field number (never forgotten: a
+    /// collection's names are few, and a number stays valid while points use it).
+    names: Vec<Box<str>>,
+    /// Field name → field number.
+    name_ids: HashMap<Box<str>, u32>,
+    /// [`Payload::heap_bytes`] below the tables, kept up to date by every insert and remove
+    /// (a walk over a million points' metadata is too slow for a metrics scrape).
     bytes: usize,
-}
-
-impl PointEntry {
-    /// Heap bytes below this entry: the id and the metadata.
-    fn heap_bytes(&self) -> usize {
-        malloc_bytes(self.id.len()) + value_heap_bytes(&self.metadata)
-    }
 }
 
 impl Payload {
@@ -100,7 +115,43 @@ impl Payload {
     pub fn matches(&self, point: u32, filter: &Filter) -> bool {
         self.points
             .get(&point)
-            .is_some_and(|e| filter.matches(&e.metadata))
+            .is_some_and(|e| self.entry_matches(e, filter))
+    }
+
+    /// True when an entry's metadata satisfies `filter`.
+    fn entry_matches(&self, e: &PointEntry, filter: &Filter) -> bool {
+        filter.matches_fields(&|name: &str| self.field(e, name))
+    }
+
+    /// The value of an entry's top-level metadata field `name`.
+    fn field<'a>(&self, e: &'a PointEntry, name: &str) -> Option<&'a Value> {
+        let id = *self.name_ids.get(name)?;
+        let at = e.fields.binary_search_by_key(&id, |f| f.0).ok()?;
+        Some(&e.fields[at].1)
+    }
+
+    /// An entry's metadata object.
+    pub fn metadata(&self, e: &PointEntry) -> Map<String, Value> {
+        e.fields
+            .iter()
+            .filter_map(|(id, v)| {
+                let name = self.names.get(*id as usize)?;
+                Some((name.to_string(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// The number of field `name`, given one when new.
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.name_ids.get(name) {
+            return id;
+        }
+        // More names than u32 numbers cannot be held in memory anyway.
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(name.into());
+        self.name_ids.insert(name.into(), id);
+        self.bytes += 2 * malloc_bytes(name.len());
+        id
     }
 
     /// Adds a point. Points arrive in increasing order on the write path, so postings stay
@@ -109,40 +160,36 @@ impl Payload {
         // A point already present is replaced whole (its postings go first).
         self.remove(point);
         let mut keys = Vec::new();
-        for (field, value) in &metadata {
+        let mut fields = Vec::with_capacity(metadata.len());
+        for (field, value) in metadata {
+            let fid = self.intern(&field);
             keys.clear();
-            Key::of_stored(value, &mut keys);
-            if keys.is_empty() {
-                continue;
-            }
-            if !self.postings.contains_key(field.as_str()) {
-                self.postings
-                    .insert(field.as_str().into(), PostingMap::default());
-                self.bytes += malloc_bytes(field.len());
-            }
-            let Some(by_value) = self.postings.get_mut(field.as_str()) else {
-                continue;
-            };
-            for key in keys.drain(..) {
-                if !by_value.contains_key(&key) {
-                    self.bytes += key.heap_bytes();
-                }
-                let list = by_value.entry(key).or_default();
-                let before = malloc_bytes(list.capacity() * size_of::<u32>());
-                match list.last() {
-                    Some(&last) if last >= point => {
-                        if let Err(at) = list.binary_search(&point) {
-                            list.insert(at, point);
-                        }
+            Key::of_stored(&value, &mut keys);
+            if !keys.is_empty() {
+                let by_value = self.postings.entry(fid).or_default();
+                for key in keys.drain(..) {
+                    if !by_value.contains_key(&key) {
+                        self.bytes += key.heap_bytes();
                     }
-                    _ => list.push(point),
+                    let list = by_value.entry(key).or_default();
+                    let before = malloc_bytes(list.capacity() * size_of::<u32>());
+                    match list.last() {
+                        Some(&last) if last >= point => {
+                            if let Err(at) = list.binary_search(&point) {
+                                list.insert(at, point);
+                            }
+                        }
+                        _ => list.push(point),
+                    }
+                    self.bytes += malloc_bytes(list.capacity() * size_of::<u32>()) - before;
                 }
-                self.bytes += malloc_bytes(list.capacity() * size_of::<u32>()) - before;
             }
+            fields.push((fid, value));
         }
+        fields.sort_unstable_by_key(|f| f.0);
         let entry = PointEntry {
             id: id.into(),
-            metadata: Value::Object(metadata),
+            fields: fields.into_boxed_slice(),
         };
         self.bytes += entry.heap_bytes();
         self.points.insert(point, entry);
@@ -154,14 +201,11 @@ impl Payload {
             return;
         };
         self.bytes -= entry.heap_bytes();
-        let Value::Object(metadata) = &entry.metadata else {
-            return;
-        };
         let mut keys = Vec::new();
-        for (field, value) in metadata {
+        for (fid, value) in &entry.fields {
             keys.clear();
             Key::of_stored(value, &mut keys);
-            let Some(by_value) = self.postings.get_mut(field.as_str()) else {
+            let Some(by_value) = self.postings.get_mut(fid) else {
                 continue;
             };
             for key in keys.drain(..) {
@@ -177,8 +221,7 @@ impl Payload {
                 }
             }
             if by_value.is_empty() {
-                self.bytes -= malloc_bytes(field.len());
-                self.postings.remove(field.as_str());
+                self.postings.remove(fid);
             }
         }
     }
@@ -190,8 +233,9 @@ impl Payload {
         }
         let key = Key::of(value)?;
         Some(
-            self.postings
+            self.name_ids
                 .get(path)
+                .and_then(|id| self.postings.get(id))
                 .and_then(|m| m.get(&key))
                 .map_or(&[][..], Vec::as_slice),
         )
@@ -257,7 +301,7 @@ impl Payload {
                 let mut seen = 0usize;
                 for e in self.points.values().take(n) {
                     seen += 1;
-                    hits += usize::from(filter.matches(&e.metadata));
+                    hits += usize::from(self.entry_matches(e, filter));
                 }
                 (hits, seen, seen == self.points.len())
             }
@@ -280,7 +324,7 @@ impl Payload {
             None => self
                 .points
                 .iter()
-                .filter(|(_, e)| filter.matches(&e.metadata))
+                .filter(|(_, e)| self.entry_matches(e, filter))
                 .map(|(&p, _)| p)
                 .collect(),
         };
@@ -301,10 +345,9 @@ impl Payload {
     /// The hash tables' own allocations, from their capacities.
     fn table_bytes(&self) -> usize {
         table_bytes(self.points.capacity(), size_of::<(u32, PointEntry)>())
-            + table_bytes(
-                self.postings.capacity(),
-                size_of::<(Box<str>, PostingMap)>(),
-            )
+            + table_bytes(self.postings.capacity(), size_of::<(u32, PostingMap)>())
+            + table_bytes(self.name_ids.capacity(), size_of::<(Box<str>, u32)>())
+            + malloc_bytes(self.names.capacity() * size_of::<Box<str>>())
             + self
                 .postings
                 .values()
@@ -320,8 +363,12 @@ impl Payload {
             .values()
             .map(PointEntry::heap_bytes)
             .sum::<usize>();
-        for (field, by_value) in &self.postings {
-            total += malloc_bytes(field.len());
+        total += 2 * self
+            .names
+            .iter()
+            .map(|n| malloc_bytes(n.len()))
+            .sum::<usize>();
+        for by_value in self.postings.values() {
             for (key, list) in by_value {
                 total += key.heap_bytes() + malloc_bytes(list.capacity() * size_of::<u32>());
             }

@@ -454,9 +454,10 @@ pub(crate) fn search_one(
             let Some(e) = payload.get(h.point) else {
                 continue;
             };
-            let metadata = match (&e.metadata, req.with_metadata) {
-                (Value::Object(m), true) => m.clone(),
-                _ => Map::new(),
+            let metadata = if req.with_metadata {
+                payload.metadata(e)
+            } else {
+                Map::new()
             };
             out.push(SearchHit {
                 id: String::from(&*e.id),

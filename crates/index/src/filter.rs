@@ -175,11 +175,23 @@ impl Filter {
 
     /// True when `metadata` (normally a JSON object) satisfies the filter.
     pub fn matches(&self, metadata: &Value) -> bool {
+        let object = metadata.as_object();
+        self.matches_fields(&|name: &str| object.and_then(|o| o.get(name)))
+    }
+
+    /// [`Filter::matches`] on a metadata object held in another form: `field` gives the
+    /// value of a top-level member by name (`None`: absent). Paths are followed exactly as
+    /// [`Filter::matches`] follows them: a member named by the whole path first, then the
+    /// part before the first dot and the rest inside its object value.
+    pub fn matches_fields<'a, F>(&self, field: &F) -> bool
+    where
+        F: Fn(&str) -> Option<&'a Value>,
+    {
         match self {
-            Filter::And(fs) => fs.iter().all(|f| f.matches(metadata)),
-            Filter::Or(fs) => fs.iter().any(|f| f.matches(metadata)),
-            Filter::Not(f) => !f.matches(metadata),
-            Filter::Field { path, cond } => cond.holds(lookup(metadata, path)),
+            Filter::And(fs) => fs.iter().all(|f| f.matches_fields(field)),
+            Filter::Or(fs) => fs.iter().any(|f| f.matches_fields(field)),
+            Filter::Not(f) => !f.matches_fields(field),
+            Filter::Field { path, cond } => cond.holds(lookup_fields(field, path)),
         }
     }
 
@@ -383,11 +395,15 @@ fn parse_op(op: &str, arg: &Value, here: &str) -> Result<Condition> {
     })
 }
 
-/// Follows a dotted path into nested objects. A key that itself contains dots is found too
-/// when it exists literally.
-fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut obj: &Map<String, Value> = doc.as_object()?;
-    let mut path = path;
+/// Follows a dotted path into nested objects, starting from top-level members given by
+/// `field`. A key that itself contains dots is found too when it exists literally.
+fn lookup_fields<'a>(field: &impl Fn(&str) -> Option<&'a Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = field(path) {
+        return Some(v);
+    }
+    let (head, rest) = path.split_once('.')?;
+    let mut obj: &Map<String, Value> = field(head)?.as_object()?;
+    let mut path = rest;
     loop {
         if let Some(v) = obj.get(path) {
             return Some(v);
@@ -442,8 +458,18 @@ mod tests {
         })
     }
 
+    /// Whether `doc()` matches, checked to be the same through `matches_fields`.
     fn m(filter: Value) -> bool {
-        Filter::parse(&filter).unwrap().matches(&doc())
+        let f = Filter::parse(&filter).unwrap();
+        let d = doc();
+        let whole = f.matches(&d);
+        let members = d.as_object().unwrap();
+        assert_eq!(
+            whole,
+            f.matches_fields(&|k: &str| members.get(k)),
+            "{filter}"
+        );
+        whole
     }
 
     fn err(filter: Value) -> String {
