@@ -43,7 +43,7 @@ pub use document::{Document, MAX_ID_BYTES, Record, json_kind, validate_id};
 pub use error::{Error, MAX_ECHO_CHARS, Result, truncate_echo};
 pub use import::ImportSpec;
 pub use options::{Durability, StorageOptions};
-pub use record::Change;
+pub use record::{Change, RecordMeta};
 pub use snapshot::{Snapshot, SnapshotCollection};
 pub use store::{
     DeleteOutcome, FORMAT_VERSION, LOCK_FILE, MAX_SCROLL_PAGE, SLED_DIR, ScrollPage, Storage,

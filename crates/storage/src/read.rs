@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::document::{Record, validate_id};
 use crate::error::{Error, Result};
 use crate::key;
-use crate::record::{self, Change};
+use crate::record::{self, Change, RecordMeta};
 use crate::store::{CollectionState, MAX_SCROLL_PAGE, ScrollPage, Storage};
 
 impl Storage {
@@ -71,6 +71,25 @@ impl Storage {
             for item in state.tree.scan_prefix([key::POINT_PREFIX]) {
                 let (k, v) = item?;
                 f(key::parse_point_key(&k)?, record::decode_record(&v)?)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with every live point and its record without the vector and text (see
+    /// [`RecordMeta`]), in point order: what a payload index needs, at a fraction of the cost
+    /// of [`scan_points`](Storage::scan_points) (no vector or text is converted or copied). A
+    /// record is reported corrupt exactly when `scan_points` would report it, with the same
+    /// error.
+    pub fn scan_point_meta(
+        &self,
+        collection: &str,
+        mut f: impl FnMut(u32, RecordMeta<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.read(collection, |state| {
+            for item in state.tree.scan_prefix([key::POINT_PREFIX]) {
+                let (k, v) = item?;
+                f(key::parse_point_key(&k)?, record::decode_record_meta(&v)?)?;
             }
             Ok(())
         })

@@ -115,43 +115,93 @@ pub fn decode_record_vector(bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
     Ok(())
 }
 
-/// Decodes a whole record.
-pub fn decode_record(bytes: &[u8]) -> Result<Record> {
+/// The fields of a record, checked (version, lengths, UTF-8 of id and text, text flag) but
+/// not converted: the vector's bytes and the metadata's JSON are left as they are.
+struct Parts<'a> {
+    id: &'a str,
+    vector: &'a [u8],
+    text: Option<&'a str>,
+    metadata: &'a [u8],
+}
+
+/// Splits a record into its fields. Every check [`decode_record`] makes happens here or in
+/// [`decode_metadata`], in the same order, so a decoder built on the two reports the same
+/// error for the same bytes.
+fn split_record(bytes: &[u8]) -> Result<Parts<'_>> {
     let mut r = Reader { buf: bytes };
     check_version(r.u8()?)?;
     let n = r.u16()? as usize;
-    let id = r.str(n)?.to_owned();
+    let id = r.str(n)?;
     let dim = r.u32()? as usize;
-    let raw = r.take(
+    let vector = r.take(
         dim.checked_mul(4)
             .ok_or_else(|| Error::Corrupt("bad dimension".into()))?,
     )?;
-    let vector = raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
     let text = match r.u8()? {
         0 => None,
         1 => {
             let n = r.u32()? as usize;
-            Some(r.str(n)?.to_owned())
+            Some(r.str(n)?)
         }
         other => return Err(Error::Corrupt(format!("bad text flag {other}"))),
     };
-    let metadata = if r.buf.is_empty() {
-        Map::new()
-    } else {
-        match serde_json::from_slice(r.buf) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(Error::Corrupt("stored metadata is not an object".into())),
-            Err(e) => return Err(Error::Corrupt(format!("stored metadata: {e}"))),
-        }
-    };
-    Ok(Record {
+    Ok(Parts {
         id,
-        text,
-        metadata,
         vector,
+        text,
+        metadata: r.buf,
+    })
+}
+
+/// The metadata object of a record (empty bytes: an empty object).
+fn decode_metadata(bytes: &[u8]) -> Result<Map<String, Value>> {
+    if bytes.is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::Corrupt("stored metadata is not an object".into())),
+        Err(e) => Err(Error::Corrupt(format!("stored metadata: {e}"))),
+    }
+}
+
+/// Decodes a whole record.
+pub fn decode_record(bytes: &[u8]) -> Result<Record> {
+    let parts = split_record(bytes)?;
+    let metadata = decode_metadata(parts.metadata)?;
+    Ok(Record {
+        id: parts.id.to_owned(),
+        text: parts.text.map(str::to_owned),
+        metadata,
+        vector: parts
+            .vector
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    })
+}
+
+/// A record without its vector and text: what a payload index needs of a document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordMeta<'a> {
+    /// The document id (borrowed from the stored bytes).
+    pub id: &'a str,
+    /// True if the record holds a text.
+    pub has_text: bool,
+    /// The metadata object.
+    pub metadata: Map<String, Value>,
+}
+
+/// Decodes a record's id, whether it has a text, and its metadata, without converting or
+/// copying its vector or text. Makes exactly the checks of [`decode_record`] (the text is
+/// still checked to be UTF-8), so a record is corrupt for one exactly when it is for the
+/// other, with the same error.
+pub fn decode_record_meta(bytes: &[u8]) -> Result<RecordMeta<'_>> {
+    let parts = split_record(bytes)?;
+    Ok(RecordMeta {
+        id: parts.id,
+        has_text: parts.text.is_some(),
+        metadata: decode_metadata(parts.metadata)?,
     })
 }
 
@@ -271,5 +321,159 @@ mod tests {
             assert_eq!(Change::decode(c.seq(), &c.encode_value()).unwrap(), c);
         }
         assert!(Change::decode(1, &[7, 0, 0, 0, 0]).is_err());
+    }
+
+    /// `decode_record` as it was before it was split into `split_record` and
+    /// `decode_metadata`: the reference the decoders must agree with.
+    fn reference_decode(bytes: &[u8]) -> Result<Record> {
+        let mut r = Reader { buf: bytes };
+        check_version(r.u8()?)?;
+        let n = r.u16()? as usize;
+        let id = r.str(n)?.to_owned();
+        let dim = r.u32()? as usize;
+        let raw = r.take(
+            dim.checked_mul(4)
+                .ok_or_else(|| Error::Corrupt("bad dimension".into()))?,
+        )?;
+        let vector = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let text = match r.u8()? {
+            0 => None,
+            1 => {
+                let n = r.u32()? as usize;
+                Some(r.str(n)?.to_owned())
+            }
+            other => return Err(Error::Corrupt(format!("bad text flag {other}"))),
+        };
+        let metadata = if r.buf.is_empty() {
+            Map::new()
+        } else {
+            match serde_json::from_slice(r.buf) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => return Err(Error::Corrupt("stored metadata is not an object".into())),
+                Err(e) => return Err(Error::Corrupt(format!("stored metadata: {e}"))),
+            }
+        };
+        Ok(Record {
+            id,
+            text,
+            metadata,
+            vector,
+        })
+    }
+
+    /// Both decoders agree with the reference on `bytes`: the same record (bit for bit in the
+    /// vector), or a corruption error with the same message. Never a panic.
+    fn check_agrees(bytes: &[u8]) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::{prop_assert, prop_assert_eq};
+        let want = reference_decode(bytes);
+        let full = decode_record(bytes);
+        let meta = decode_record_meta(bytes);
+        match want {
+            Ok(want) => {
+                let full = full.map_err(|e| {
+                    proptest::test_runner::TestCaseError::fail(format!("decode_record: {e}"))
+                })?;
+                let meta = meta.map_err(|e| {
+                    proptest::test_runner::TestCaseError::fail(format!("decode_record_meta: {e}"))
+                })?;
+                prop_assert_eq!(&full.id, &want.id);
+                prop_assert_eq!(&full.text, &want.text);
+                prop_assert_eq!(&full.metadata, &want.metadata);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&full.vector), bits(&want.vector));
+                prop_assert_eq!(meta.id, want.id.as_str());
+                prop_assert_eq!(meta.has_text, want.text.is_some());
+                prop_assert_eq!(&meta.metadata, &want.metadata);
+            }
+            Err(want) => {
+                let want = want.to_string();
+                prop_assert!(matches!(full, Err(Error::Corrupt(_))), "{:?}", full);
+                prop_assert!(matches!(meta, Err(Error::Corrupt(_))), "{:?}", meta);
+                prop_assert_eq!(full.err().map(|e| e.to_string()), Some(want.clone()));
+                prop_assert_eq!(meta.err().map(|e| e.to_string()), Some(want));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn meta_of_a_record_skips_vector_and_text() {
+        let meta = json!({"k": "v", "n": 3}).as_object().unwrap().clone();
+        let bytes = encode_record("doc-9", &[0.5; 16], Some("some text"), &meta).unwrap();
+        let got = decode_record_meta(&bytes).unwrap();
+        assert_eq!(
+            got,
+            RecordMeta {
+                id: "doc-9",
+                has_text: true,
+                metadata: meta,
+            }
+        );
+        let bytes = encode_record("x", &[], None, &Map::new()).unwrap();
+        let got = decode_record_meta(&bytes).unwrap();
+        assert_eq!((got.id, got.has_text, got.metadata.len()), ("x", false, 0));
+        // Invalid UTF-8 in the text is corrupt here too, though the text is not returned.
+        let mut bad = encode_record("x", &[1.0], Some("ab"), &Map::new()).unwrap();
+        let at = bad.len() - "b{}".len(); // the text's last byte, before the metadata `{}`
+        bad[at] = 0xff;
+        let err = decode_record_meta(&bad).unwrap_err();
+        assert!(err.to_string().contains("invalid UTF-8"), "{err}");
+    }
+
+    /// A valid record of arbitrary contents.
+    fn record_strategy() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        (
+            "[a-z0-9#/-]{0,12}",
+            proptest::collection::vec(any::<f32>(), 0..6),
+            proptest::option::of("[ -~é]{0,10}"),
+            proptest::collection::btree_map("[a-z]{1,4}", any::<i64>(), 0..4),
+        )
+            .prop_map(|(id, vector, text, meta)| {
+                let meta: Map<String, Value> =
+                    meta.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+                encode_record(&id, &vector, text.as_deref(), &meta).unwrap()
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
+
+        #[test]
+        fn decoders_agree_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            version_one in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if version_one && !bytes.is_empty() {
+                bytes[0] = RECORD_VERSION; // get past the version check more often
+            }
+            check_agrees(&bytes)?;
+        }
+
+        #[test]
+        fn decoders_agree_on_damaged_records(
+            record in record_strategy(),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..4,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            truncate in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = record;
+            check_agrees(&bytes)?;
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            check_agrees(&bytes)?;
+        }
     }
 }

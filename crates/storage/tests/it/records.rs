@@ -3,7 +3,8 @@
 
 use latentdb_storage::key;
 use latentdb_storage::record::{
-    Change, decode_record, decode_record_id, decode_record_vector, encode_record,
+    Change, decode_record, decode_record_id, decode_record_meta, decode_record_vector,
+    encode_record,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -59,7 +60,18 @@ proptest! {
     fn any_bytes_decode_without_panicking(
         bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..256), damaged_record()]
     ) {
-        let _ = decode_record(&bytes);
+        let full = decode_record(&bytes);
+        // The vector-less decoder fails exactly when the full one does, with the same error,
+        // and otherwise returns the same id, text flag and metadata.
+        match (&full, decode_record_meta(&bytes)) {
+            (Ok(r), Ok(m)) => {
+                prop_assert_eq!(m.id, r.id.as_str());
+                prop_assert_eq!(m.has_text, r.text.is_some());
+                prop_assert_eq!(&m.metadata, &r.metadata);
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => prop_assert!(false, "decode_record {:?}, decode_record_meta {:?}", a, b),
+        }
         let _ = decode_record_id(&bytes);
         let mut out = Vec::new();
         let _ = decode_record_vector(&bytes, &mut out);
@@ -88,6 +100,8 @@ proptest! {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&r.vector), bits(&vector));
         prop_assert_eq!(decode_record_id(&bytes).unwrap(), id.as_str());
+        let m = decode_record_meta(&bytes).unwrap();
+        prop_assert_eq!((m.id, m.has_text, &m.metadata), (id.as_str(), text.is_some(), &meta));
         let mut out = vec![1.5];
         decode_record_vector(&bytes, &mut out).unwrap();
         prop_assert_eq!(bits(&out[1..]), bits(&vector));
@@ -100,4 +114,89 @@ proptest! {
         prop_assert_eq!(key::parse_log_key(&key::log_key(seq)).unwrap(), seq);
         prop_assert_eq!(key::parse_point_key(&key::point_key(point)).unwrap(), point);
     }
+}
+
+/// `Storage::scan_point_meta` sees the points `scan_points` sees, with the same ids, text
+/// flags and metadata, and fails on a corrupt record with the error `scan_points` reports.
+#[test]
+fn scan_point_meta_matches_scan_points() {
+    use latentdb_storage::{CollectionSpec, Document, Metric, Storage, StorageOptions};
+
+    type Seen = Vec<(u32, String, bool, Map<String, Value>)>;
+    fn both(s: &Storage) -> (Result<Seen, String>, Result<Seen, String>) {
+        let mut full = Vec::new();
+        let full_res = s.scan_points("c", |p, r| {
+            full.push((p, r.id, r.text.is_some(), r.metadata));
+            Ok(())
+        });
+        let mut meta = Vec::new();
+        let meta_res = s.scan_point_meta("c", |p, r| {
+            meta.push((p, r.id.to_owned(), r.has_text, r.metadata));
+            Ok(())
+        });
+        (
+            full_res.map(|()| full).map_err(|e| e.to_string()),
+            meta_res.map(|()| meta).map_err(|e| e.to_string()),
+        )
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
+    s.create_collection(CollectionSpec::new("c", 3, Metric::L2))
+        .unwrap();
+    let docs = (0..40)
+        .map(|i| {
+            let d = Document::new(format!("d{i}"), vec![i as f32, 1.0, -2.0]);
+            let d = if i % 3 == 0 {
+                d.with_text(format!("text {i}"))
+            } else {
+                d
+            };
+            if i % 2 == 0 {
+                d.with_metadata(json!({"n": i, "tag": format!("t{}", i % 5)}))
+            } else {
+                d
+            }
+        })
+        .collect();
+    s.upsert("c", docs, None).unwrap();
+    s.delete("c", &["d5", "d6"], None).unwrap();
+    let (full, meta) = both(&s);
+    let full = full.unwrap();
+    assert_eq!(full.len(), 38);
+    assert_eq!(meta.unwrap(), full);
+    assert!(s.scan_point_meta("missing", |_, _| Ok(())).is_err());
+
+    // A damaged record (its text no longer UTF-8) fails both scans alike.
+    let cid = s.collection_config("c").unwrap().cid;
+    let point = s.point_of("c", "d9").unwrap().unwrap();
+    drop(s);
+    {
+        // The storage's sled threads may still be letting go of the file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::open(dir.path().join(latentdb_storage::SLED_DIR)) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let tree = db.open_tree(key::collection_tree(cid)).unwrap();
+        let k = key::point_key(point);
+        let mut v = tree.get(k).unwrap().unwrap().to_vec();
+        // The text's first byte: the text is followed by the metadata, `{}`.
+        let text_at = v.len() - "text 9{}".len();
+        assert_eq!(&v[text_at..], b"text 9{}");
+        v[text_at] = 0xff;
+        tree.insert(k, v).unwrap();
+        db.flush().unwrap();
+    }
+    let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
+    let (full, meta) = both(&s);
+    let err = full.unwrap_err();
+    assert!(err.contains("invalid UTF-8"), "{err}");
+    assert_eq!(meta.unwrap_err(), err);
 }
