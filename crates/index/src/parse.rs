@@ -32,6 +32,24 @@ use crate::params::Quantization;
 use crate::persist::{MAGIC, Manifest, corrupt};
 use crate::quant::{CODE_MAX, Quantizer};
 
+/// The contents of a dump's vectors file, as read.
+pub(crate) enum Vectors {
+    /// An `f32` dump's floats, and the file's length in bytes (a length that is not a
+    /// multiple of 4 leaves its last bytes out of `floats`).
+    Floats { floats: Vec<f32>, bytes: usize },
+    /// A quantized dump's codes, the file's bytes.
+    Codes(Vec<u8>),
+}
+
+impl Vectors {
+    fn bytes(&self) -> usize {
+        match self {
+            Vectors::Floats { bytes, .. } => *bytes,
+            Vectors::Codes(codes) => codes.len(),
+        }
+    }
+}
+
 /// What a dump's data files hold, checked.
 pub(crate) struct Loaded {
     pub(crate) nodes: Nodes,
@@ -112,7 +130,12 @@ fn check_list(
 
 /// Parses and checks the data files of a dump whose manifest `m` has been checked already
 /// (format version, params, dimension and counts in range).
-pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8]) -> Result<Loaded> {
+pub(crate) fn parse_dump(
+    dir: &Path,
+    m: &Manifest,
+    graph: &[u8],
+    vectors: Vectors,
+) -> Result<Loaded> {
     let bad = |what: String| corrupt(dir, format!("graph file: {what}"));
     let bad_vec = |what: String| corrupt(dir, format!("vectors file: {what}"));
     let mut r = Reader::new(graph);
@@ -147,7 +170,7 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
         }
     };
     let width = if quant.is_some() { 1 } else { 4 };
-    if Some(vectors.len()) != n.checked_mul(dim).and_then(|x| x.checked_mul(width)) {
+    if Some(vectors.bytes()) != n.checked_mul(dim).and_then(|x| x.checked_mul(width)) {
         return Err(bad_vec("length does not match points * dim".into()));
     }
     // Every section is sliced (and so its length checked) before anything is allocated.
@@ -176,25 +199,30 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
     }
 
     let mut nodes = Nodes::with_capacity(dim, &m.params, n, quant)?;
-    if let Some(q) = quant {
-        if let Some(at) = vectors.iter().position(|&c| c > CODE_MAX) {
-            return Err(bad_vec(format!(
-                "code {} of vector {} is above {CODE_MAX}",
-                vectors[at],
-                at / dim
-            )));
+    // The file's contents become the index's arrays as they are (no copy); the arrays
+    // reserved for them above were never written to.
+    match (quant, vectors) {
+        (Some(q), Vectors::Codes(codes)) => {
+            if let Some(at) = codes.iter().position(|&c| c > CODE_MAX) {
+                return Err(bad_vec(format!(
+                    "code {} of vector {} is above {CODE_MAX}",
+                    codes[at],
+                    at / dim
+                )));
+            }
+            nodes
+                .corr
+                .extend(codes.chunks_exact(dim).map(|c| q.correction(m.metric, c)));
+            nodes.codes = codes;
         }
-        nodes.codes.extend_from_slice(vectors);
-        nodes
-            .corr
-            .extend(vectors.chunks_exact(dim).map(|c| q.correction(m.metric, c)));
+        (None, Vectors::Floats { floats, .. }) => nodes.vectors = floats,
+        _ => {
+            return Err(corrupt(
+                dir,
+                "the vectors file was read for another format version",
+            ));
+        }
     }
-    let floats = if quant.is_some() { &[][..] } else { vectors };
-    nodes.vectors.extend(
-        floats
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-    );
     for (slot, v) in nodes.vectors.chunks_exact(dim).enumerate() {
         if v.iter().any(|x| !x.is_finite()) {
             return Err(bad_vec(format!("vector {slot} holds a non-finite value")));
@@ -232,20 +260,16 @@ pub(crate) fn parse_dump(dir: &Path, m: &Manifest, graph: &[u8], vectors: &[u8])
     }
 
     let mut seen = Seen::new(n)?;
-    let words0: Vec<u32> = {
-        let mut w = Vec::new();
-        w.try_reserve_exact(links0.len() / 4).map_err(|_| {
-            Error::ResourceExhausted(format!("cannot reserve memory for {n} link lists"))
-        })?;
-        w.extend(le_u32s(links0));
-        w
-    };
-    for (slot, list) in words0.chunks_exact(m0 + 1).enumerate() {
-        check_list(list, slot, 0, levels, &mut seen).map_err(bad)?;
+    // Each list is decoded into one small buffer, checked, then appended (`links0` has room
+    // for all of them: no copy of the whole layer is held).
+    let mut list = Vec::with_capacity(m0.max(mm) + 1);
+    for (slot, raw) in links0.chunks_exact((m0 + 1) * 4).enumerate() {
+        list.clear();
+        list.extend(le_u32s(raw));
+        check_list(&list, slot, 0, levels, &mut seen).map_err(bad)?;
+        nodes.links0.extend(list.iter().map(|&w| AtomicU32::new(w)));
     }
-    nodes.links0.extend(words0.into_iter().map(AtomicU32::new));
     let mut upper = le_u32s(upper);
-    let mut list = Vec::with_capacity(mm + 1);
     for (slot, &level) in levels.iter().enumerate() {
         let mut own = Vec::with_capacity(level as usize * (mm + 1));
         for layer in 1..=level as usize {

@@ -22,8 +22,9 @@
 //! rebuild.
 
 use std::fs::{self, File};
+use std::io::Read;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde::{Deserialize, Serialize};
@@ -239,10 +240,14 @@ impl Index {
                 "manifest dimension, point or tombstone count out of range",
             ));
         }
-        let vectors = read_checked(dir, &m.vectors)?;
+        let vectors = if m.quantizer.is_some() {
+            parse::Vectors::Codes(read_checked(dir, &m.vectors)?)
+        } else {
+            read_floats(dir, &m.vectors)?
+        };
         let graph = read_checked(dir, &m.graph)?;
-        let loaded = parse::parse_dump(dir, &m, &graph, &vectors)?;
-        drop((graph, vectors));
+        let loaded = parse::parse_dump(dir, &m, &graph, vectors)?;
+        drop(graph);
         let graph = Graph::from_parts(
             m.metric,
             m.dim,
@@ -256,7 +261,8 @@ impl Index {
     }
 }
 
-fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
+/// The path of a data file the manifest names, refusing a name that is not one of ours.
+fn data_path(dir: &Path, f: &FileEntry) -> Result<PathBuf> {
     let ok_name = !f.name.is_empty()
         && !f.name.contains(['/', '\\'])
         && f.name != ".."
@@ -270,7 +276,11 @@ fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
             ),
         ));
     }
-    let path = dir.join(&f.name);
+    Ok(dir.join(&f.name))
+}
+
+fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
+    let path = data_path(dir, f)?;
     let expected = FileRecord {
         bytes: f.bytes,
         crc32: f.crc32,
@@ -280,4 +290,209 @@ fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
         ReadError::Exhausted(message) => Error::ResourceExhausted(message),
         ReadError::Io(e) => Error::io(&path, e),
     })
+}
+
+/// Bytes read per system call by [`read_floats`] (a multiple of 4: floats never straddle two
+/// reads); small enough to stay in the CPU's cache between the read and the conversion.
+const FLOAT_CHUNK: usize = 256 * 1024;
+
+/// Reads the vectors file of an `f32` dump straight into the floats it holds, with the checks
+/// and errors of [`read_checked`] (a missing file, a length other than the manifest's or a
+/// checksum mismatch is corrupt; memory is reserved fallibly, after the length matched), but
+/// without holding the file's bytes in memory: each chunk is checksummed and converted as it
+/// is read. A length that is not a multiple of 4 leaves its last bytes out of the floats (they
+/// count in the checksum); the parser then reports the length.
+fn read_floats(dir: &Path, f: &FileEntry) -> Result<parse::Vectors> {
+    let path = data_path(dir, f)?;
+    let name = &f.name;
+    let meta = fs::metadata(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => corrupt(dir, format!("{name} is missing")),
+        _ => Error::io(&path, e),
+    })?;
+    if meta.len() != f.bytes {
+        return Err(corrupt(
+            dir,
+            format!("{name} has {} bytes, manifest says {}", meta.len(), f.bytes),
+        ));
+    }
+    let exhausted = || {
+        Error::ResourceExhausted(format!(
+            "cannot reserve {} bytes to read {}",
+            f.bytes,
+            path.display()
+        ))
+    };
+    let bytes = usize::try_from(f.bytes).map_err(|_| exhausted())?;
+    let mut floats: Vec<f32> = Vec::new();
+    floats
+        .try_reserve_exact(bytes / 4)
+        .map_err(|_| exhausted())?;
+    let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; FLOAT_CHUNK.min(bytes)];
+    let mut left = bytes;
+    while left > 0 {
+        let chunk = &mut buf[..FLOAT_CHUNK.min(left)];
+        match file.read_exact(chunk) {
+            Ok(()) => {}
+            // Shorter than its metadata said a moment ago: as `read_checked` reports it.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(corrupt(dir, format!("{name} fails its checksum")));
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        hasher.update(chunk);
+        floats.extend(
+            chunk
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        left -= chunk.len();
+    }
+    if hasher.finalize() != f.crc32 {
+        return Err(corrupt(dir, format!("{name} fails its checksum")));
+    }
+    Ok(parse::Vectors::Floats { floats, bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIM: usize = 24;
+
+    /// An index of `n` points, persisted to a new directory (its vectors file is
+    /// `n * DIM * 4` bytes: over [`FLOAT_CHUNK`] for `n` of 3,000, so it is read in chunks).
+    fn persisted(n: usize) -> (tempfile::TempDir, Index) {
+        let idx = Index::new(Metric::L2, DIM, IndexParams::default()).unwrap();
+        let data = crate::synth::embedding_like(n, DIM, 5);
+        let points: Vec<(u32, &[f32])> = data
+            .chunks_exact(DIM)
+            .enumerate()
+            .map(|(i, v)| (i as u32 * 2, v))
+            .collect();
+        idx.insert_batch(&points).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        idx.persist(dir.path(), 3).unwrap();
+        (dir, idx)
+    }
+
+    fn manifest(dir: &Path) -> Manifest {
+        read_manifest(dir).unwrap().unwrap()
+    }
+
+    /// Rewrites the vectors file with `bytes`, the manifest recording `len` and `crc32`.
+    fn replace_vectors(dir: &Path, bytes: &[u8], len: u64, crc32: u32) {
+        let mut m = manifest(dir);
+        fs::write(dir.join(&m.vectors.name), bytes).unwrap();
+        m.vectors.bytes = len;
+        m.vectors.crc32 = crc32;
+        fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    fn load_error(dir: &Path) -> String {
+        match Index::load(dir) {
+            Err(e @ Error::CorruptDump { .. }) => e.to_string(),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(loaded) => panic!("loaded: {}", loaded.is_some()),
+        }
+    }
+
+    #[test]
+    fn floats_read_in_chunks_are_the_vectors_written() {
+        let (dir, idx) = persisted(3_000);
+        let m = manifest(dir.path());
+        assert!(m.vectors.bytes as usize > FLOAT_CHUNK);
+        let parse::Vectors::Floats { floats, bytes } = read_floats(dir.path(), &m.vectors).unwrap()
+        else {
+            panic!("not floats");
+        };
+        assert_eq!(bytes as u64, m.vectors.bytes);
+        let written = idx.graph().nodes.read().vectors.clone();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&floats), bits(&written));
+        assert_eq!(floats.capacity(), floats.len());
+        let (loaded, seq) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            (seq, loaded.len(), loaded.vector_bytes()),
+            (3, 3_000, idx.vector_bytes())
+        );
+    }
+
+    /// The float reader reports a file as `read_checked` reports it, word for word.
+    #[test]
+    fn float_reader_errors_are_read_checkeds() {
+        let (dir, _) = persisted(3_000);
+        let dir = dir.path();
+        let m = manifest(dir);
+        let path = dir.join(&m.vectors.name);
+        let good = fs::read(&path).unwrap();
+        let both = |dir: &Path| {
+            let m = manifest(dir);
+            let floats = read_floats(dir, &m.vectors)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let bytes = read_checked(dir, &m.vectors)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert_eq!(floats, bytes);
+            floats
+        };
+        assert_eq!(both(dir), Ok(()));
+        // A flipped bit in the second chunk.
+        let mut bad = good.clone();
+        bad[FLOAT_CHUNK + 7] ^= 1;
+        fs::write(&path, &bad).unwrap();
+        assert!(both(dir).unwrap_err().contains("fails its checksum"));
+        // Shorter than the manifest says.
+        fs::write(&path, &good[..good.len() - 4]).unwrap();
+        assert!(both(dir).unwrap_err().contains("manifest says"));
+        fs::remove_file(&path).unwrap();
+        assert!(both(dir).unwrap_err().contains("is missing"));
+        // A name that is not one of ours.
+        let mut m = manifest(dir);
+        m.vectors.name = "../x".into();
+        fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(both(dir).unwrap_err().contains("bad file name"));
+    }
+
+    /// Bytes past the last whole float, with a matching length and checksum: the parser's
+    /// length check reports them.
+    #[test]
+    fn a_vectors_file_of_a_length_not_a_multiple_of_4_is_corrupt() {
+        for extra in [1usize, 2, 3, 5] {
+            let (dir, _) = persisted(40);
+            let path = dir.path().join(manifest(dir.path()).vectors.name);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes.extend(std::iter::repeat_n(0u8, extra));
+            replace_vectors(
+                dir.path(),
+                &bytes,
+                bytes.len() as u64,
+                crc32fast::hash(&bytes),
+            );
+            let err = load_error(dir.path());
+            assert!(err.contains("length does not match"), "{extra}: {err}");
+        }
+        // One float short, consistently recorded.
+        let (dir, _) = persisted(40);
+        let path = dir.path().join(manifest(dir.path()).vectors.name);
+        let bytes = fs::read(&path).unwrap();
+        let bytes = &bytes[..bytes.len() - 4];
+        replace_vectors(
+            dir.path(),
+            bytes,
+            bytes.len() as u64,
+            crc32fast::hash(bytes),
+        );
+        let err = load_error(dir.path());
+        assert!(err.contains("length does not match"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_index_loads() {
+        let (dir, _) = persisted(0);
+        let (loaded, seq) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!((seq, loaded.len()), (3, 0));
+    }
 }
