@@ -36,6 +36,7 @@ mod payload;
 mod recovery;
 mod search;
 pub mod tune;
+mod value_pool;
 
 pub use collection::{CompactReport, INDEX_DIR, IndexInfo};
 pub use database::{Database, UpsertResult};

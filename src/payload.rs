@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use latentdb_index::{Condition, Filter};
 use serde_json::{Map, Value};
 
+use crate::value_pool::ValuePool;
+
 /// Longest string value that gets a posting list (longer ones are matched by scanning).
 const MAX_KEY_BYTES: usize = 256;
 
@@ -64,23 +66,18 @@ type PostingMap = HashMap<Key, Vec<u32>>;
 pub(crate) struct PointEntry {
     /// The document id.
     pub id: Box<str>,
-    /// The metadata object's top-level members: (field number in [`Payload`]'s names, value),
-    /// sorted by field number. One boxed slice instead of a `Map` per point: a `BTreeMap`
-    /// allocates a node of 11 members (over 600 bytes) for even one, and every member its
-    /// own key string; here a name is stored once per collection.
-    fields: Box<[(u32, Value)]>,
+    /// The metadata object's top-level members: (field number in [`Payload`]'s names, value
+    /// slot in its pool), sorted by field number. Eight bytes per member instead of a `Map`
+    /// per point (a `BTreeMap` allocates a node of 11 members, over 600 bytes, for even one,
+    /// and every member its own key string and value): a name is stored once per
+    /// collection, a value once per distinct value.
+    fields: Box<[(u32, u32)]>,
 }
 
 impl PointEntry {
-    /// Heap bytes below this entry: the id, the fields and their values.
+    /// Heap bytes below this entry: the id and the fields (the values live in the pool).
     fn heap_bytes(&self) -> usize {
-        malloc_bytes(self.id.len())
-            + malloc_bytes(self.fields.len() * size_of::<(u32, Value)>())
-            + self
-                .fields
-                .iter()
-                .map(|(_, v)| value_heap_bytes(v))
-                .sum::<usize>()
+        malloc_bytes(self.id.len()) + malloc_bytes(self.fields.len() * size_of::<(u32, u32)>())
     }
 }
 
@@ -95,6 +92,8 @@ pub(crate) struct Payload {
     names: Vec<Box<str>>,
     /// Field name → field number.
     name_ids: HashMap<Box<str>, u32>,
+    /// The distinct field values.
+    values: ValuePool,
     /// [`Payload::heap_bytes`] below the tables, kept up to date by every insert and remove
     /// (a walk over a million points' metadata is too slow for a metrics scrape).
     bytes: usize,
@@ -124,19 +123,19 @@ impl Payload {
     }
 
     /// The value of an entry's top-level metadata field `name`.
-    fn field<'a>(&self, e: &'a PointEntry, name: &str) -> Option<&'a Value> {
+    fn field<'a>(&'a self, e: &PointEntry, name: &str) -> Option<&'a Value> {
         let id = *self.name_ids.get(name)?;
         let at = e.fields.binary_search_by_key(&id, |f| f.0).ok()?;
-        Some(&e.fields[at].1)
+        Some(self.values.get(e.fields[at].1))
     }
 
     /// An entry's metadata object.
     pub fn metadata(&self, e: &PointEntry) -> Map<String, Value> {
         e.fields
             .iter()
-            .filter_map(|(id, v)| {
-                let name = self.names.get(*id as usize)?;
-                Some((name.to_string(), v.clone()))
+            .filter_map(|&(id, slot)| {
+                let name = self.names.get(id as usize)?;
+                Some((name.to_string(), self.values.get(slot).clone()))
             })
             .collect()
     }
@@ -184,7 +183,7 @@ impl Payload {
                     self.bytes += malloc_bytes(list.capacity() * size_of::<u32>()) - before;
                 }
             }
-            fields.push((fid, value));
+            fields.push((fid, self.values.acquire(value)));
         }
         fields.sort_unstable_by_key(|f| f.0);
         let entry = PointEntry {
@@ -202,10 +201,11 @@ impl Payload {
         };
         self.bytes -= entry.heap_bytes();
         let mut keys = Vec::new();
-        for (fid, value) in &entry.fields {
+        for &(fid, slot) in &entry.fields {
             keys.clear();
-            Key::of_stored(value, &mut keys);
-            let Some(by_value) = self.postings.get_mut(fid) else {
+            Key::of_stored(self.values.get(slot), &mut keys);
+            self.values.release(slot);
+            let Some(by_value) = self.postings.get_mut(&fid) else {
                 continue;
             };
             for key in keys.drain(..) {
@@ -221,7 +221,7 @@ impl Payload {
                 }
             }
             if by_value.is_empty() {
-                self.postings.remove(fid);
+                self.postings.remove(&fid);
             }
         }
     }
@@ -339,7 +339,7 @@ impl Payload {
     /// metadata field, not per point. Checked against the process's resident memory by
     /// `latentdb bench ann --metadata --reopen`.
     pub fn heap_bytes(&self) -> usize {
-        self.bytes + self.table_bytes()
+        self.bytes + self.table_bytes() + self.values.heap_bytes()
     }
 
     /// The hash tables' own allocations, from their capacities.
@@ -386,7 +386,7 @@ impl Payload {
 
 /// What glibc malloc takes for a request of `n` bytes (none for `n == 0`, as Rust does not
 /// allocate then).
-fn malloc_bytes(n: usize) -> usize {
+pub(crate) fn malloc_bytes(n: usize) -> usize {
     if n == 0 {
         0
     } else {
@@ -395,7 +395,7 @@ fn malloc_bytes(n: usize) -> usize {
 }
 
 /// What a hashbrown table of `capacity` entries of `entry` bytes allocates.
-fn table_bytes(capacity: usize, entry: usize) -> usize {
+pub(crate) fn table_bytes(capacity: usize, entry: usize) -> usize {
     // hashbrown's buckets: 4 up to 3 entries, 8 up to 7, then a power of two 8/7 of them.
     // A removal may leave a tombstone that lowers `capacity` by one until the next rehash;
     // rounding up to the power of two absorbs that.
@@ -409,7 +409,7 @@ fn table_bytes(capacity: usize, entry: usize) -> usize {
 }
 
 /// Heap bytes below a JSON value (its own inline bytes not counted).
-fn value_heap_bytes(v: &Value) -> usize {
+pub(crate) fn value_heap_bytes(v: &Value) -> usize {
     /// Entries per `BTreeMap` node (std's `B = 6`: `2B - 1`).
     const NODE: usize = 11;
     match v {
@@ -525,6 +525,7 @@ mod tests {
                     p.remove(point);
                 }
                 proptest::prop_assert_eq!(p.bytes, p.walked_entry_bytes());
+                proptest::prop_assert!(p.values.value_bytes_agree());
             }
             let all = p.all_points();
             for point in all {
@@ -532,7 +533,35 @@ mod tests {
             }
             proptest::prop_assert_eq!(p.bytes, p.walked_entry_bytes());
             proptest::prop_assert!(p.postings.is_empty());
+            proptest::prop_assert_eq!(p.values.len(), 0);
         }
+    }
+
+    #[test]
+    fn metadata_comes_back_exactly_as_written_and_shared_values_are_stored_once() {
+        let mut p = Payload::default();
+        let written: Vec<Map<String, Value>> = (0..50).map(sample_meta).collect();
+        for (i, m) in written.iter().enumerate() {
+            p.insert(i as u32, &format!("d{i}"), m.clone());
+        }
+        // 1 and 1.0 are distinct values: both come back as written.
+        p.insert(50, "one", meta(json!({"n": 1, "f": 1.0, "z": -0.0})));
+        for (i, m) in written.iter().enumerate() {
+            let e = p.get(i as u32).unwrap();
+            assert_eq!(&p.metadata(e), m, "point {i}");
+            assert_eq!(&*e.id, format!("d{i}"));
+        }
+        let e = p.get(50).unwrap();
+        assert_eq!(
+            Value::Object(p.metadata(e)).to_string(),
+            r#"{"f":1.0,"n":1,"z":-0.0}"#
+        );
+        // "shared" is one value for the ten points of shape 4.
+        let shared = p.values.acquire(Value::String("shared".into()));
+        assert_eq!(p.values.get(shared), "shared");
+        let before = p.values.len();
+        p.values.release(shared);
+        assert_eq!(p.values.len(), before);
     }
 
     #[test]
@@ -545,7 +574,8 @@ mod tests {
         }
         // 1,000 ids of 8-9 bytes: at least one 32-byte chunk each.
         assert!(bare.heap_bytes() >= 32_000, "{}", bare.heap_bytes());
-        // A BTreeMap leaf (over 600 bytes) per point, plus keys, values and postings.
+        // Each point's distinct nested object (a BTreeMap node of over 600 bytes), plus
+        // the other values and postings.
         assert!(
             rich.heap_bytes() > bare.heap_bytes() + 600_000,
             "{}",

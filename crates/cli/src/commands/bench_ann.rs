@@ -150,6 +150,8 @@ fn rss() -> Option<u64> {
 fn chunk_metadata(i: usize) -> serde_json::Value {
     let parent = i / 8;
     let chunk = i % 8;
+    // Chunk lengths differ between documents, so offsets take many values, as they do.
+    let len = 800 + parent * 7919 % 600;
     // A stand-in for the parent's content hash: 64 hex digits, one value per parent.
     let mut h = (parent as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let sha: String = (0..64)
@@ -165,8 +167,8 @@ fn chunk_metadata(i: usize) -> serde_json::Value {
         "source": format!("corpus/part-{}/doc-{parent}.md", parent / 1000),
         "chunk_index": chunk,
         "chunk_count": 8,
-        "char_start": chunk * 1200,
-        "char_end": chunk * 1200 + 1180,
+        "char_start": chunk * len,
+        "char_end": chunk * len + len - 20,
         "content_sha256": sha,
         "chunking": "tokens:256:32",
     })
