@@ -300,7 +300,24 @@ impl Collection {
         let name = spec.name.as_str();
         let dir = dump_dir(root, config.cid);
         let last = storage.last_seq(name)?;
-        let loaded = match Index::load(&dir) {
+        // With a dump to load, the load and the scan of storage for the payload (which needs
+        // no vectors then) are independent until the replay: they run side by side. The scan's
+        // outcome is looked at only where it always was, after the dump's checks, so the same
+        // error wins as before. Without a dump the one scan below also collects the vectors.
+        let (load, scanned) = if dir.join("manifest.json").is_file() {
+            let span = tracing::Span::current();
+            std::thread::scope(|s| {
+                let loader = s.spawn(|| span.in_scope(|| Index::load(&dir)));
+                let scanned = scan_payload(storage, name);
+                let load = loader
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (load, Some(scanned))
+            })
+        } else {
+            (Index::load(&dir), None)
+        };
+        let loaded = match load {
             Ok(Some((_, seq))) if seq > last => {
                 // Checked before anything else (even the settings): nothing is changed on
                 // disk unless the loss is accepted.
@@ -348,22 +365,35 @@ impl Collection {
         let params = params_of(&spec.index)?;
         let lexical_settings = LexicalSettings::from_json(&spec.lexical)?;
 
-        // One scan of storage: the payload and the points with text always, the vectors only
-        // for a rebuild.
-        let mut payload = Payload::default();
-        let mut text_points: Vec<u32> = Vec::new();
         let mut rebuild_points: Vec<(u32, Vec<f32>)> = Vec::new();
-        let want_vectors = loaded.is_none();
-        storage.scan_points(name, |point, record| {
-            if record.text.is_some() {
-                text_points.push(point);
+        let (payload, mut text_points) = match scanned {
+            Some(scanned) => {
+                let scanned = scanned?;
+                if loaded.is_none() {
+                    // The dump was unusable after all: a second scan, for the vectors.
+                    rebuild_points = scan_vectors(storage, name)?;
+                }
+                scanned
             }
-            payload.insert(point, &record.id, record.metadata);
-            if want_vectors {
-                rebuild_points.push((point, record.vector));
+            None => {
+                // One scan of storage: the payload, the points with text and, when there is
+                // no dump to load (so none loaded), the vectors for the rebuild.
+                let mut payload = Payload::default();
+                let mut text_points: Vec<u32> = Vec::new();
+                let want_vectors = loaded.is_none();
+                storage.scan_points(name, |point, record| {
+                    if record.text.is_some() {
+                        text_points.push(point);
+                    }
+                    payload.insert(point, &record.id, record.metadata);
+                    if want_vectors {
+                        rebuild_points.push((point, record.vector));
+                    }
+                    Ok(())
+                })?;
+                (payload, text_points)
             }
-            Ok(())
-        })?;
+        };
         text_points.sort_unstable();
         let lexical = Lexical::open(storage, name, &dir, lexical_settings, &text_points)?;
 
@@ -407,10 +437,7 @@ impl Collection {
                     "replaying the change log onto the index dump panicked; rebuilding"
                 ),
             }
-            storage.scan_points(name, |point, record| {
-                rebuild_points.push((point, record.vector));
-                Ok(())
-            })?;
+            rebuild_points = scan_vectors(storage, name)?;
         }
 
         let started = Instant::now();
@@ -721,6 +748,31 @@ impl Collection {
             panic!("injected index failure");
         }
     }
+}
+
+/// The payload index of a collection and its points with text (in point order), from one
+/// scan of storage that neither converts nor copies vectors and texts.
+fn scan_payload(storage: &Storage, name: &str) -> Result<(Payload, Vec<u32>)> {
+    let mut payload = Payload::default();
+    let mut text_points: Vec<u32> = Vec::new();
+    storage.scan_point_meta(name, |point, record| {
+        if record.has_text {
+            text_points.push(point);
+        }
+        payload.insert(point, record.id, record.metadata);
+        Ok(())
+    })?;
+    Ok((payload, text_points))
+}
+
+/// Every stored point with its vector, for a rebuild.
+fn scan_vectors(storage: &Storage, name: &str) -> Result<Vec<(u32, Vec<f32>)>> {
+    let mut points = Vec::new();
+    storage.scan_points(name, |point, record| {
+        points.push((point, record.vector));
+        Ok(())
+    })?;
+    Ok(points)
 }
 
 /// A new index holding `points`, built with panics caught: [`Error::Internal`] when the
