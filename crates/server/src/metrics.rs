@@ -32,6 +32,12 @@ pub const GRPC_DURATION: &str = "latentdb_grpc_request_duration_seconds";
 pub const COLLECTION_POINTS: &str = "latentdb_collection_points";
 /// Tombstoned index points per collection awaiting compaction (read at scrape time).
 pub const COLLECTION_INDEX_DELETED: &str = "latentdb_collection_index_deleted";
+/// Bytes of memory a collection's vector index holds (vectors or codes, links, ids; read at
+/// scrape time).
+pub const COLLECTION_INDEX_BYTES: &str = "latentdb_collection_index_memory_bytes";
+/// Bytes of memory a collection's payload index holds (ids, metadata, postings; read at
+/// scrape time).
+pub const COLLECTION_PAYLOAD_BYTES: &str = "latentdb_collection_payload_memory_bytes";
 /// Changes since the collection's index was last dumped (set by the library after writes).
 pub const COLLECTION_CHANGELOG: &str = "latentdb_collection_changelog_length";
 /// Index dump durations, by collection (recorded by the library).
@@ -329,15 +335,40 @@ pub(crate) fn render(handle: &PrometheusHandle, db: &Database) -> String {
         COLLECTION_INDEX_DELETED,
         "Tombstoned index points awaiting compaction",
     );
-    for c in &collections {
-        if let Ok(info) = db.index_stats(&c.name) {
-            let _ = writeln!(
-                out,
-                "{COLLECTION_INDEX_DELETED}{{collection=\"{}\"}} {}",
-                escape(&c.name),
-                info.deleted
-            );
-        }
+    let stats: Vec<_> = collections
+        .iter()
+        .filter_map(|c| Some((escape(&c.name), db.index_stats(&c.name).ok()?)))
+        .collect();
+    for (name, info) in &stats {
+        let _ = writeln!(
+            out,
+            "{COLLECTION_INDEX_DELETED}{{collection=\"{name}\"}} {}",
+            info.deleted
+        );
+    }
+    header(
+        &mut out,
+        COLLECTION_INDEX_BYTES,
+        "Bytes of memory the collection's vector index holds",
+    );
+    for (name, info) in &stats {
+        let _ = writeln!(
+            out,
+            "{COLLECTION_INDEX_BYTES}{{collection=\"{name}\"}} {}",
+            info.index_bytes
+        );
+    }
+    header(
+        &mut out,
+        COLLECTION_PAYLOAD_BYTES,
+        "Bytes of memory the collection's payload index holds",
+    );
+    for (name, info) in &stats {
+        let _ = writeln!(
+            out,
+            "{COLLECTION_PAYLOAD_BYTES}{{collection=\"{name}\"}} {}",
+            info.payload_bytes
+        );
     }
     if let Some(rss) = resident_memory_bytes() {
         header(

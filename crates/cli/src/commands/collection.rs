@@ -87,9 +87,11 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
             if let Ok(stats) = db.index_stats(&a.name) {
                 v["quantized"] = json!(stats.quantized);
                 v["vector_bytes"] = json!(stats.vector_bytes);
+                v["index_bytes"] = json!(stats.index_bytes);
+                v["payload_bytes"] = json!(stats.payload_bytes);
                 text.push_str(&format!(
-                    "\tquantized={}\tvector_bytes={}",
-                    stats.quantized, stats.vector_bytes
+                    "\tquantized={}\tvector_bytes={}\tindex_bytes={}\tpayload_bytes={}",
+                    stats.quantized, stats.vector_bytes, stats.index_bytes, stats.payload_bytes
                 ));
             }
             out.either(&v, || text)?;

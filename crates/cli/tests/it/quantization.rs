@@ -75,6 +75,14 @@ fn collection_create_takes_index_settings_and_info_shows_them() {
     assert_eq!(info[0]["quantized"], true, "{}", info[0]);
     let bytes = info[0]["vector_bytes"].as_u64().unwrap();
     assert!(bytes > 0 && bytes * 3 < 4 * 1_100 * 16, "{}", info[0]);
+    // All the index holds (codes, links, ids) and the payload index (ids at least).
+    let index_bytes = info[0]["index_bytes"].as_u64().unwrap();
+    assert!(index_bytes > bytes + 1_100 * 4, "{}", info[0]);
+    assert!(
+        info[0]["payload_bytes"].as_u64().unwrap() >= 1_100 * 32,
+        "{}",
+        info[0]
+    );
     // Searches answer with exact scores: a stored vector finds itself at similarity 1.
     let q = format!(
         "{:?}",

@@ -359,6 +359,23 @@ async fn a_scrape_during_load_finds_the_documented_metrics() {
         after.value("latentdb_collection_index_deleted", &[("collection", name)]),
         0.0
     );
+    // The collection's index holds at least its f32 vectors; its payload at least the ids.
+    let index_bytes = after.value(
+        "latentdb_collection_index_memory_bytes",
+        &[("collection", name)],
+    );
+    assert!(
+        index_bytes >= (docs as usize * DIM * 4) as f64,
+        "index {index_bytes}"
+    );
+    let payload_bytes = after.value(
+        "latentdb_collection_payload_memory_bytes",
+        &[("collection", name)],
+    );
+    assert!(
+        payload_bytes >= (docs * 32) as f64,
+        "payload {payload_bytes}"
+    );
     let rss = after.value("latentdb_process_resident_memory_bytes", &[]);
     assert!(rss > 1e6 && rss < 1e12, "resident memory {rss}");
     // The change log grows with the writes and empties when the index is dumped.
