@@ -880,6 +880,52 @@ mod tests {
         (storage, coll)
     }
 
+    /// Reopening with a dump loads it while storage is scanned for the payload; a damaged
+    /// dump is rebuilt from a second scan, for the vectors.
+    #[test]
+    fn reopen_loads_the_dump_or_rebuilds_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, coll) = setup(dir.path());
+        write(&storage, &coll, 0..300);
+        coll.persist(&storage, &mut coll.writer.lock()).unwrap();
+        let config = storage.collection_config("c").unwrap();
+        let open = || {
+            let mut lost = Vec::new();
+            let c = Collection::open(&storage, dir.path(), &config, false, &mut lost).unwrap();
+            assert!(lost.is_empty());
+            c
+        };
+        let check = |c: &Collection| {
+            assert_eq!(c.payload.read().len(), 300);
+            for n in [0, 150, 299] {
+                let point = storage.point_of("c", &format!("d{n}")).unwrap().unwrap();
+                assert_eq!(nearest(c, n).unwrap(), point);
+                assert!(c.payload.read().get(point).is_some());
+            }
+        };
+        let reopened = open();
+        let info = reopened.info(0);
+        assert!(info.loaded_from_dump && !info.rebuilt_on_open, "{info:?}");
+        assert_eq!(info.live, 300);
+        check(&reopened);
+        drop(reopened);
+        // A vectors file one byte too long (its manifest still says the old length).
+        let dump = dump_dir(dir.path(), config.cid);
+        let vectors = std::fs::read_dir(&dump)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains("vectors-"))
+            .unwrap();
+        let mut bytes = std::fs::read(&vectors).unwrap();
+        bytes.push(0);
+        std::fs::write(&vectors, bytes).unwrap();
+        let rebuilt = open();
+        let info = rebuilt.info(0);
+        assert!(!info.loaded_from_dump && info.rebuilt_on_open, "{info:?}");
+        assert_eq!(info.live, 300);
+        check(&rebuilt);
+    }
+
     #[test]
     fn an_index_panic_after_the_storage_commit_neither_fails_the_write_nor_loses_it() {
         let dir = tempfile::tempdir().unwrap();
