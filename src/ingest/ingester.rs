@@ -10,10 +10,15 @@
 //! `char_end` (character offsets into the document's text), `content_sha256` and `chunking`.
 //! A document whose chunks are all stored with the same content hash and chunking is skipped;
 //! a changed one has its old chunks deleted and is chunked again.
+//!
+//! [`IngestStats`] reports how long each stage worked (`read_s`, `embed_s`, `write_s`: busy
+//! time, not time blocked on a channel), which says where an ingest's time goes: the stage
+//! whose busy time is close to the wall time (`seconds`) is the one that bounds the rate.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use latentdb_embed::tokenize::TextTokenizer;
 use latentdb_embed::{EmbedOptions, Embedder, ModelIdentity};
@@ -71,6 +76,20 @@ pub struct IngestStats {
     pub file_bytes: u64,
     /// Seconds since the start.
     pub seconds: f64,
+    /// Seconds the reading stage worked (listing the sources, reading and parsing files,
+    /// checking what is stored, chunking with the tokenizer), not counting time it waited
+    /// for the embedding stage to take its output. The stages run at once, so the three
+    /// stage times may add up to more than `seconds`.
+    #[serde(default)]
+    pub read_s: f64,
+    /// Seconds the embedding stage (the calling thread) spent embedding, not waiting for
+    /// chunks or for the writer.
+    #[serde(default)]
+    pub embed_s: f64,
+    /// Seconds the writing stage spent upserting (and the final flush), not waiting for
+    /// embedded batches.
+    #[serde(default)]
+    pub write_s: f64,
 }
 
 /// What [`Ingester::run_with`] reports while it runs.
@@ -198,11 +217,13 @@ impl<'a> Ingester<'a> {
         let chunking = format!("{}/{}", chunk.max_tokens, chunk.overlap);
 
         // List first (paths and sizes only) for progress totals.
+        let listing = Instant::now();
         let (mut files, mut bytes) = (0u64, 0u64);
         for f in walk(paths, glob.as_ref()).flatten() {
             files += 1;
             bytes += f.len;
         }
+        let listed = listing.elapsed();
         on_event(IngestEvent::Started { files, bytes });
 
         let (item_tx, item_rx) = sync_channel::<Item>(64);
@@ -228,11 +249,14 @@ impl<'a> Ingester<'a> {
                 .join()
                 .unwrap_or_else(|_| Err(Error::panicked("writing the chunks")));
             // The first failure in pipeline order explains the others (closed channels).
-            let stats = written?;
-            embedded?;
-            read?;
+            let mut stats = written?;
+            let embed_busy = embedded?;
+            let read_busy = read?;
+            let flushing = Instant::now();
             db.flush()?;
-            let mut stats = stats;
+            stats.write_s += flushing.elapsed().as_secs_f64();
+            stats.read_s = (listed + read_busy).as_secs_f64();
+            stats.embed_s = embed_busy.as_secs_f64();
             stats.seconds = start.elapsed().as_secs_f64();
             Ok(stats)
         })
@@ -258,14 +282,33 @@ enum Stored {
 }
 
 impl ReadCtx<'_> {
+    /// Reads, chunks and sends everything; the time it worked (not blocked sending).
     fn read_all(
         &self,
         paths: &[PathBuf],
         glob: Option<&Glob>,
         max_file_bytes: u64,
         tx: SyncSender<Item>,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let mut waited = Duration::ZERO;
+        self.read_into(paths, glob, max_file_bytes, &mut |item| {
+            let t = Instant::now();
+            let sent = tx.send(item).is_ok();
+            waited += t.elapsed();
+            sent
+        })?;
+        Ok(start.elapsed().saturating_sub(waited))
+    }
+
+    /// [`ReadCtx::read_all`] through `send`, which says whether the receiver is still there.
+    fn read_into(
+        &self,
+        paths: &[PathBuf],
+        glob: Option<&Glob>,
+        max_file_bytes: u64,
+        send: &mut dyn FnMut(Item) -> bool,
     ) -> Result<()> {
-        let send = |item| tx.send(item).is_ok();
         for file in walk(paths, glob) {
             let file = match file {
                 Ok(f) => f,
@@ -399,13 +442,17 @@ impl ReadCtx<'_> {
     }
 }
 
-/// Embeds chunks in batches of `batch_size` and passes them on with the marks that followed.
+/// Embeds chunks in batches of `batch_size` and passes them on with the marks that followed;
+/// the time it worked (not waiting for chunks or for the writer).
 fn embed_all(
     embedder: &Embedder,
     batch_size: usize,
     rx: Receiver<Item>,
     tx: SyncSender<Batch>,
-) -> Result<()> {
+) -> Result<Duration> {
+    let start = Instant::now();
+    let waited = Cell::new(Duration::ZERO);
+    let busy = || start.elapsed().saturating_sub(waited.get());
     let opts = EmbedOptions {
         batch_size: EMBED_BATCH,
         ..EmbedOptions::default()
@@ -435,9 +482,15 @@ fn embed_all(
                 marks: Vec::new(),
             },
         );
-        Ok(tx.send(batch).is_ok())
+        let t = Instant::now();
+        let sent = tx.send(batch).is_ok();
+        waited.set(waited.get() + t.elapsed());
+        Ok(sent)
     };
-    for item in rx {
+    loop {
+        let t = Instant::now();
+        let Ok(item) = rx.recv() else { break };
+        waited.set(waited.get() + t.elapsed());
         match item {
             Item::Chunks(docs, bytes) => {
                 pending.docs.extend(docs);
@@ -448,16 +501,17 @@ fn embed_all(
         }
         let marks_waiting = pending.docs.is_empty() && !pending.marks.is_empty();
         if (pending.docs.len() >= batch_size || marks_waiting) && !flush(&mut pending)? {
-            return Ok(());
+            return Ok(busy());
         }
     }
     if !pending.docs.is_empty() || !pending.marks.is_empty() {
         flush(&mut pending)?;
     }
-    Ok(())
+    Ok(busy())
 }
 
-/// Writes batches and keeps the counters.
+/// Writes batches and keeps the counters; `write_s` is the time it worked (not waiting for
+/// batches nor in `on_event`).
 fn write_all(
     db: &Database,
     collection: &str,
@@ -467,7 +521,12 @@ fn write_all(
     on_event: &(dyn Fn(IngestEvent<'_>) + Sync),
 ) -> Result<IngestStats> {
     let mut stats = IngestStats::default();
-    for batch in rx {
+    let begun = Instant::now();
+    let mut waited = Duration::ZERO;
+    loop {
+        let t = Instant::now();
+        let Ok(batch) = rx.recv() else { break };
+        waited += t.elapsed();
         if !batch.docs.is_empty() {
             let n = batch.docs.len() as u64;
             // Refused if the collection switched models since `model` embedded the batch.
@@ -485,12 +544,18 @@ fn write_all(
                 Mark::Skipped => stats.skipped += 1,
                 Mark::Problem(p) => {
                     stats.errors += 1;
+                    let t = Instant::now();
                     on_event(IngestEvent::Problem(&p));
+                    waited += t.elapsed();
                 }
             }
         }
         stats.seconds = start.elapsed().as_secs_f64();
+        stats.write_s = begun.elapsed().saturating_sub(waited).as_secs_f64();
+        let t = Instant::now();
         on_event(IngestEvent::Progress(&stats));
+        waited += t.elapsed();
     }
+    stats.write_s = begun.elapsed().saturating_sub(waited).as_secs_f64();
     Ok(stats)
 }

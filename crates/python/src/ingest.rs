@@ -195,6 +195,9 @@ fn add(a: &IngestStats, b: &IngestStats, start: Instant) -> IngestStats {
         bytes: a.bytes + b.bytes,
         file_bytes: a.file_bytes + b.file_bytes,
         seconds: start.elapsed().as_secs_f64(),
+        read_s: a.read_s + b.read_s,
+        embed_s: a.embed_s + b.embed_s,
+        write_s: a.write_s + b.write_s,
     }
 }
 

@@ -23,29 +23,45 @@ pub struct IngestArgs {
     /// Files and directories: .txt, .md, .html/.htm and .jsonl (`{"id","text","metadata"}`).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub chunking: ChunkingArgs,
+    /// Only files under the directories that match this pattern (`*.md`, `docs/**/*.html`).
+    #[arg(long, value_name = "PATTERN")]
+    pub glob: Option<String>,
+}
+
+/// How `ingest` and `bench ingest` chunk and batch.
+#[derive(Debug, Args)]
+pub struct ChunkingArgs {
     /// The most tokens per chunk (capped at the model's limit).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, visible_alias = "chunk-size", default_value_t = 256)]
     pub chunk_tokens: usize,
     /// Tokens repeated from one chunk at the start of the next.
     #[arg(long, default_value_t = 32)]
     pub chunk_overlap: usize,
-    /// Only files under the directories that match this pattern (`*.md`, `docs/**/*.html`).
-    #[arg(long, value_name = "PATTERN")]
-    pub glob: Option<String>,
     /// Chunks per embedding and write batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
 }
 
+impl ChunkingArgs {
+    /// The ingest options these flags ask for (no glob).
+    pub fn options(&self) -> IngestOptions {
+        IngestOptions {
+            chunk: ChunkOptions {
+                max_tokens: self.chunk_tokens,
+                overlap: self.chunk_overlap,
+            },
+            batch_size: self.batch_size,
+            ..IngestOptions::default()
+        }
+    }
+}
+
 pub fn run(a: IngestArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
     let opts = IngestOptions {
-        chunk: ChunkOptions {
-            max_tokens: a.chunk_tokens,
-            overlap: a.chunk_overlap,
-        },
         glob: a.glob,
-        batch_size: a.batch_size,
-        ..IngestOptions::default()
+        ..a.chunking.options()
     };
     let show = !out.is_json() && std::io::stderr().is_terminal();
     let bar = Mutex::new(None::<ProgressBar>);
@@ -107,6 +123,9 @@ pub fn run(a: IngestArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCo
         "errors": stats.errors,
         "bytes": stats.bytes,
         "seconds": stats.seconds,
+        "read_s": stats.read_s,
+        "embed_s": stats.embed_s,
+        "write_s": stats.write_s,
     });
     out.either(&summary, || {
         format!(
