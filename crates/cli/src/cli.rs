@@ -139,6 +139,9 @@ pub enum BenchCommand {
     /// What the lexical index costs: ingest rate with and without it, and dense, lexical and
     /// hybrid query latency, on seeded synthetic chunks (no model needed).
     Hybrid(crate::commands::bench_hybrid::BenchHybridArgs),
+    /// End-to-end ingest of a JSONL corpus into a scratch database with the model: docs/s,
+    /// chunks/s, each stage's busy time (read and chunk, embed, write) and peak memory.
+    Ingest(crate::commands::bench_ingest::BenchIngestArgs),
 }
 
 /// Arguments of `bench embed`.

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod bench_ann;
 pub mod bench_hybrid;
+pub mod bench_ingest;
 mod collection;
 mod documents;
 mod embed;
@@ -92,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::GenData(a)) => bench_ann::gen_data(a, &mut out),
         Command::Bench(BenchCommand::Open(a)) => bench_ann::open(a, global, &mut out),
         Command::Bench(BenchCommand::Hybrid(a)) => bench_hybrid::hybrid(a, &mut out),
+        Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a, &mut out),
         Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
         Command::Eval(a) => eval::run(a, &open()?, &mut out),
         Command::Serve(a) => serve::serve(a, global, &mut out),

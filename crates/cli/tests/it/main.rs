@@ -1,6 +1,7 @@
 //! The crate's integration tests, in one binary (one link step instead of one per file).
 
 mod backup;
+mod bench_ingest;
 mod bench_open;
 mod cli_documents;
 mod cli_embed;
