@@ -7,6 +7,9 @@
 //! round to the same `f64`) can only cost time, never correctness.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use foldhash::quality::RandomState;
 
 use latentdb_index::{Condition, Filter};
 use serde_json::{Map, Value};
@@ -59,7 +62,7 @@ impl Key {
 }
 
 /// The postings of one field: value → sorted points.
-type PostingMap = HashMap<Key, Vec<u32>>;
+type PostingMap = HashMap<Key, Vec<u32>, RandomState>;
 
 /// One live point.
 #[derive(Debug)]
@@ -84,14 +87,16 @@ impl PointEntry {
 /// Points, their metadata and postings of one collection.
 #[derive(Debug, Default)]
 pub(crate) struct Payload {
-    points: HashMap<u32, PointEntry>,
+    // foldhash instead of SipHash: the open of a collection inserts every point, several
+    // hashes per metadata field (still seeded at random per map).
+    points: HashMap<u32, PointEntry, RandomState>,
     /// Field number → postings of that field.
-    postings: HashMap<u32, PostingMap>,
+    postings: HashMap<u32, PostingMap, RandomState>,
     /// Every top-level metadata field name seen, by field number (never forgotten: a
     /// collection's names are few, and a number stays valid while points use it).
     names: Vec<Box<str>>,
     /// Field name → field number.
-    name_ids: HashMap<Box<str>, u32>,
+    name_ids: HashMap<Box<str>, u32, RandomState>,
     /// The distinct field values.
     values: ValuePool,
     /// [`Payload::heap_bytes`] below the tables, kept up to date by every insert and remove
@@ -167,10 +172,13 @@ impl Payload {
             if !keys.is_empty() {
                 let by_value = self.postings.entry(fid).or_default();
                 for key in keys.drain(..) {
-                    if !by_value.contains_key(&key) {
-                        self.bytes += key.heap_bytes();
-                    }
-                    let list = by_value.entry(key).or_default();
+                    let list = match by_value.entry(key) {
+                        Entry::Occupied(o) => o.into_mut(),
+                        Entry::Vacant(v) => {
+                            self.bytes += v.key().heap_bytes();
+                            v.insert(Vec::new())
+                        }
+                    };
                     let before = malloc_bytes(list.capacity() * size_of::<u32>());
                     match list.last() {
                         Some(&last) if last >= point => {

@@ -6,7 +6,9 @@
 //! and `1.0` are two values, so a point's metadata comes back exactly as it was written).
 //! Each slot counts its holders; the last release frees the slot for reuse.
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use foldhash::quality::RandomState;
 
 use hashbrown::HashTable;
 use serde_json::Value;
