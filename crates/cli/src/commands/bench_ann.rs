@@ -14,6 +14,7 @@ use latentdb::{CollectionSpec, Database, DatabaseOptions, Document, Durability, 
 
 use crate::cli::{Global, MetricArg, QuantizationArg};
 use crate::commands::open_database_with;
+use crate::commands::scratch::{ScratchDir, peak_rss, rss};
 use crate::output::Out;
 
 /// Arguments of `bench ann`.
@@ -128,24 +129,6 @@ fn metrics(m: MetricArg) -> (latentdb::Metric, latentdb::index::Metric) {
     }
 }
 
-/// A line of this process's `/proc/self/status` in bytes (`VmHWM`, `VmRSS`), if known.
-fn status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
-fn peak_rss() -> Option<u64> {
-    status_bytes("VmHWM:")
-}
-
-/// Resident memory of this process now, in bytes (Linux `VmRSS`), if known.
-fn rss() -> Option<u64> {
-    status_bytes("VmRSS:")
-}
-
 /// The metadata `latentdb ingest` gives chunk `i` (8 chunks per parent document).
 fn chunk_metadata(i: usize) -> serde_json::Value {
     let parent = i / 8;
@@ -172,26 +155,6 @@ fn chunk_metadata(i: usize) -> serde_json::Value {
         "content_sha256": sha,
         "chunking": "tokens:256:32",
     })
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!("latentdb-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -247,8 +210,8 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         None => bench::ground_truth(index_metric, dim, &base.data, &queries.data, a.k),
     };
 
-    let tmp = TempDir::new()?;
-    let dir = a.db.clone().unwrap_or_else(|| tmp.0.join("db"));
+    let tmp = ScratchDir::new("bench")?;
+    let dir = a.db.clone().unwrap_or_else(|| tmp.path().join("db"));
     let db = Database::open_with(
         &dir,
         DatabaseOptions::new().durability(Durability::Buffered),

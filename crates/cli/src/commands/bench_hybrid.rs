@@ -7,13 +7,14 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use serde_json::{Value, json};
 
 use latentdb::{CollectionSpec, Database, DatabaseOptions, Document, Durability, SearchRequest};
 use latentdb::{Metric, SearchMode};
 
+use crate::commands::scratch::{ScratchDir, peak_rss};
 use crate::output::Out;
 
 /// Arguments of `bench hybrid`.
@@ -150,29 +151,6 @@ impl Vocabulary {
     }
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!(
-            "latentdb-bench-hybrid-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Opens a new database under `dir` with collection `bench`, with or without the lexical
 /// index.
 fn open(dir: &std::path::Path, dim: usize, lexical: bool) -> anyhow::Result<Database> {
@@ -248,24 +226,16 @@ fn summary(mut lat: Vec<f64>) -> Value {
     })
 }
 
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 pub fn hybrid(a: BenchHybridArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     if a.docs == 0 || a.queries == 0 || a.dim == 0 || a.vocab == 0 || a.batch_size == 0 || a.k == 0
     {
         bail!("--docs, --queries, --dim, --vocab, --batch-size and -k must be positive");
     }
     let vocab = Vocabulary::new(a.vocab);
-    let tmp = TempDir::new()?;
+    let tmp = ScratchDir::new("bench-hybrid")?;
 
-    let plain = open(&tmp.0.join("plain"), a.dim, false)?;
-    let db = open(&tmp.0.join("lexical"), a.dim, true)?;
+    let plain = open(&tmp.path().join("plain"), a.dim, false)?;
+    let db = open(&tmp.path().join("lexical"), a.dim, true)?;
     let (plain_s, lexical_s) = load(&a, &vocab, &plain, &db)?;
     drop(plain);
     let plain_rate = a.docs as f64 / plain_s;

@@ -20,6 +20,7 @@ use latentdb::{CollectionSpec, Database, Metric};
 
 use crate::cli::ModelArg;
 use crate::commands::ingest::ChunkingArgs;
+use crate::commands::scratch::ScratchDir;
 use crate::output::Out;
 
 /// Arguments of `bench ingest`.
@@ -44,29 +45,6 @@ pub struct BenchIngestArgs {
 
 /// The collection ingested into.
 const COLLECTION: &str = "bench";
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!(
-            "latentdb-bench-ingest-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Copies the first `limit` non-blank lines of `input` to `to` (a `.jsonl` name, so that the
 /// ingester reads it as JSONL whatever the input is called); the lines copied.
@@ -112,11 +90,11 @@ pub fn ingest(a: BenchIngestArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             .context("cannot size the thread pool")?;
     }
     let opts = a.chunking.options();
-    let tmp = TempDir::new()?;
+    let tmp = ScratchDir::new("bench-ingest")?;
     // The corpus as the ingester sees it: the input itself, or a `.jsonl` copy of its first
     // `--limit` lines (made before the clock starts).
     let corpus = if a.limit.is_some() || !is_jsonl(&a.input) {
-        let copy = tmp.0.join("corpus.jsonl");
+        let copy = tmp.path().join("corpus.jsonl");
         copy_lines(&a.input, &copy, a.limit)?;
         copy
     } else {
@@ -128,8 +106,8 @@ pub fn ingest(a: BenchIngestArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     if spec_model == ModelSpec::Default && spec_model.resolve().is_err() {
         fetch_default(&models_dir()).context("cannot fetch the default model")?;
     }
-    let db = Database::open(tmp.0.join("db"))
-        .with_context(|| format!("cannot open a database in {}", tmp.0.display()))?;
+    let db = Database::open(tmp.path().join("db"))
+        .with_context(|| format!("cannot open a database in {}", tmp.path().display()))?;
     db.create_collection_with_model(
         CollectionSpec::new(COLLECTION, 0, Metric::Cosine),
         &spec_model,

@@ -9,6 +9,7 @@ mod documents;
 mod embed;
 pub mod eval;
 pub mod ingest;
+mod scratch;
 pub mod search;
 pub mod serve;
 pub mod tune;
