@@ -330,45 +330,33 @@ pub(crate) fn render(handle: &PrometheusHandle, db: &Database) -> String {
             c.count
         );
     }
-    header(
-        &mut out,
-        COLLECTION_INDEX_DELETED,
-        "Tombstoned index points awaiting compaction",
-    );
+    // One index_stats per collection for all the index gauges.
     let stats: Vec<_> = collections
         .iter()
         .filter_map(|c| Some((escape(&c.name), db.index_stats(&c.name).ok()?)))
         .collect();
-    for (name, info) in &stats {
-        let _ = writeln!(
-            out,
-            "{COLLECTION_INDEX_DELETED}{{collection=\"{name}\"}} {}",
-            info.deleted
-        );
-    }
-    header(
-        &mut out,
-        COLLECTION_INDEX_BYTES,
-        "Bytes of memory the collection's vector index holds",
-    );
-    for (name, info) in &stats {
-        let _ = writeln!(
-            out,
-            "{COLLECTION_INDEX_BYTES}{{collection=\"{name}\"}} {}",
-            info.index_bytes
-        );
-    }
-    header(
-        &mut out,
-        COLLECTION_PAYLOAD_BYTES,
-        "Bytes of memory the collection's payload index holds",
-    );
-    for (name, info) in &stats {
-        let _ = writeln!(
-            out,
-            "{COLLECTION_PAYLOAD_BYTES}{{collection=\"{name}\"}} {}",
-            info.payload_bytes
-        );
+    let gauges: [(&str, &str, IndexGauge); 3] = [
+        (
+            COLLECTION_INDEX_DELETED,
+            "Tombstoned index points awaiting compaction",
+            |i| i.deleted,
+        ),
+        (
+            COLLECTION_INDEX_BYTES,
+            "Bytes of memory the collection's vector index holds",
+            |i| i.index_bytes,
+        ),
+        (
+            COLLECTION_PAYLOAD_BYTES,
+            "Bytes of memory the collection's payload index holds",
+            |i| i.payload_bytes,
+        ),
+    ];
+    for (metric, help, value) in gauges {
+        header(&mut out, metric, help);
+        for (name, info) in &stats {
+            let _ = writeln!(out, "{metric}{{collection=\"{name}\"}} {}", value(info));
+        }
     }
     if let Some(rss) = resident_memory_bytes() {
         header(
@@ -380,6 +368,9 @@ pub(crate) fn render(handle: &PrometheusHandle, db: &Database) -> String {
     }
     out
 }
+
+/// What a per-collection index gauge reads from the collection's index statistics.
+type IndexGauge = fn(&latentdb::IndexInfo) -> usize;
 
 /// `# HELP` and `# TYPE` lines of a gauge.
 fn header(out: &mut String, name: &str, help: &str) {
