@@ -78,8 +78,10 @@ pub fn run<S: AsRef<str> + Sync>(
     })
 }
 
-/// [`run`] on a dedicated pool of `threads` threads. The matrix kernels size their work from
-/// `RAYON_NUM_THREADS` (else the physical cores), so set that too for an exact thread count.
+/// [`run`] on a dedicated pool of `threads` threads. The BERT encoder's CPU kernels run on
+/// that pool; candle's own kernels (other architectures, non-f32 weights) size their work from
+/// `RAYON_NUM_THREADS` (else the physical cores), so set that too for an exact thread count
+/// there.
 pub fn run_with_threads<S: AsRef<str> + Sync>(
     embedder: &Embedder,
     texts: &[S],

@@ -1,6 +1,7 @@
 //! A BERT encoder (the backbone of sentence-transformers models such as all-MiniLM-L6-v2).
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{D, DType, Tensor};
 
@@ -10,6 +11,7 @@ use crate::frozen::frozen_matmul;
 use crate::head::SplitMix64;
 use crate::kernels;
 use crate::lora::{LoraAdapters, LoraTarget};
+use crate::packed_gemm::{self, PackedWeights};
 use crate::weights::take;
 
 #[derive(Debug, Clone)]
@@ -31,6 +33,59 @@ struct Layer {
     post_attn: Tensor,
     /// `[3, d]`: feed-forward output bias, LayerNorm weight, LayerNorm bias (fused kernel).
     post_ffn: Tensor,
+    /// The weights packed for [`Bert::forward_packed`], made on its first call (and dropped by
+    /// [`Bert::with_attention_deltas`], which changes them).
+    packed: OnceLock<Arc<PackedLayer>>,
+}
+
+/// A layer's weights packed for the CPU inference path.
+#[derive(Debug)]
+struct PackedLayer {
+    /// Query, key and value projections with their biases.
+    qkv: PackedWeights,
+    /// Attention output projection (its bias is applied with the LayerNorm).
+    out: PackedWeights,
+    /// Intermediate projection with its bias (GELU follows).
+    up: PackedWeights,
+    /// Feed-forward output projection (its bias is applied with the LayerNorm).
+    down: PackedWeights,
+    post_attn: Vec<f32>,
+    post_ffn: Vec<f32>,
+}
+
+/// Packs `w` (`[k, n]`) with `bias` (`[n]`), or a zero bias.
+fn pack(w: &Tensor, bias: Option<&Tensor>) -> Result<PackedWeights> {
+    let (k, n) = w.dims2()?;
+    let data = w.flatten_all()?.to_vec1::<f32>()?;
+    let bias = match bias {
+        Some(b) => b.to_vec1::<f32>()?,
+        None => vec![0.0; n],
+    };
+    if bias.len() != n {
+        return Err(Error::InvalidArgument(format!(
+            "a bias of {} for a projection of width {n}",
+            bias.len()
+        )));
+    }
+    Ok(PackedWeights::new(&data, &bias, k, n))
+}
+
+impl Layer {
+    fn packed(&self) -> Result<Arc<PackedLayer>> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p.clone());
+        }
+        let packed = Arc::new(PackedLayer {
+            qkv: pack(&self.qkv_w, Some(&self.qkv_b))?,
+            out: pack(&self.out_w, None)?,
+            up: pack(&self.inter_w, Some(&self.inter_b))?,
+            down: pack(&self.ffn_out_w, None)?,
+            post_attn: self.post_attn.flatten_all()?.to_vec1::<f32>()?,
+            post_ffn: self.post_ffn.flatten_all()?.to_vec1::<f32>()?,
+        });
+        // Two threads may pack at once; either result is the same.
+        Ok(self.packed.get_or_init(|| packed).clone())
+    }
 }
 
 /// The BERT encoder.
@@ -167,6 +222,7 @@ impl Bert {
                 ffn_out_b,
                 ln2_w,
                 ln2_b,
+                packed: OnceLock::new(),
             });
         }
         let token_types = take(tensors, "embeddings.token_type_embeddings.weight")?;
@@ -231,19 +287,21 @@ impl Bert {
         let device = self.word.device();
         let ids = Tensor::from_vec(ids, n, device)?;
         let pos = Tensor::from_vec(pos, n, device)?;
-        let words = self.word.index_select(&ids, 0)?;
-        let positions = self.position.index_select(&pos, 0)?;
-        let mut x = kernels::add_layer_norm(&words, &positions, &self.emb_params, eps)?;
+        let rows = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let words = rows(self.word.index_select(&ids, 0)?)?;
+        let positions = rows(self.position.index_select(&pos, 0)?)?;
+        let emb = rows(self.emb_params.clone())?;
+        let mut x = kernels::add_layer_norm(&words, &positions, &emb, eps)?;
         for layer in &self.layers {
-            let qkv = x.matmul(&layer.qkv_w)?;
-            let ctx = kernels::packed_attention(&qkv, &layer.qkv_b, spans.clone(), nh, d / nh)?;
-            let a = ctx.matmul(&layer.out_w)?;
-            x = kernels::add_layer_norm(&a, &x, &layer.post_attn, eps)?;
-            let h = kernels::bias_gelu(&x.matmul(&layer.inter_w)?, &layer.inter_b)?;
-            let o = h.matmul(&layer.ffn_out_w)?;
-            x = kernels::add_layer_norm(&o, &x, &layer.post_ffn, eps)?;
+            let p = layer.packed()?;
+            let qkv = packed_gemm::matmul(&x, n, &p.qkv);
+            let ctx = kernels::packed_attention(&qkv, &spans, nh, d / nh)?;
+            let a = packed_gemm::matmul(&ctx, n, &p.out);
+            x = kernels::add_layer_norm(&a, &x, &p.post_attn, eps)?;
+            let o = packed_gemm::feed_forward(&x, n, &p.up, &p.down);
+            x = kernels::add_layer_norm(&o, &x, &p.post_ffn, eps)?;
         }
-        Ok((x, spans))
+        Ok((Tensor::from_vec(x, (n, d), device)?, spans))
     }
 
     /// Final token states `[batch, len, d]` for `ids` `[batch, len]` with padding mask `mask`
@@ -376,6 +434,7 @@ impl Bert {
             if let Some(u) = o {
                 layer.out_w = add(&layer.out_w, u)?;
             }
+            layer.packed = OnceLock::new();
         }
         Ok(out)
     }

@@ -1,18 +1,13 @@
-//! Fused CPU kernels (f32, contiguous) for the sentence encoder's inference path, written as
-//! candle custom ops: bias + exact-erf GELU, bias + residual + LayerNorm, and attention over
-//! packed variable-length sequences (no padding anywhere). Forward-only: never use these in a
-//! trainable path.
+//! Fused CPU kernels (f32, contiguous slices) for the sentence encoder's inference path:
+//! bias + residual + LayerNorm, exact-erf GELU, and attention over packed variable-length
+//! sequences (no padding anywhere). Forward-only: never use these in a trainable path. The
+//! matrix products beside them are in [`crate::packed_gemm`].
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use std::sync::OnceLock;
+
+use candle_core::{Result, bail};
+use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("fused kernel: input must be contiguous"),
-    }
-}
 
 /// `exp(x)` for f32 by range reduction and a degree-6 polynomial (relative error < 2e-7);
 /// only adds, multiplies and bit operations, so loops over it vectorize on the baseline target.
@@ -81,12 +76,11 @@ fn max8(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
-/// `o = gelu(x + b)`; inlined into pulp's per-instruction-set dispatch so it vectorizes with
-/// the best SIMD the CPU has.
+/// `row = gelu(row)` (the packed feed-forward block's epilogue).
 #[inline(always)]
-fn gelu_row(o: &mut [f32], x: &[f32], b: &[f32]) {
-    for ((o, x), b) in o.iter_mut().zip(x).zip(b) {
-        *o = gelu(x + b);
+pub(crate) fn gelu_in_place(row: &mut [f32]) {
+    for v in row {
+        *v = gelu(*v);
     }
 }
 
@@ -117,247 +111,286 @@ fn add_ln_row(o: &mut [f32], x: &[f32], r: &[f32], bias: &[f32], w: &[f32], b: &
     }
 }
 
-struct BiasGelu;
-
-impl CustomOp2 for BiasGelu {
-    fn name(&self) -> &'static str {
-        "bias-gelu-erf"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1)?;
-        let b = contiguous(s2, l2)?;
-        let f = b.len();
-        if f == 0 || x.len() % f != 0 {
-            bail!("bias-gelu: bias of {f} does not divide {}", x.len());
-        }
-        let arch = pulp::Arch::new();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(f)
-            .zip(x.par_chunks(f))
-            .with_min_len(8)
-            .for_each(|(o, x)| arch.dispatch(|| gelu_row(o, x, b)));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
+/// The best instruction set of this CPU, detected once.
+fn arch() -> Arch {
+    static ARCH: OnceLock<Arch> = OnceLock::new();
+    *ARCH.get_or_init(Arch::new)
 }
 
-/// `gelu_erf(x + bias)` for `x` `[n, f]` and `bias` `[f]`.
-pub(crate) fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(bias, &BiasGelu)
-}
+/// Rows handed to one parallel task of the LayerNorm kernel.
+const ROWS_PER_TASK: usize = 16;
 
-struct AddLayerNorm {
+/// Rows of `LayerNorm(x + bias + r)` (see [`add_ln_row`]). A `WithSimd` type rather than a
+/// closure: pulp inlines `with_simd` into its `#[target_feature]` entry point, so the loops
+/// compile for AVX2 + FMA (a closure body is a separate function that stays on the baseline
+/// SSE2).
+struct AddLnRows<'a> {
+    out: &'a mut [f32],
+    x: &'a [f32],
+    r: &'a [f32],
+    /// `[3, d]`: bias, LayerNorm weight, LayerNorm bias.
+    params: &'a [f32],
     eps: f32,
 }
 
-impl CustomOp3 for AddLayerNorm {
-    fn name(&self) -> &'static str {
-        "add-layer-norm"
-    }
+impl WithSimd for AddLnRows<'_> {
+    type Output = ();
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1)?;
-        let r = contiguous(s2, l2)?;
-        let p = contiguous(s3, l3)?;
-        let d = p.len() / 3;
-        if d == 0 || p.len() != 3 * d || x.len() != r.len() || x.len() % d != 0 {
-            bail!("add-layer-norm: shape mismatch");
-        }
-        let (bias, rest) = p.split_at(d);
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let d = self.params.len() / 3;
+        let (bias, rest) = self.params.split_at(d);
         let (w, b) = rest.split_at(d);
-        let eps = self.eps;
-        let arch = pulp::Arch::new();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(d)
-            .zip(x.par_chunks(d).zip(r.par_chunks(d)))
-            .with_min_len(8)
-            .for_each(|(o, (x, r))| arch.dispatch(|| add_ln_row(o, x, r, bias, w, b, eps)));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let rows = self
+            .out
+            .chunks_exact_mut(d)
+            .zip(self.x.chunks_exact(d).zip(self.r.chunks_exact(d)));
+        for (o, (x, r)) in rows {
+            add_ln_row(o, x, r, bias, w, b, self.eps);
+        }
     }
 }
 
 /// `LayerNorm(x + bias + residual)` for `x`, `residual` `[n, d]`; `params` `[3, d]` holds the
 /// bias, the LayerNorm weight and the LayerNorm bias.
 pub(crate) fn add_layer_norm(
-    x: &Tensor,
-    residual: &Tensor,
-    params: &Tensor,
+    x: &[f32],
+    residual: &[f32],
+    params: &[f32],
     eps: f32,
-) -> Result<Tensor> {
-    x.apply_op3_no_bwd(residual, params, &AddLayerNorm { eps })
+) -> Result<Vec<f32>> {
+    let d = params.len() / 3;
+    if d == 0 || params.len() != 3 * d || x.len() != residual.len() || !x.len().is_multiple_of(d) {
+        bail!("add-layer-norm: shape mismatch");
+    }
+    let arch = arch();
+    let mut out = vec![0f32; x.len()];
+    let chunk = d * ROWS_PER_TASK;
+    out.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(residual.par_chunks(chunk)))
+        .for_each(|(out, (x, r))| {
+            arch.dispatch(AddLnRows {
+                out,
+                x,
+                r,
+                params,
+                eps,
+            })
+        });
+    Ok(out)
 }
 
-/// One head of one sequence: rows `start..start + len` of `qkv` (`[rows, 3d]`, before
-/// `bias`), the head's columns from `col`; returns its context `[len, hd]`.
+/// One SIMD register's worth of `s` (which holds at least `S::F32_LANES` values).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attention_head(
-    qkv: &[f32],
-    bias: &[f32],
-    start: usize,
-    len: usize,
-    col: usize,
-    d: usize,
-    hd: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let h_off = col;
-    let gather = |part: usize, mul: f32| -> Vec<f32> {
-        let mut m = Vec::with_capacity(len * hd);
-        let off = part * d + h_off;
-        for i in 0..len {
-            let row = &qkv[(start + i) * 3 * d + off..][..hd];
-            m.extend(
-                row.iter()
-                    .zip(&bias[off..off + hd])
-                    .map(|(x, b)| (x + b) * mul),
-            );
-        }
-        m
-    };
-    let v = gather(2, 1.0);
-    // Queries padded to a multiple of 4 rows, keys transposed ([hd, len8], padded to a multiple
-    // of 8 columns with zeros): scores are computed in 4 x 8 register blocks, each key vector
-    // loaded once for four queries.
-    let len4 = len.div_ceil(4) * 4;
-    let len8 = len.div_ceil(8) * 8;
-    let mut q = gather(0, scale);
-    q.resize(len4 * hd, 0.0);
-    let mut kt = vec![0f32; hd * len8];
-    let koff = d + h_off;
-    for j in 0..len {
-        let row = &qkv[(start + j) * 3 * d + koff..][..hd];
-        for (c, (x, b)) in row.iter().zip(&bias[koff..koff + hd]).enumerate() {
-            kt[c * len8 + j] = x + b;
+fn load<S: Simd>(s: &[f32]) -> S::f32s {
+    S::as_simd_f32s(&s[..S::F32_LANES]).0[0]
+}
+
+/// Stores one SIMD register into the first `S::F32_LANES` values of `s`.
+#[inline(always)]
+fn store<S: Simd>(s: &mut [f32], v: S::f32s) {
+    S::as_mut_simd_f32s(&mut s[..S::F32_LANES]).0[0] = v;
+}
+
+/// A row-major matrix slice: element `(i, j)` at `data[i * stride + j]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    stride: usize,
+}
+
+/// `c = a × b` for `a` `[m, k]` and `b` `[k, n]` with `n` a multiple of two SIMD registers
+/// (callers pad `b` and `c` rows with zeros), in blocks of 4 rows × two registers of columns:
+/// eight independent FMA chains (enough to hide the FMA latency), each `b` register loaded
+/// once for four rows.
+#[inline(always)]
+fn small_matmul<S: Simd>(
+    simd: S,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    (m, k, n): (usize, usize, usize),
+    c: &mut [f32],
+    c_stride: usize,
+) {
+    let lanes = S::F32_LANES;
+    let zero = simd.splat_f32s(0.0);
+    for i in (0..m).step_by(4) {
+        // Rows past the end repeat the last one; only real rows are stored.
+        let row = |r: usize| &a.data[(i + r).min(m - 1) * a.stride..][..k];
+        let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+        for j in (0..n).step_by(2 * lanes) {
+            let mut acc = [[zero; 2]; 4];
+            for t in 0..k {
+                let bt = &b.data[t * b.stride + j..];
+                let (v0, v1) = (load::<S>(bt), load::<S>(&bt[lanes..]));
+                let x = simd.splat_f32s(a0[t]);
+                acc[0][0] = simd.mul_add_e_f32s(x, v0, acc[0][0]);
+                acc[0][1] = simd.mul_add_e_f32s(x, v1, acc[0][1]);
+                let x = simd.splat_f32s(a1[t]);
+                acc[1][0] = simd.mul_add_e_f32s(x, v0, acc[1][0]);
+                acc[1][1] = simd.mul_add_e_f32s(x, v1, acc[1][1]);
+                let x = simd.splat_f32s(a2[t]);
+                acc[2][0] = simd.mul_add_e_f32s(x, v0, acc[2][0]);
+                acc[2][1] = simd.mul_add_e_f32s(x, v1, acc[2][1]);
+                let x = simd.splat_f32s(a3[t]);
+                acc[3][0] = simd.mul_add_e_f32s(x, v0, acc[3][0]);
+                acc[3][1] = simd.mul_add_e_f32s(x, v1, acc[3][1]);
+            }
+            for (r, acc) in acc.iter().enumerate().take(m - i) {
+                let out = &mut c[(i + r) * c_stride + j..];
+                store::<S>(out, acc[0]);
+                store::<S>(&mut out[lanes..], acc[1]);
+            }
         }
     }
-    let mut scores = vec![0f32; len4 * len8];
-    for ib in (0..len4).step_by(4) {
-        for jb in (0..len8).step_by(8) {
-            let mut acc = [[0f32; 8]; 4];
-            for c in 0..hd {
-                let k = &kt[c * len8 + jb..][..8];
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let qv = q[(ib + r) * hd + c];
-                    for t in 0..8 {
-                        acc_r[t] += qv * k[t];
-                    }
-                }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                scores[(ib + r) * len8 + jb..][..8].copy_from_slice(acc_r);
-            }
-        }
-    }
-    let mut out = vec![0f32; len * hd];
-    for i in 0..len {
-        let p = &mut scores[i * len8..i * len8 + len];
+}
+
+/// Softmax of each row's first `len` values in place (rows of `stride` values).
+#[inline(always)]
+fn softmax_rows(scores: &mut [f32], rows: usize, len: usize, stride: usize) {
+    for i in 0..rows {
+        let p = &mut scores[i * stride..i * stride + len];
         let max = max8(p);
         for pj in p.iter_mut() {
             *pj = fast_exp(*pj - max);
         }
         let inv = 1.0 / sum8(p);
-        let oi = &mut out[i * hd..(i + 1) * hd];
-        for (j, pj) in p.iter().enumerate() {
-            let w = pj * inv;
-            for (o, vv) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
-                *o += w * vv;
-            }
+        for pj in p.iter_mut() {
+            *pj *= inv;
         }
     }
-    out
 }
 
-struct PackedAttention {
-    /// (start row, length) of each sequence in the packed rows.
-    spans: Vec<(usize, usize)>,
+/// Working buffers of one sequence's attention, reused across its heads.
+#[derive(Default)]
+struct AttentionScratch {
+    /// Queries `[len, hd]`, scaled.
+    q: Vec<f32>,
+    /// Keys transposed `[hd, lp]`, zero in the padding columns.
+    kt: Vec<f32>,
+    /// Values `[len, vp]`, zero in the padding columns.
+    v: Vec<f32>,
+    /// Scores, then probabilities, `[len, lp]`.
+    p: Vec<f32>,
+    /// The head's context `[len, vp]`.
+    ctx: Vec<f32>,
+}
+
+/// All heads of one packed sequence (a `WithSimd` type for the reason given on [`AddLnRows`]).
+struct SequenceAttention<'a> {
+    /// The sequence's rows of the projections `[len, 3d]`, biases included.
+    qkv: &'a [f32],
+    /// The sequence's rows of the output `[len, d]`.
+    out: &'a mut [f32],
     heads: usize,
     head_dim: usize,
 }
 
-impl CustomOp2 for PackedAttention {
-    fn name(&self) -> &'static str {
-        "packed-attention"
-    }
+impl WithSimd for SequenceAttention<'_> {
+    type Output = ();
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let qkv = contiguous(s1, l1)?;
-        let bias = contiguous(s2, l2)?;
-        let (hn, hd) = (self.heads, self.head_dim);
-        let d = hn * hd;
-        if bias.len() != 3 * d || qkv.len() % (3 * d) != 0 {
-            bail!("packed-attention: shape mismatch");
-        }
-        let rows = qkv.len() / (3 * d);
-        if self.spans.iter().any(|&(s, l)| s + l > rows) {
-            bail!("packed-attention: spans exceed the rows");
-        }
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (nh, hd) = (self.heads, self.head_dim);
+        let d = nh * hd;
+        let len = self.qkv.len() / (3 * d);
+        let wide = 2 * S::F32_LANES;
+        let lp = len.div_ceil(wide) * wide;
+        let vp = hd.div_ceil(wide) * wide;
         let scale = 1.0 / (hd as f32).sqrt();
-        let arch = pulp::Arch::new();
-        let jobs: Vec<(usize, usize)> = (0..self.spans.len())
-            .flat_map(|s| (0..hn).map(move |h| (s, h)))
-            .collect();
-        let results: Vec<Vec<f32>> = jobs
-            .par_iter()
-            .map(|&(s, h)| {
-                let (start, len) = self.spans[s];
-                arch.dispatch(|| attention_head(qkv, bias, start, len, h * hd, d, hd, scale))
-            })
-            .collect();
-        let mut out = vec![0f32; rows * d];
-        for (&(s, h), r) in jobs.iter().zip(results) {
-            let (start, len) = self.spans[s];
+        let mut s = AttentionScratch::default();
+        s.q.resize(len * hd, 0.0);
+        s.kt.resize(hd * lp, 0.0);
+        s.v.resize(len * vp, 0.0);
+        s.p.resize(len * lp, 0.0);
+        s.ctx.resize(len * vp, 0.0);
+        for h in 0..nh {
+            let (qo, ko, vo) = (h * hd, d + h * hd, 2 * d + h * hd);
             for i in 0..len {
-                out[(start + i) * d + h * hd..][..hd].copy_from_slice(&r[i * hd..(i + 1) * hd]);
+                let row = &self.qkv[i * 3 * d..(i + 1) * 3 * d];
+                for c in 0..hd {
+                    s.q[i * hd + c] = row[qo + c] * scale;
+                    s.kt[c * lp + i] = row[ko + c];
+                    s.v[i * vp + c] = row[vo + c];
+                }
+            }
+            let q = Mat {
+                data: &s.q,
+                stride: hd,
+            };
+            let kt = Mat {
+                data: &s.kt,
+                stride: lp,
+            };
+            small_matmul(simd, q, kt, (len, hd, lp), &mut s.p, lp);
+            softmax_rows(&mut s.p, len, len, lp);
+            let p = Mat {
+                data: &s.p,
+                stride: lp,
+            };
+            let v = Mat {
+                data: &s.v,
+                stride: vp,
+            };
+            small_matmul(simd, p, v, (len, len, vp), &mut s.ctx, vp);
+            for i in 0..len {
+                self.out[i * d + h * hd..][..hd].copy_from_slice(&s.ctx[i * vp..i * vp + hd]);
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows, d))))
     }
 }
 
 /// Multi-head self-attention over packed sequences: `qkv` `[rows, 3d]` (query, key, value
-/// projections before their bias, heads concatenated in each), `bias` `[3d]`; each sequence
-/// `(start, len)` attends only to itself. Returns `[rows, d]`; rows outside every span are zero.
+/// projections with their biases, heads concatenated in each); each sequence `(start, len)`
+/// attends only to itself. Spans must be in order and disjoint. Returns `[rows, d]`; rows
+/// outside every span are zero.
 pub(crate) fn packed_attention(
-    qkv: &Tensor,
-    bias: &Tensor,
-    spans: Vec<(usize, usize)>,
+    qkv: &[f32],
+    spans: &[(usize, usize)],
     heads: usize,
     head_dim: usize,
-) -> Result<Tensor> {
-    qkv.apply_op2_no_bwd(
-        bias,
-        &PackedAttention {
-            spans,
+) -> Result<Vec<f32>> {
+    let d = heads * head_dim;
+    if d == 0 || !qkv.len().is_multiple_of(3 * d) {
+        bail!("packed-attention: shape mismatch");
+    }
+    let rows = qkv.len() / (3 * d);
+    // Each sequence writes its own rows of the output: the spans must be in order and must not
+    // overlap.
+    let mut end = 0;
+    for &(start, len) in spans {
+        if start < end || start + len > rows {
+            bail!("packed-attention: spans must be ordered, disjoint and within the rows");
+        }
+        end = start + len;
+    }
+    let mut out = vec![0f32; rows * d];
+    let mut jobs = Vec::with_capacity(spans.len());
+    let mut rest = out.as_mut_slice();
+    let mut at = 0;
+    for &(start, len) in spans {
+        let (_, tail) = rest.split_at_mut((start - at) * d);
+        let (rows_out, tail) = tail.split_at_mut(len * d);
+        jobs.push((&qkv[start * 3 * d..(start + len) * 3 * d], rows_out));
+        rest = tail;
+        at = start + len;
+    }
+    let arch = arch();
+    jobs.into_par_iter().for_each(|(qkv, out)| {
+        arch.dispatch(SequenceAttention {
+            qkv,
+            out,
             heads,
             head_dim,
-        },
-    )
+        })
+    });
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Tensor;
 
     #[test]
     fn packed_attention_matches_per_sequence_softmax_attention() {
@@ -367,10 +400,13 @@ mod tests {
         // Odd lengths (not multiples of the 4 x 8 blocks) and a row outside every span.
         let spans = vec![(0, 5), (5, 13), (18, 1), (20, 9)];
         let rows = 29;
-        let qkv = Tensor::randn(0f32, 1.0, (rows, 3 * d), &dev).expect("randn");
-        let bias = Tensor::randn(0f32, 1.0, 3 * d, &dev).expect("randn");
-        let got = packed_attention(&qkv, &bias, spans.clone(), heads, hd).expect("kernel");
-        let x = qkv.broadcast_add(&bias).expect("bias");
+        let x = Tensor::randn(0f32, 1.0, (rows, 3 * d), &dev).expect("randn");
+        let flat = x
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("data");
+        let got = packed_attention(&flat, &spans, heads, hd).expect("kernel");
+        let got = Tensor::from_vec(got, (rows, d), &dev).expect("tensor");
         for &(start, len) in &spans {
             let part = |k: usize| {
                 x.narrow(0, start, len)

@@ -46,6 +46,7 @@ pub mod lora_train;
 pub mod loss;
 pub mod mistral;
 pub mod nvembed;
+mod packed_gemm;
 pub mod pooling;
 pub mod tasks;
 pub mod tokenize;
