@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest_chromadb import MAX_LEN, default_model_dir, export_onnx  # noqa: E402
+from ingest_chromadb import (  # noqa: E402
+    MAX_LEN, check_against_latentdb, default_model_dir, export_onnx)
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "tests" / "fixtures" / "datasets" / "spamassassin-subjects"
@@ -117,17 +118,6 @@ def latentdb_texts_per_s(latentdb: str, path: Path, batch: int, threads: int,
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def check_against_latentdb(ort: Ort, latentdb: str, texts: list[str], env: dict) -> float:
-    """The smallest cosine between the graph's vectors and `latentdb embed`'s."""
-    p = subprocess.run([latentdb, "embed", "--model", "default"],
-                       input="".join(json.dumps(t) + "\n" for t in texts),
-                       capture_output=True, text=True, env=env, check=True)
-    theirs = np.array([json.loads(line) for line in p.stdout.splitlines()], dtype=np.float64)
-    ours = ort.embed(texts).astype(np.float64)
-    cos = (theirs * ours).sum(1) / (np.linalg.norm(theirs, axis=1) * np.linalg.norm(ours, axis=1))
-    return float(cos.min())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--latentdb", default="target/release/latentdb", help="the CLI binary")
@@ -153,11 +143,10 @@ def main() -> None:
         for name, texts in sets.items():
             files[name] = tmp / f"{name}.jsonl"
             files[name].write_text("".join(json.dumps(t) + "\n" for t in texts))
-        probes = sets["short"][:8] + sets["long"][:8]
         report: dict = {
             "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
             "onnxruntime_version": ort.version,
-            "model_check_min_cosine": check_against_latentdb(ort, args.latentdb, probes, env),
+            "model_check_min_cosine": check_against_latentdb(ort, args.latentdb, env),
             "load_average_before": os.getloadavg()[0],
             "sets": {},
         }

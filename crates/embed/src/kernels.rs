@@ -3,11 +3,11 @@
 //! sequences (no padding anywhere). Forward-only: never use these in a trainable path. The
 //! matrix products beside them are in [`crate::packed_gemm`].
 
-use std::sync::OnceLock;
-
 use candle_core::{Result, bail};
-use pulp::{Arch, Simd, WithSimd};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
+
+use crate::packed_gemm::{Mat, arch, micro_kernel, store};
 
 /// `exp(x)` for f32 by range reduction and a degree-6 polynomial (relative error < 2e-7);
 /// only adds, multiplies and bit operations, so loops over it vectorize on the baseline target.
@@ -111,12 +111,6 @@ fn add_ln_row(o: &mut [f32], x: &[f32], r: &[f32], bias: &[f32], w: &[f32], b: &
     }
 }
 
-/// The best instruction set of this CPU, detected once.
-fn arch() -> Arch {
-    static ARCH: OnceLock<Arch> = OnceLock::new();
-    *ARCH.get_or_init(Arch::new)
-}
-
 /// Rows handed to one parallel task of the LayerNorm kernel.
 const ROWS_PER_TASK: usize = 16;
 
@@ -180,29 +174,9 @@ pub(crate) fn add_layer_norm(
     Ok(out)
 }
 
-/// One SIMD register's worth of `s` (which holds at least `S::F32_LANES` values).
-#[inline(always)]
-fn load<S: Simd>(s: &[f32]) -> S::f32s {
-    S::as_simd_f32s(&s[..S::F32_LANES]).0[0]
-}
-
-/// Stores one SIMD register into the first `S::F32_LANES` values of `s`.
-#[inline(always)]
-fn store<S: Simd>(s: &mut [f32], v: S::f32s) {
-    S::as_mut_simd_f32s(&mut s[..S::F32_LANES]).0[0] = v;
-}
-
-/// A row-major matrix slice: element `(i, j)` at `data[i * stride + j]`.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    stride: usize,
-}
-
 /// `c = a × b` for `a` `[m, k]` and `b` `[k, n]` with `n` a multiple of two SIMD registers
-/// (callers pad `b` and `c` rows with zeros), in blocks of 4 rows × two registers of columns:
-/// eight independent FMA chains (enough to hide the FMA latency), each `b` register loaded
-/// once for four rows.
+/// (callers pad `b` and `c` rows with zeros), by the matrix kernels' 4-row × 2-register
+/// micro-kernel.
 #[inline(always)]
 fn small_matmul<S: Simd>(
     simd: S,
@@ -213,29 +187,10 @@ fn small_matmul<S: Simd>(
     c_stride: usize,
 ) {
     let lanes = S::F32_LANES;
-    let zero = simd.splat_f32s(0.0);
     for i in (0..m).step_by(4) {
-        // Rows past the end repeat the last one; only real rows are stored.
-        let row = |r: usize| &a.data[(i + r).min(m - 1) * a.stride..][..k];
-        let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+        let rows = a.four_rows(i, m, k);
         for j in (0..n).step_by(2 * lanes) {
-            let mut acc = [[zero; 2]; 4];
-            for t in 0..k {
-                let bt = &b.data[t * b.stride + j..];
-                let (v0, v1) = (load::<S>(bt), load::<S>(&bt[lanes..]));
-                let x = simd.splat_f32s(a0[t]);
-                acc[0][0] = simd.mul_add_e_f32s(x, v0, acc[0][0]);
-                acc[0][1] = simd.mul_add_e_f32s(x, v1, acc[0][1]);
-                let x = simd.splat_f32s(a1[t]);
-                acc[1][0] = simd.mul_add_e_f32s(x, v0, acc[1][0]);
-                acc[1][1] = simd.mul_add_e_f32s(x, v1, acc[1][1]);
-                let x = simd.splat_f32s(a2[t]);
-                acc[2][0] = simd.mul_add_e_f32s(x, v0, acc[2][0]);
-                acc[2][1] = simd.mul_add_e_f32s(x, v1, acc[2][1]);
-                let x = simd.splat_f32s(a3[t]);
-                acc[3][0] = simd.mul_add_e_f32s(x, v0, acc[3][0]);
-                acc[3][1] = simd.mul_add_e_f32s(x, v1, acc[3][1]);
-            }
+            let acc = micro_kernel(simd, rows, b, j, k);
             for (r, acc) in acc.iter().enumerate().take(m - i) {
                 let out = &mut c[(i + r) * c_stride + j..];
                 store::<S>(out, acc[0]);
@@ -314,24 +269,10 @@ impl WithSimd for SequenceAttention<'_> {
                     s.v[i * vp + c] = row[vo + c];
                 }
             }
-            let q = Mat {
-                data: &s.q,
-                stride: hd,
-            };
-            let kt = Mat {
-                data: &s.kt,
-                stride: lp,
-            };
+            let (q, kt) = (Mat::new(&s.q, hd), Mat::new(&s.kt, lp));
             small_matmul(simd, q, kt, (len, hd, lp), &mut s.p, lp);
             softmax_rows(&mut s.p, len, len, lp);
-            let p = Mat {
-                data: &s.p,
-                stride: lp,
-            };
-            let v = Mat {
-                data: &s.v,
-                stride: vp,
-            };
+            let (p, v) = (Mat::new(&s.p, lp), Mat::new(&s.v, vp));
             small_matmul(simd, p, v, (len, len, vp), &mut s.ctx, vp);
             for i in 0..len {
                 self.out[i * d + h * hd..][..hd].copy_from_slice(&s.ctx[i * vp..i * vp + hd]);

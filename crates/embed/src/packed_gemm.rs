@@ -22,7 +22,7 @@ const MR: usize = 4;
 /// Most rows one parallel task takes (a multiple of [`MR`]).
 const BLOCK_ROWS: usize = 48;
 
-fn arch() -> Arch {
+pub(crate) fn arch() -> Arch {
     static ARCH: OnceLock<Arch> = OnceLock::new();
     *ARCH.get_or_init(Arch::new)
 }
@@ -85,23 +85,78 @@ impl PackedWeights {
     }
 }
 
+/// One SIMD register's worth of `s` (which holds at least `S::F32_LANES` values).
 #[inline(always)]
-fn load<S: Simd>(s: &[f32]) -> S::f32s {
+pub(crate) fn load<S: Simd>(s: &[f32]) -> S::f32s {
     S::as_simd_f32s(&s[..S::F32_LANES]).0[0]
 }
 
+/// Stores one SIMD register into the first `S::F32_LANES` values of `s`.
 #[inline(always)]
-fn store<S: Simd>(s: &mut [f32], v: S::f32s) {
+pub(crate) fn store<S: Simd>(s: &mut [f32], v: S::f32s) {
     S::as_mut_simd_f32s(&mut s[..S::F32_LANES]).0[0] = v;
 }
 
-/// `c = a × w + bias` for `m` rows: `a` row `i` at `a[i * lda..][..w.k]`, `c` row `i` at
+/// A row-major matrix: element `(i, j)` at `data[i * stride + j]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    pub(crate) fn new(data: &'a [f32], stride: usize) -> Self {
+        Self { data, stride }
+    }
+
+    /// Rows `i..i + 4`, their first `k` values; rows past `m` repeat row `m - 1` (`m > i`), so
+    /// a partial block computes on real data and its caller stores only the real rows.
+    #[inline(always)]
+    pub(crate) fn four_rows(self, i: usize, m: usize, k: usize) -> [&'a [f32]; 4] {
+        let row = |r: usize| &self.data[(i + r).min(m - 1) * self.stride..][..k];
+        [row(0), row(1), row(2), row(3)]
+    }
+}
+
+/// Four rows of `a` (each `k` long) times rows `0..k` of `b`, columns `j..j + 2 lanes`: eight
+/// independent FMA chains (enough to hide the FMA latency), each `b` register loaded once for
+/// four rows. Returns the four rows' two registers.
+#[inline(always)]
+pub(crate) fn micro_kernel<S: Simd>(
+    simd: S,
+    a: [&[f32]; 4],
+    b: Mat<'_>,
+    j: usize,
+    k: usize,
+) -> [[S::f32s; 2]; 4] {
+    let lanes = S::F32_LANES;
+    let [a0, a1, a2, a3] = a;
+    let mut acc = [[simd.splat_f32s(0.0); 2]; 4];
+    for t in 0..k {
+        let bt = &b.data[t * b.stride + j..];
+        let (v0, v1) = (load::<S>(bt), load::<S>(&bt[lanes..]));
+        let x = simd.splat_f32s(a0[t]);
+        acc[0][0] = simd.mul_add_e_f32s(x, v0, acc[0][0]);
+        acc[0][1] = simd.mul_add_e_f32s(x, v1, acc[0][1]);
+        let x = simd.splat_f32s(a1[t]);
+        acc[1][0] = simd.mul_add_e_f32s(x, v0, acc[1][0]);
+        acc[1][1] = simd.mul_add_e_f32s(x, v1, acc[1][1]);
+        let x = simd.splat_f32s(a2[t]);
+        acc[2][0] = simd.mul_add_e_f32s(x, v0, acc[2][0]);
+        acc[2][1] = simd.mul_add_e_f32s(x, v1, acc[2][1]);
+        let x = simd.splat_f32s(a3[t]);
+        acc[3][0] = simd.mul_add_e_f32s(x, v0, acc[3][0]);
+        acc[3][1] = simd.mul_add_e_f32s(x, v1, acc[3][1]);
+    }
+    acc
+}
+
+/// `c = a × w + bias` for `m` rows of `a` (each at least `w.k` long); `c` row `i` at
 /// `c[i * ldc..][..w.n]`.
 #[inline(always)]
 fn block_product<S: Simd>(
     simd: S,
-    a: &[f32],
-    lda: usize,
+    a: Mat<'_>,
     m: usize,
     w: &PackedWeights,
     c: &mut [f32],
@@ -110,33 +165,13 @@ fn block_product<S: Simd>(
     let lanes = S::F32_LANES;
     let (k, nr) = (w.k, w.nr);
     debug_assert_eq!(nr, 2 * lanes);
-    let zero = simd.splat_f32s(0.0);
     for (p, panel) in w.data.chunks_exact(k * nr).enumerate() {
         let col = p * nr;
         let cols = nr.min(w.n - col);
         let b0 = load::<S>(&w.bias[col..]);
         let b1 = load::<S>(&w.bias[col + lanes..]);
         for i in (0..m).step_by(MR) {
-            // Rows past the end repeat the last one; only real rows are stored.
-            let row = |r: usize| &a[(i + r).min(m - 1) * lda..][..k];
-            let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
-            let mut acc = [[zero; 2]; MR];
-            for (t, b) in panel.chunks_exact(nr).enumerate() {
-                let (v, _) = S::as_simd_f32s(b);
-                let (v0, v1) = (v[0], v[1]);
-                let x = simd.splat_f32s(a0[t]);
-                acc[0][0] = simd.mul_add_e_f32s(x, v0, acc[0][0]);
-                acc[0][1] = simd.mul_add_e_f32s(x, v1, acc[0][1]);
-                let x = simd.splat_f32s(a1[t]);
-                acc[1][0] = simd.mul_add_e_f32s(x, v0, acc[1][0]);
-                acc[1][1] = simd.mul_add_e_f32s(x, v1, acc[1][1]);
-                let x = simd.splat_f32s(a2[t]);
-                acc[2][0] = simd.mul_add_e_f32s(x, v0, acc[2][0]);
-                acc[2][1] = simd.mul_add_e_f32s(x, v1, acc[2][1]);
-                let x = simd.splat_f32s(a3[t]);
-                acc[3][0] = simd.mul_add_e_f32s(x, v0, acc[3][0]);
-                acc[3][1] = simd.mul_add_e_f32s(x, v1, acc[3][1]);
-            }
+            let acc = micro_kernel(simd, a.four_rows(i, m, k), Mat::new(panel, nr), 0, k);
             for (r, acc) in acc.iter().enumerate().take(m - i) {
                 let out = &mut c[(i + r) * ldc + col..];
                 let (s0, s1) = (simd.add_f32s(acc[0], b0), simd.add_f32s(acc[1], b1));
@@ -166,7 +201,8 @@ impl WithSimd for Product<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        block_product(simd, self.a, self.w.k, self.m, self.w, self.c, self.w.n);
+        let a = Mat::new(self.a, self.w.k);
+        block_product(simd, a, self.m, self.w, self.c, self.w.n);
     }
 }
 
@@ -215,11 +251,13 @@ impl WithSimd for FeedForward<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let f = self.up.n;
-        block_product(simd, self.a, self.up.k, self.m, self.up, self.hidden, f);
+        let a = Mat::new(self.a, self.up.k);
+        block_product(simd, a, self.m, self.up, self.hidden, f);
         for row in self.hidden.chunks_exact_mut(f) {
             crate::kernels::gelu_in_place(row);
         }
-        block_product(simd, self.hidden, f, self.m, self.down, self.c, self.down.n);
+        let h = Mat::new(self.hidden, f);
+        block_product(simd, h, self.m, self.down, self.c, self.down.n);
     }
 }
 
