@@ -379,6 +379,27 @@ mod tests {
     }
 
     #[test]
+    fn attention_on_the_scalar_fallback_matches_the_simd_one() {
+        let (heads, hd, len) = (2, 12, 23);
+        let d = heads * hd;
+        let qkv: Vec<f32> = (0..len * 3 * d)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let simd = packed_attention(&qkv, &[(0, len)], heads, hd).expect("kernel");
+        let mut scalar = vec![0f32; len * d];
+        SequenceAttention {
+            qkv: &qkv,
+            out: &mut scalar,
+            heads,
+            head_dim: hd,
+        }
+        .with_simd(pulp::Scalar::new());
+        for (i, (a, b)) in simd.iter().zip(&scalar).enumerate() {
+            assert!((a - b).abs() < 1e-5, "{i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
     fn fast_exp_and_erf_are_accurate() {
         for i in -2000..2000 {
             let x = i as f32 * 0.01;

@@ -62,9 +62,13 @@ impl PackedWeights {
     /// # Panics
     /// If the lengths do not match `k` and `n` (the caller's tensors have checked shapes).
     pub(crate) fn new(w: &[f32], bias: &[f32], k: usize, n: usize) -> Self {
+        Self::with_panel_width(w, bias, k, n, panel_width())
+    }
+
+    /// [`PackedWeights::new`] for the instruction set whose registers hold `nr / 2` values.
+    fn with_panel_width(w: &[f32], bias: &[f32], k: usize, n: usize, nr: usize) -> Self {
         assert_eq!(w.len(), k * n, "weights of {k} x {n}");
         assert_eq!(bias.len(), n, "bias of {n}");
-        let nr = panel_width();
         let panels = n.div_ceil(nr);
         let mut data = vec![0f32; panels * k * nr];
         for p in 0..panels {
@@ -129,12 +133,13 @@ pub(crate) fn micro_kernel<S: Simd>(
     j: usize,
     k: usize,
 ) -> [[S::f32s; 2]; 4] {
-    let lanes = S::F32_LANES;
     let [a0, a1, a2, a3] = a;
     let mut acc = [[simd.splat_f32s(0.0); 2]; 4];
-    for t in 0..k {
-        let bt = &b.data[t * b.stride + j..];
-        let (v0, v1) = (load::<S>(bt), load::<S>(&bt[lanes..]));
+    // Row by row through `b` with one bounds check per step: the slice of exactly two
+    // registers (a compile-time length per instruction set) splits without further checks.
+    for (t, bt) in b.data[j..].chunks(b.stride).take(k).enumerate() {
+        let (v, _) = S::as_simd_f32s(&bt[..2 * S::F32_LANES]);
+        let (v0, v1) = (v[0], v[1]);
         let x = simd.splat_f32s(a0[t]);
         acc[0][0] = simd.mul_add_e_f32s(x, v0, acc[0][0]);
         acc[0][1] = simd.mul_add_e_f32s(x, v1, acc[0][1]);
@@ -329,6 +334,31 @@ mod tests {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{i}: {g} vs {w}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any shape, on this CPU's instruction set and on the scalar fallback (what a CPU
+        /// without AVX2 runs), against the triple loop.
+        #[test]
+        fn any_shape_matches_the_triple_loop(
+            m in 1usize..30,
+            k in 1usize..40,
+            n in 1usize..40,
+            seed in 0u64..1000,
+        ) {
+            let mut rng = SplitMix64(seed);
+            let x = random(m * k, &mut rng);
+            let w = random(k * n, &mut rng);
+            let b = random(n, &mut rng);
+            let want = reference(&x, m, &w, &b, k, n);
+            assert_close(&matmul(&x, m, &PackedWeights::new(&w, &b, k, n)), &want, 1e-4);
+            let scalar = PackedWeights::with_panel_width(&w, &b, k, n, 2);
+            let mut got = vec![0f32; m * n];
+            Product { a: &x, m, w: &scalar, c: &mut got }.with_simd(pulp::Scalar::new());
+            assert_close(&got, &want, 1e-4);
         }
     }
 
