@@ -174,9 +174,9 @@ pub(crate) fn add_layer_norm(
     Ok(out)
 }
 
-/// `c = a × b` for `a` `[m, k]` and `b` `[k, n]` with `n` a multiple of two SIMD registers
-/// (callers pad `b` and `c` rows with zeros), by the matrix kernels' 4-row × 2-register
-/// micro-kernel.
+/// `c = a × b` for `a` `[m, k]` and `b` `[k, n]` (exactly `k` rows of `b.stride` values) with
+/// `n` a multiple of two SIMD registers (callers pad `b` and `c` rows with zeros), by the
+/// matrix kernels' 4-row × 2-register micro-kernel.
 #[inline(always)]
 fn small_matmul<S: Simd>(
     simd: S,
@@ -190,7 +190,8 @@ fn small_matmul<S: Simd>(
     for i in (0..m).step_by(4) {
         let rows = a.four_rows(i, m, k);
         for j in (0..n).step_by(2 * lanes) {
-            let acc = micro_kernel(simd, rows, b, j, k);
+            let b_rows = b.data.chunks_exact(b.stride).take(k).map(|row| &row[j..]);
+            let acc = micro_kernel(simd, rows, b_rows);
             for (r, acc) in acc.iter().enumerate().take(m - i) {
                 let out = &mut c[(i + r) * c_stride + j..];
                 store::<S>(out, acc[0]);

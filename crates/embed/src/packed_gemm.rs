@@ -104,8 +104,8 @@ pub(crate) fn store<S: Simd>(s: &mut [f32], v: S::f32s) {
 /// A row-major matrix: element `(i, j)` at `data[i * stride + j]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {
-    data: &'a [f32],
-    stride: usize,
+    pub(crate) data: &'a [f32],
+    pub(crate) stride: usize,
 }
 
 impl<'a> Mat<'a> {
@@ -122,22 +122,19 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// Four rows of `a` (each `k` long) times rows `0..k` of `b`, columns `j..j + 2 lanes`: eight
-/// independent FMA chains (enough to hide the FMA latency), each `b` register loaded once for
-/// four rows. Returns the four rows' two registers.
+/// Four rows of `a` times `b`'s rows (one per step, each starting at the two registers of
+/// columns wanted): eight independent FMA chains (enough to hide the FMA latency), each `b`
+/// register loaded once for four rows. Returns the four rows' two registers.
 #[inline(always)]
-pub(crate) fn micro_kernel<S: Simd>(
+pub(crate) fn micro_kernel<'b, S: Simd>(
     simd: S,
     a: [&[f32]; 4],
-    b: Mat<'_>,
-    j: usize,
-    k: usize,
+    b_rows: impl Iterator<Item = &'b [f32]>,
 ) -> [[S::f32s; 2]; 4] {
     let [a0, a1, a2, a3] = a;
     let mut acc = [[simd.splat_f32s(0.0); 2]; 4];
-    // Row by row through `b` with one bounds check per step: the slice of exactly two
-    // registers (a compile-time length per instruction set) splits without further checks.
-    for (t, bt) in b.data[j..].chunks(b.stride).take(k).enumerate() {
+    for (t, bt) in b_rows.enumerate() {
+        // Two registers (a compile-time length per instruction set): one bounds check.
         let (v, _) = S::as_simd_f32s(&bt[..2 * S::F32_LANES]);
         let (v0, v1) = (v[0], v[1]);
         let x = simd.splat_f32s(a0[t]);
@@ -176,7 +173,7 @@ fn block_product<S: Simd>(
         let b0 = load::<S>(&w.bias[col..]);
         let b1 = load::<S>(&w.bias[col + lanes..]);
         for i in (0..m).step_by(MR) {
-            let acc = micro_kernel(simd, a.four_rows(i, m, k), Mat::new(panel, nr), 0, k);
+            let acc = micro_kernel(simd, a.four_rows(i, m, k), panel.chunks_exact(nr));
             for (r, acc) in acc.iter().enumerate().take(m - i) {
                 let out = &mut c[(i + r) * ldc + col..];
                 let (s0, s1) = (simd.add_f32s(acc[0], b0), simd.add_f32s(acc[1], b1));
