@@ -29,10 +29,6 @@ struct Layer {
     ffn_out_b: Tensor,
     ln2_w: Tensor,
     ln2_b: Tensor,
-    /// `[3, d]`: attention output bias, LayerNorm weight, LayerNorm bias (fused kernel).
-    post_attn: Tensor,
-    /// `[3, d]`: feed-forward output bias, LayerNorm weight, LayerNorm bias (fused kernel).
-    post_ffn: Tensor,
     /// The weights packed for [`Bert::forward_packed`], made on its first call (and dropped by
     /// [`Bert::with_attention_deltas`], which changes them).
     packed: OnceLock<Arc<PackedLayer>>,
@@ -49,8 +45,19 @@ struct PackedLayer {
     up: PackedWeights,
     /// Feed-forward output projection (its bias is applied with the LayerNorm).
     down: PackedWeights,
+    /// `[3, d]`: attention output bias, LayerNorm weight, LayerNorm bias.
     post_attn: Vec<f32>,
+    /// `[3, d]`: feed-forward output bias, LayerNorm weight, LayerNorm bias.
     post_ffn: Vec<f32>,
+}
+
+/// The values of `parts` one after another (the fused LayerNorm kernel's parameters).
+fn concat(parts: &[&Tensor]) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for t in parts {
+        out.extend(t.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
 
 /// Packs `w` (`[k, n]`) with `bias` (`[n]`), or a zero bias.
@@ -80,8 +87,8 @@ impl Layer {
             out: pack(&self.out_w, None)?,
             up: pack(&self.inter_w, Some(&self.inter_b))?,
             down: pack(&self.ffn_out_w, None)?,
-            post_attn: self.post_attn.flatten_all()?.to_vec1::<f32>()?,
-            post_ffn: self.post_ffn.flatten_all()?.to_vec1::<f32>()?,
+            post_attn: concat(&[&self.out_b, &self.ln1_w, &self.ln1_b])?,
+            post_ffn: concat(&[&self.ffn_out_b, &self.ln2_w, &self.ln2_b])?,
         });
         // Two threads may pack at once; either result is the same.
         Ok(self.packed.get_or_init(|| packed).clone())
@@ -97,8 +104,6 @@ pub struct Bert {
     token_type0: Tensor,
     emb_ln_w: Tensor,
     emb_ln_b: Tensor,
-    /// `[3, d]`: token type 0 embedding, LayerNorm weight, LayerNorm bias (fused kernel).
-    emb_params: Tensor,
     layers: Vec<Layer>,
 }
 
@@ -211,8 +216,6 @@ impl Bert {
                 qkv_w: tr(qkv_w)?,
                 qkv_b,
                 out_w: tr(t("attention.output.dense.weight")?)?,
-                post_attn: Tensor::stack(&[&out_b, &ln1_w, &ln1_b], 0)?,
-                post_ffn: Tensor::stack(&[&ffn_out_b, &ln2_w, &ln2_b], 0)?,
                 out_b,
                 ln1_w,
                 ln1_b,
@@ -233,7 +236,6 @@ impl Bert {
             cfg: cfg.clone(),
             word: take(tensors, "embeddings.word_embeddings.weight")?,
             position: take(tensors, "embeddings.position_embeddings.weight")?,
-            emb_params: Tensor::stack(&[&token_type0, &emb_ln_w, &emb_ln_b], 0)?,
             token_type0,
             emb_ln_w,
             emb_ln_b,
@@ -290,7 +292,7 @@ impl Bert {
         let rows = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
         let words = rows(self.word.index_select(&ids, 0)?)?;
         let positions = rows(self.position.index_select(&pos, 0)?)?;
-        let emb = rows(self.emb_params.clone())?;
+        let emb = concat(&[&self.token_type0, &self.emb_ln_w, &self.emb_ln_b])?;
         let mut x = kernels::add_layer_norm(&words, &positions, &emb, eps)?;
         for layer in &self.layers {
             let p = layer.packed()?;
