@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_chromadb import (  # noqa: E402
-    MAX_LEN, check_against_latentdb, default_model_dir, export_onnx)
+    MAX_LEN, add_common_args, check_against_latentdb, export_onnx, parse_common_args)
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "tests" / "fixtures" / "datasets" / "spamassassin-subjects"
@@ -120,17 +120,10 @@ def latentdb_texts_per_s(latentdb: str, path: Path, batch: int, threads: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--latentdb", default="target/release/latentdb", help="the CLI binary")
-    ap.add_argument("--model-dir", type=Path, default=default_model_dir())
-    ap.add_argument("--onnx", type=Path, default=None,
-                    help="where the exported graph is kept (default: a temporary file)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    add_common_args(ap)
     ap.add_argument("--texts", type=int, default=512, help="texts per set")
     ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
-    if not (args.model_dir / "model.safetensors").is_file():
-        raise SystemExit(f"{args.model_dir}: no model.safetensors; run `latentdb model fetch`")
+    args = parse_common_args(ap)
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     with tempfile.TemporaryDirectory(prefix="embed-ort-") as tmp_name:
         tmp = Path(tmp_name)

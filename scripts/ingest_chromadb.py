@@ -331,22 +331,33 @@ def run_chromadb(args, ef, tmp: Path) -> dict:
             "add_other_s": seconds - chunk_s - ef.seconds}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--input", type=Path, required=True, help="JSONL: {\"text\", \"id\"?}")
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options this script shares with `embed_onnxruntime.py`."""
     ap.add_argument("--latentdb", default="target/release/latentdb", help="the CLI binary")
     ap.add_argument("--model-dir", type=Path, default=default_model_dir())
     ap.add_argument("--onnx", type=Path, default=None,
                     help="where the exported graph is kept (default: a temporary file)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+
+
+def parse_common_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parses the command line; the model directory must hold the weights."""
+    args = ap.parse_args()
+    if not (args.model_dir / "model.safetensors").is_file():
+        raise SystemExit(f"{args.model_dir}: no model.safetensors; run `latentdb model fetch`")
+    return args
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", type=Path, required=True, help="JSONL: {\"text\", \"id\"?}")
+    add_common_args(ap)
     ap.add_argument("--chunk-tokens", type=int, default=256)
     ap.add_argument("--chunk-overlap", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--skip-latentdb", action="store_true", help="measure chromadb only")
-    args = ap.parse_args()
-    if not (args.model_dir / "model.safetensors").is_file():
-        raise SystemExit(f"{args.model_dir}: no model.safetensors; run `latentdb model fetch`")
+    args = parse_common_args(ap)
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     tmp = Path(tempfile.mkdtemp(prefix="ingest-chromadb-"))
