@@ -556,7 +556,11 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name.contains(".tmp") {
+            // The rescoring file is a cache of what storage holds (see `RescoreFile`).
+            if name.starts_with('.')
+                || name.contains(".tmp")
+                || name == crate::rescore_file::RESCORE_FILE
+            {
                 continue;
             }
             let rel = if rel.is_empty() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use latentdb_index::{Index, IndexParams, IndexStats};
+use latentdb_index::{Index, IndexParams, IndexStats, Quantization};
 use latentdb_storage::{Change, CollectionConfig, DataLossReport, Metric, Storage};
 use latentdb_types::ErrorKind;
 use parking_lot::{Mutex, RwLock};
@@ -23,6 +23,7 @@ use crate::error::{Error, Result, bounded};
 use crate::lexical::{Lexical, LexicalSettings};
 use crate::payload::Payload;
 use crate::recovery;
+use crate::rescore_file::RescoreFile;
 
 /// The directory, inside a database directory, that holds index dumps (one subdirectory per
 /// collection, named by the collection's internal id).
@@ -74,6 +75,9 @@ pub struct IndexInfo {
     pub index_bytes: usize,
     /// Bytes of memory the payload index holds: ids, metadata and postings (an estimate).
     pub payload_bytes: usize,
+    /// Length of the rescoring file of an int8 collection (the original vectors, read through
+    /// a memory map when searches rescore; page cache, not the index's memory); 0 without one.
+    pub rescore_file_bytes: u64,
     /// The lexical index's statistics (`None`: the collection keeps none).
     pub lexical: Option<latentdb_text::LexicalStats>,
     /// How the lexical index was obtained at open.
@@ -130,6 +134,9 @@ pub(crate) struct Collection {
     pub payload: RwLock<Payload>,
     /// The BM25 index over the stored text, and the lexical settings.
     pub lexical: Lexical,
+    /// The original vectors for rescoring, when the index quantizes (`None` otherwise, or
+    /// when the file cannot be opened: searches then read storage).
+    pub rescore: Option<RescoreFile>,
     pub writer: Mutex<WriterState>,
     dir: PathBuf,
     opened: OpenReport,
@@ -176,6 +183,29 @@ pub(crate) fn dump_dir(root: &Path, cid: u64) -> PathBuf {
     root.join(INDEX_DIR).join(cid.to_string())
 }
 
+/// The rescoring file of a collection whose index quantizes (see [`RescoreFile`]); `None`
+/// for `f32` indexes, and when the file cannot be opened (logged: searches read storage).
+fn open_rescore(dir: &Path, config: &CollectionConfig, params: IndexParams) -> Option<RescoreFile> {
+    if params.quantization == Quantization::None {
+        return None;
+    }
+    RescoreFile::open(dir, config.cid, config.spec.dimension)
+        .inspect_err(|e| {
+            tracing::warn!(collection = %config.spec.name, error = %e, "cannot open the rescoring file; searches read the vectors from storage");
+        })
+        .ok()
+}
+
+/// Writes the slots of points about to enter the index (best effort: a failure is logged and
+/// their reads fall back to storage).
+fn write_rescore(file: Option<&RescoreFile>, name: &str, points: &[(u32, &[f32])]) {
+    if let Some(f) = file
+        && let Err(e) = f.write_new(points)
+    {
+        tracing::warn!(collection = name, error = %e, "cannot write the rescoring file");
+    }
+}
+
 /// Inserts points, falling back to one at a time so that one vector the index rejects cannot
 /// lose the rest: a point the index refuses as invalid (it would refuse it on every rebuild
 /// too) is skipped with a warning. Any other failure (out of memory, a broken invariant) is
@@ -217,11 +247,13 @@ impl Collection {
         // A leftover from an earlier collection with this id cannot exist (ids are not
         // reused), but never load a stale dump into a fresh collection.
         let _ = std::fs::remove_dir_all(&dir);
+        let rescore = open_rescore(&dir, config, index.params());
         Self::assemble(
             config,
             index,
             Payload::default(),
             lexical,
+            rescore,
             dir,
             OpenReport::default(),
             0,
@@ -234,6 +266,7 @@ impl Collection {
         index: Index,
         payload: Payload,
         lexical: Lexical,
+        rescore: Option<RescoreFile>,
         dir: PathBuf,
         opened: OpenReport,
         persisted_seq: u64,
@@ -247,6 +280,7 @@ impl Collection {
             broken: RwLock::new(None),
             payload: RwLock::new(payload),
             lexical,
+            rescore,
             writer: Mutex::new(WriterState {
                 dropped: false,
                 persisted_seq,
@@ -364,6 +398,7 @@ impl Collection {
         };
         let params = params_of(&spec.index)?;
         let lexical_settings = LexicalSettings::from_json(&spec.lexical)?;
+        let rescore = open_rescore(&dir, config, params);
 
         let mut rebuild_points: Vec<(u32, Vec<f32>)> = Vec::new();
         let (payload, mut text_points) = match scanned {
@@ -402,7 +437,7 @@ impl Collection {
             // A dump that passed the load checks but breaks the graph code must not take the
             // collection down: a panic while replaying means rebuild, like any bad dump.
             let caught_up = catch_unwind(AssertUnwindSafe(|| {
-                replay(storage, &index, name, &changes)?;
+                replay(storage, &index, rescore.as_ref(), name, &changes)?;
                 Ok::<bool, Error>(
                     index.len() == payload.len()
                         && payload.all_points().iter().all(|&p| index.contains(p)),
@@ -417,7 +452,7 @@ impl Collection {
                     };
                     tracing::debug!(collection = name, seq, replayed, "index loaded from dump");
                     return Ok(Self::assemble(
-                        config, index, payload, lexical, dir, opened, seq,
+                        config, index, payload, lexical, rescore, dir, opened, seq,
                     ));
                 }
                 Ok(Ok(false)) => tracing::warn!(
@@ -441,6 +476,10 @@ impl Collection {
         }
 
         let started = Instant::now();
+        for chunk in rebuild_points.chunks(BATCH) {
+            let refs: Vec<(u32, &[f32])> = chunk.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+            write_rescore(rescore.as_ref(), name, &refs);
+        }
         let index = build_index(spec.metric, spec.dimension, params, name, &rebuild_points)?;
         if !rebuild_points.is_empty() {
             tracing::warn!(
@@ -456,7 +495,7 @@ impl Collection {
             rebuilt: true,
         };
         Ok(Self::assemble(
-            config, index, payload, lexical, dir, opened, 0,
+            config, index, payload, lexical, rescore, dir, opened, 0,
         ))
     }
 
@@ -481,6 +520,12 @@ impl Collection {
             inserted = inserted.len()
         )
         .entered();
+        if self.rescore.is_some() && !inserted.is_empty() {
+            // Committed vectors, of points no search reaches before the index has them.
+            let refs: Vec<(u32, &[f32])> =
+                inserted.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+            write_rescore(self.rescore.as_ref(), &self.name, &refs);
+        }
         {
             let mut payload = self.payload.write();
             for &p in removed {
@@ -732,6 +777,7 @@ impl Collection {
             vector_bytes: index.vector_bytes(),
             index_bytes: index.memory_bytes(),
             payload_bytes: self.payload.read().heap_bytes(),
+            rescore_file_bytes: self.rescore.as_ref().map_or(0, RescoreFile::len_bytes),
             lexical: self.lexical.stats(),
             lexical_opened: self.lexical.opened(),
         }
@@ -806,10 +852,17 @@ fn build_index(
 
 /// Replays change-log entries onto a loaded index: inserts it does not know yet (their
 /// vectors read from storage; points gone since are skipped), then removes (idempotent).
-fn replay(storage: &Storage, index: &Index, name: &str, changes: &[Change]) -> Result<()> {
+fn replay(
+    storage: &Storage,
+    index: &Index,
+    rescore: Option<&RescoreFile>,
+    name: &str,
+    changes: &[Change],
+) -> Result<()> {
     let mut pending: Vec<(u32, Vec<f32>)> = Vec::new();
     let flush = |pending: &mut Vec<(u32, Vec<f32>)>| {
         let refs: Vec<(u32, &[f32])> = pending.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+        write_rescore(rescore, name, &refs);
         let res = insert_points(index, name, &refs);
         pending.clear();
         res.map_err(|e| Error::Internal(format!("replaying the change log: {e}")))

@@ -34,6 +34,7 @@ mod lexical;
 mod options;
 mod payload;
 mod recovery;
+mod rescore_file;
 mod search;
 pub mod tune;
 mod value_pool;

@@ -561,8 +561,21 @@ pub(crate) fn run(
     if index.params().quantization == Quantization::None {
         return plan_dense(index, payload, q, k, ef, exact, filter);
     }
+    // The rescoring file first; storage for a slot it cannot vouch for, which is then
+    // repaired (see `RescoreFile`).
     let fetch = |p: u32, buf: &mut Vec<f32>| -> Result<bool> {
-        Ok(storage.point_vector(&coll.name, p, buf)?)
+        let Some(file) = &coll.rescore else {
+            return Ok(storage.point_vector(&coll.name, p, buf)?);
+        };
+        if file.read(p, buf) {
+            return Ok(true);
+        }
+        let start = buf.len();
+        let found = storage.point_vector(&coll.name, p, buf)?;
+        if found {
+            file.repair(p, &buf[start..]);
+        }
+        Ok(found)
     };
     if exact {
         // Every matching live point, scored with its stored vector.

@@ -1,5 +1,6 @@
 //! Int8-quantized collections through the facade: searches walk the graph on codes and
-//! rescore `k * oversampling` candidates with the vectors read from storage, so recall matches
+//! rescore `k * oversampling` candidates with their original vectors (from the rescoring file,
+//! storage where the file cannot vouch for a slot, even when damaged), so recall matches
 //! an f32 collection and scores are exact; `exact` requests stay exact; filters, deletes and
 //! replaces; the quantized dump across a clean close and the change log across a crash; bad
 //! settings refused before anything is stored.
@@ -568,4 +569,95 @@ fn quantized_collection_recovers_after_a_crash() {
         assert_eq!(hits[0].id, format!("t{i}"));
         assert_eq!(hits[0].score, 0.0);
     }
+}
+
+/// The rescoring file (the original vectors of an int8 collection, read through a map) is a
+/// cache: whatever happens to it between two opens (bits flipped, cut mid-slot, replaced by
+/// garbage, removed), searches give the same hits with exact scores, reading storage for what
+/// the file cannot vouch for and repairing it as they go.
+#[test]
+fn a_damaged_or_missing_rescoring_file_changes_no_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, queries) = data(17);
+    let queries = &queries[..20 * DIM];
+    let before = {
+        let db = open_buffered(dir.path());
+        write_l2(&db, &base);
+        let stats = db.index_stats("c").unwrap();
+        assert!(stats.quantized, "{stats:?}");
+        // 4,000 point ids were given (2,000 rows, then 400 replaced): a slot each, 8 + 4 * DIM
+        // bytes, after a 64-byte header.
+        assert!(
+            stats.rescore_file_bytes >= 64 + 2_400 * (8 + 4 * DIM as u64),
+            "{stats:?}"
+        );
+        results(&db, "c", queries)
+    };
+    let index_dir = dir.path().join(latentdb::INDEX_DIR);
+    let cid_dir = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let file = cid_dir.join("rescore-vectors.bin");
+    let pristine = std::fs::read(&file).unwrap();
+    let slot = 8 + 4 * DIM;
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damages: Vec<(&str, Damage)> = vec![
+        (
+            "a bit flipped in every tenth slot",
+            Box::new(move |b: &mut Vec<u8>| {
+                let mut at = 64 + 8 + 3;
+                while at < b.len() {
+                    b[at] ^= 0x04;
+                    at += 10 * slot;
+                }
+            }),
+        ),
+        (
+            "cut in the middle of a slot",
+            Box::new(move |b: &mut Vec<u8>| b.truncate(64 + 700 * slot + slot / 2)),
+        ),
+        (
+            "garbage after the header",
+            Box::new(|b: &mut Vec<u8>| {
+                for (i, x) in b.iter_mut().enumerate().skip(64) {
+                    *x = (i * 131 % 251) as u8;
+                }
+            }),
+        ),
+        ("a wrong header", Box::new(|b: &mut Vec<u8>| b[12] ^= 1)),
+    ];
+    // Slots whose bytes are the pristine file's.
+    let intact = |bytes: &[u8]| {
+        (0..(pristine.len() - 64) / slot)
+            .filter(|i| {
+                let r = 64 + i * slot..64 + (i + 1) * slot;
+                bytes.get(r.clone()) == Some(&pristine[r])
+            })
+            .count()
+    };
+    for (what, damage) in &damages {
+        let mut bytes = pristine.clone();
+        damage(&mut bytes);
+        std::fs::write(&file, &bytes).unwrap();
+        let db = open_buffered(dir.path());
+        assert_eq!(results(&db, "c", queries), before, "{what}");
+        check_l2_state(&db, &base, queries);
+        drop(db);
+        if bytes[..64] == pristine[..64] {
+            let (was, now) = (intact(&bytes), intact(&std::fs::read(&file).unwrap()));
+            assert!(
+                now > was,
+                "{what}: {was} intact slots before the searches, {now} after"
+            );
+        }
+        // The searches repaired the slots they needed: a second open reads them back.
+        let db = open_buffered(dir.path());
+        assert_eq!(results(&db, "c", queries), before, "{what}, repaired");
+    }
+    std::fs::remove_file(&file).unwrap();
+    let db = open_buffered(dir.path());
+    assert_eq!(results(&db, "c", queries), before, "removed");
+    assert!(db.index_stats("c").unwrap().rescore_file_bytes > 64);
 }
