@@ -263,6 +263,26 @@ impl RescoreFile {
         }
     }
 
+    /// Touches every cache line of the slots of `points` (one load each, results unused), so
+    /// that their memory loads all at once instead of one slot after another as
+    /// [`read`](Self::read) gets to them: a search reads its candidates' slots in a row.
+    pub(crate) fn warm(&self, points: impl Iterator<Item = u32>) {
+        let st = self.state.read();
+        let Some(map) = &st.map else { return };
+        let mut sum = 0u8;
+        for p in points {
+            let Ok(off) = usize::try_from(self.offset(p)) else {
+                continue;
+            };
+            if let Some(slot) = map.get(off..off + self.slot) {
+                for line in slot.iter().step_by(64) {
+                    sum ^= *line;
+                }
+            }
+        }
+        std::hint::black_box(sum);
+    }
+
     /// [`read`](Self::read) with `pread` instead of the map: the fallback when the file cannot
     /// be mapped, and the tests' oracle for the mapped path.
     fn read_unmapped(&self, point: u32, off: u64, out: &mut Vec<f32>) -> bool {

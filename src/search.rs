@@ -592,6 +592,9 @@ pub(crate) fn run(
     let n = index.candidates_for(k).clamp(k, MAX_EF);
     let ef = ef.map(|ef| ef.max(n).min(MAX_EF));
     let hits = plan_dense(index, payload, q, n, ef, false, filter)?;
+    if let Some(file) = &coll.rescore {
+        file.warm(hits.iter().map(|h| h.id));
+    }
     index.rescore(q, &hits, k, fetch)
 }
 

@@ -25,6 +25,7 @@ use crate::metric::MetricExt;
 use crate::params::{IndexParams, Quantization};
 use crate::quant::{CALIBRATION_POINTS, Quantizer};
 use crate::synth::mix64;
+use crate::visited::Visited;
 use latentdb_types::Metric;
 
 /// Highest layer a node may get (layers 0..=MAX_LEVEL).
@@ -229,7 +230,18 @@ impl Nodes {
         }
     }
 
-    /// Starts loading the first cache line of `slot`'s vector or codes.
+    /// Starts loading the layer-0 neighbour list of `slot` (a hint: see [`prefetch`]).
+    #[inline(always)]
+    fn prefetch_links(&self, slot: u32) {
+        let start = slot as usize * (self.m0 + 1);
+        if let Some(links) = self.links0.get(start..start + self.m0 + 1) {
+            for line in links.chunks(16) {
+                prefetch(line.as_ptr());
+            }
+        }
+    }
+
+    /// Starts loading `slot`'s vector (its first cache line) or codes (all of them).
     #[inline(always)]
     fn prefetch(&self, slot: u32) {
         let start = slot as usize * self.dim;
@@ -402,8 +414,7 @@ pub(crate) enum View<'a> {
 /// Per-search scratch memory, pooled so that a query allocates nothing once warm.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    visited: Vec<u32>,
-    epoch: u32,
+    visited: Visited,
     candidates: BinaryHeap<Reverse<Cand>>,
     results: BinaryHeap<Cand>,
     nbuf: Vec<u32>,
@@ -417,14 +428,7 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     fn reset(&mut self, n: usize) {
-        if self.visited.len() < n {
-            self.visited.resize(n.next_power_of_two(), 0);
-        }
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            self.visited.fill(0);
-            self.epoch = 1;
-        }
+        self.visited.next(n);
         self.candidates.clear();
         self.results.clear();
     }
@@ -432,13 +436,7 @@ impl Scratch {
     /// Marks `slot` visited; returns false when it already was.
     #[inline]
     fn visit(&mut self, slot: u32) -> bool {
-        let v = &mut self.visited[slot as usize];
-        if *v == self.epoch {
-            false
-        } else {
-            *v = self.epoch;
-            true
-        }
+        self.visited.insert(slot as usize)
     }
 }
 
@@ -649,6 +647,13 @@ impl Graph {
                 }
                 fresh
             });
+            // The best candidate left is most often the next one expanded: its neighbour list
+            // loads while these distances are computed.
+            if layer == 0
+                && let Some(Reverse(next)) = scratch.candidates.peek()
+            {
+                nodes.prefetch_links(next.slot);
+            }
             for &n in &nbuf {
                 let d = self.dist(nodes, q, n);
                 if scratch.results.len() < ef || d < bound {

@@ -28,6 +28,7 @@ mod persist;
 mod quant;
 pub mod synth;
 mod value_set;
+mod visited;
 
 pub use error::{Error, Result};
 pub use filter::{Condition, Filter, ValueSet};

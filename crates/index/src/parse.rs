@@ -31,6 +31,7 @@ use crate::graph::{Entry, MAX_LEVEL, Nodes};
 use crate::params::Quantization;
 use crate::persist::{MAGIC, Manifest, corrupt};
 use crate::quant::{CODE_MAX, Quantizer};
+use crate::visited::Visited;
 
 /// The contents of a dump's vectors file, as read.
 pub(crate) enum Vectors {
@@ -57,45 +58,13 @@ pub(crate) struct Loaded {
     pub(crate) deleted: usize,
 }
 
-/// Marks which slots a link list names, to find repeats in time linear in the list.
-struct Seen {
-    stamp: Vec<u32>,
-    epoch: u32,
-}
-
-impl Seen {
-    fn new(n: usize) -> Result<Self> {
-        let mut stamp = Vec::new();
-        stamp.try_reserve_exact(n).map_err(|_| {
-            Error::ResourceExhausted(format!("cannot reserve memory to check {n} points"))
-        })?;
-        stamp.resize(n, 0);
-        Ok(Self { stamp, epoch: 0 })
-    }
-
-    fn next_list(&mut self) {
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            self.stamp.fill(0);
-            self.epoch = 1;
-        }
-    }
-
-    /// False when `slot` was already named in the current list.
-    fn first(&mut self, slot: usize) -> bool {
-        let fresh = self.stamp[slot] != self.epoch;
-        self.stamp[slot] = self.epoch;
-        fresh
-    }
-}
-
 /// Checks one link list (`[count, targets..]`, `stride` words) of `slot` on `layer`.
 fn check_list(
     list: &[u32],
     slot: usize,
     layer: usize,
     levels: &[u8],
-    seen: &mut Seen,
+    seen: &mut Visited,
 ) -> Result<(), String> {
     let max = list.len() - 1;
     let count = list[0] as usize;
@@ -104,7 +73,7 @@ fn check_list(
             "node {slot} has {count} links on layer {layer}, at most {max} allowed"
         ));
     }
-    seen.next_list();
+    seen.next(0);
     for &t in &list[1..=count] {
         let t = t as usize;
         if t >= levels.len() {
@@ -121,7 +90,7 @@ fn check_list(
                 levels[t]
             ));
         }
-        if !seen.first(t) {
+        if !seen.insert(t) {
             return Err(format!("node {slot} links to {t} twice on layer {layer}"));
         }
     }
@@ -259,7 +228,9 @@ pub(crate) fn parse_dump(
         )));
     }
 
-    let mut seen = Seen::new(n)?;
+    let mut seen = Visited::try_with_len(n).map_err(|_| {
+        Error::ResourceExhausted(format!("cannot reserve memory to check {n} points"))
+    })?;
     // Each list is decoded into one small buffer, checked, then appended (`links0` has room
     // for all of them: no copy of the whole layer is held).
     let mut list = Vec::with_capacity(m0.max(mm) + 1);

@@ -271,6 +271,7 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         "f32_vector_bytes": f32_bytes,
         "index_bytes": stats.index_bytes,
         "payload_bytes": stats.payload_bytes,
+        "rescore_file_bytes": stats.rescore_file_bytes,
         "metadata": a.metadata,
         "peak_rss_bytes": peak_rss(),
         "rss_bytes": rss(),

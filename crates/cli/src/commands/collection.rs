@@ -89,9 +89,14 @@ pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Resu
                 v["vector_bytes"] = json!(stats.vector_bytes);
                 v["index_bytes"] = json!(stats.index_bytes);
                 v["payload_bytes"] = json!(stats.payload_bytes);
+                v["rescore_file_bytes"] = json!(stats.rescore_file_bytes);
                 text.push_str(&format!(
-                    "\tquantized={}\tvector_bytes={}\tindex_bytes={}\tpayload_bytes={}",
-                    stats.quantized, stats.vector_bytes, stats.index_bytes, stats.payload_bytes
+                    "\tquantized={}\tvector_bytes={}\tindex_bytes={}\tpayload_bytes={}\trescore_file_bytes={}",
+                    stats.quantized,
+                    stats.vector_bytes,
+                    stats.index_bytes,
+                    stats.payload_bytes,
+                    stats.rescore_file_bytes
                 ));
             }
             out.either(&v, || text)?;

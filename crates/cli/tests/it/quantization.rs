@@ -83,6 +83,12 @@ fn collection_create_takes_index_settings_and_info_shows_them() {
         "{}",
         info[0]
     );
+    // The rescoring file: a 64-byte header and a slot of 8 + 4 * 16 bytes per point.
+    assert!(
+        info[0]["rescore_file_bytes"].as_u64().unwrap() >= 64 + 1_100 * 72,
+        "{}",
+        info[0]
+    );
     // Searches answer with exact scores: a stored vector finds itself at similarity 1.
     let q = format!(
         "{:?}",
