@@ -701,6 +701,15 @@ impl Collection {
         storage.flush()?;
         let seq = storage.last_seq(&self.name)?;
         let start = std::time::Instant::now();
+        if let Some(f) = &self.rescore {
+            // Before the dump: the points it holds are not replayed at the next open.
+            f.sync().map_err(|e| {
+                Error::Internal(format!(
+                    "syncing the rescoring file of {:?}: {e}",
+                    bounded(&self.name)
+                ))
+            })?;
+        }
         index.persist(&self.dir, seq)?;
         // The change log is trimmed only once both dumps reflect `seq`.
         self.lexical.persist(seq)?;

@@ -17,7 +17,9 @@
 //!   bytes that are being written.
 //! - A slot is written only with a vector storage has committed (after the write's commit, or
 //!   read back from storage), so a slot can never hold a vector whose point id was later
-//!   given to another document.
+//!   given to another document. And the file is synced before every index dump: a point the
+//!   dump holds (so not replayed at open) has its slot on disk, or none that passes the checks;
+//!   a point after the dump is replayed at open, which writes its slot again.
 //!
 //! ```text
 //! offset 0     "LDBRSCR1", u32 LE format version (1), u32 LE dim, u64 LE collection id,
@@ -103,6 +105,13 @@ impl RescoreFile {
         };
         f.remap(&mut f.state.write())?;
         Ok(f)
+    }
+
+    /// Makes every slot written so far durable. Called before the index dump is written: a
+    /// point the dump holds is never replayed at open, so its slot must not be lost by a power
+    /// failure that keeps the dump (see `Collection::persist`).
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     /// The file's length in bytes (slots never written take no disk space).
