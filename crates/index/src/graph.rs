@@ -241,7 +241,8 @@ impl Nodes {
         }
     }
 
-    /// Starts loading `slot`'s vector (its first cache line) or codes (all of them).
+    /// Starts loading `slot`'s vector (all of a short one, the first line of a long one) or
+    /// codes (all of them).
     #[inline(always)]
     fn prefetch(&self, slot: u32) {
         let start = slot as usize * self.dim;
@@ -252,7 +253,16 @@ impl Nodes {
                 prefetch(line.as_ptr());
             }
         } else {
-            prefetch(self.vectors[start..].as_ptr());
+            // All lines of a short vector (50-d: four; A/B on 50k real 50-d vectors, one
+            // thread: +23-45% QPS at ef 16-32), the first line of a long one (prefetching six
+            // or all 24 lines of a 384-d vector measured slower).
+            if self.dim <= 96 {
+                for line in self.vectors[start..start + self.dim].chunks(16) {
+                    prefetch(line.as_ptr());
+                }
+            } else {
+                prefetch(self.vectors[start..].as_ptr());
+            }
         }
     }
 
