@@ -20,6 +20,9 @@
 //!   given to another document. And the file is synced before every index dump: a point the
 //!   dump holds (so not replayed at open) has its slot on disk, or none that passes the checks;
 //!   a point after the dump is replayed at open, which writes its slot again.
+//! - A write that fails may leave a slot with an older vector for a reused point id (a
+//!   commit lost with `Durability::Async`): the file is then unused until the next index dump
+//!   empties it (back to its header), before that dump is written.
 //!
 //! ```text
 //! offset 0     "LDBRSCR1", u32 LE format version (1), u32 LE dim, u64 LE collection id,
@@ -67,6 +70,9 @@ pub(crate) struct RescoreFile {
 struct Mapped {
     map: Option<memmap2::Mmap>,
     len: u64,
+    /// A write failed: a slot may have kept an older vector than the one that failed to go
+    /// in. Until [`RescoreFile::sync`] empties the file, nothing is read or written.
+    broken: bool,
 }
 
 impl RescoreFile {
@@ -101,7 +107,11 @@ impl RescoreFile {
             cid,
             dim,
             slot: 8 + 4 * dim,
-            state: RwLock::new(Mapped { map: None, len: 0 }),
+            state: RwLock::new(Mapped {
+                map: None,
+                len: 0,
+                broken: false,
+            }),
         };
         f.remap(&mut f.state.write())?;
         Ok(f)
@@ -110,8 +120,28 @@ impl RescoreFile {
     /// Makes every slot written so far durable. Called before the index dump is written: a
     /// point the dump holds is never replayed at open, so its slot must not be lost by a power
     /// failure that keeps the dump (see `Collection::persist`).
+    ///
+    /// After a failed write, this is where the file is emptied (back to its header) and synced,
+    /// so that no slot that missed its update can be trusted later (by this process or, after
+    /// the dump, by the next open); an error here fails the dump.
     pub(crate) fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        if !self.state.read().broken {
+            return self.file.sync_data();
+        }
+        let mut st = self.state.write();
+        st.map = None;
+        self.file.set_len(HEADER as u64)?;
+        self.file.sync_data()?;
+        self.remap(&mut st)?;
+        st.broken = false;
+        tracing::info!(path = %self.path.display(), "rescoring file emptied after a failed write; searches refill it");
+        Ok(())
+    }
+
+    /// Records a failed write (see [`Mapped::broken`]).
+    fn mark_broken(&self, e: &std::io::Error) {
+        tracing::warn!(path = %self.path.display(), error = %e, "a write to the rescoring file failed; searches read storage until the next index dump empties the file");
+        self.state.write().broken = true;
     }
 
     /// The file's length in bytes (slots never written take no disk space).
@@ -205,9 +235,20 @@ impl RescoreFile {
     /// the index afterwards, or the collection is still opening), their vectors as storage
     /// committed them. Runs of consecutive point ids go out in one write each.
     pub(crate) fn write_new(&self, points: &[(u32, &[f32])]) -> std::io::Result<()> {
+        let res = self.try_write_new(points);
+        if let Err(e) = &res {
+            self.mark_broken(e);
+        }
+        res
+    }
+
+    fn try_write_new(&self, points: &[(u32, &[f32])]) -> std::io::Result<()> {
         let Some(last) = points.iter().map(|p| p.0).max() else {
             return Ok(());
         };
+        if self.state.read().broken {
+            return Ok(()); // emptied at the next sync; these slots are repaired after
+        }
         self.ensure_len(last)?;
         let mut run: Vec<u8> = Vec::new();
         let mut slot = Vec::with_capacity(self.slot);
@@ -239,7 +280,8 @@ impl RescoreFile {
     }
 
     /// Rewrites the slot of `point`, which a search may be reading: under the exclusive lock.
-    /// Best effort (a failure is logged; reads keep falling back to storage).
+    /// Best effort: a failure is logged and the file is then unused until the next
+    /// [`sync`](Self::sync) empties it.
     pub(crate) fn repair(&self, point: u32, vector: &[f32]) {
         if vector.len() != self.dim {
             return;
@@ -247,11 +289,14 @@ impl RescoreFile {
         let res = self.ensure_len(point).and_then(|()| {
             let mut slot = Vec::with_capacity(self.slot);
             self.encode(point, vector, &mut slot);
-            let _st = self.state.write();
+            let st = self.state.write();
+            if st.broken {
+                return Ok(());
+            }
             self.file.write_all_at(&slot, self.offset(point))
         });
         if let Err(e) = res {
-            tracing::warn!(path = %self.path.display(), point, error = %e, "cannot repair a slot of the rescoring file");
+            self.mark_broken(&e);
         }
     }
 
@@ -260,7 +305,7 @@ impl RescoreFile {
     pub(crate) fn read(&self, point: u32, out: &mut Vec<f32>) -> bool {
         let st = self.state.read();
         let off = self.offset(point);
-        if off + self.slot as u64 > st.len {
+        if st.broken || off + self.slot as u64 > st.len {
             return false;
         }
         match &st.map {
@@ -399,6 +444,28 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let f = RescoreFile::open(dir.path(), 9, DIM + 1).unwrap();
         assert!(!f.read(0, &mut Vec::new()));
+    }
+
+    /// After a failed write nothing is read or written until `sync` empties the file; then
+    /// it fills again.
+    #[test]
+    fn a_failed_write_disables_the_file_until_sync_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RescoreFile::open(dir.path(), 1, DIM).unwrap();
+        f.write_new(&[(0, &v(0)), (1, &v(1))]).unwrap();
+        f.mark_broken(&std::io::Error::other("injected"));
+        assert_eq!(read_both(&f, 0).0, None);
+        f.write_new(&[(2, &v(2))]).unwrap();
+        f.repair(3, &v(3));
+        assert_eq!((read_both(&f, 2).0, read_both(&f, 3).0), (None, None));
+        f.sync().unwrap();
+        assert_eq!(f.len_bytes(), HEADER as u64);
+        assert_eq!(read_both(&f, 1), (None, None));
+        f.write_new(&[(4, &v(4))]).unwrap();
+        f.repair(1, &v(1));
+        assert_eq!(read_both(&f, 4).0, Some(v(4)));
+        assert_eq!(read_both(&f, 1).0, Some(v(1)));
+        assert_eq!(read_both(&f, 0).0, None);
     }
 
     #[test]
