@@ -32,8 +32,9 @@
 //! ```
 //!
 //! A file whose header does not match the collection (another dimension, another collection
-//! id, another version, too short) is emptied and started again. The file only grows; points
-//! removed keep their slots until the collection is dropped.
+//! id, another version, too short) is emptied and started again. Otherwise the file only grows
+//! (save the emptying after a failed write); points removed keep their slots until the
+//! collection is dropped.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -159,11 +160,13 @@ impl RescoreFile {
         st.map = None;
         // SAFETY: the file belongs to an open database, which holds the directory's exclusive
         // lock: no other latentdb process writes it, and nothing outside latentdb is meant to
-        // (docs/FORMAT.md). This process never shrinks it while mapped (growth only, under the
-        // exclusive lock, with a new map after), and never writes bytes that a read may be
-        // copying: new slots are written before any search can reach their points, and
-        // repairs take the exclusive lock (see the module docs). Should another program modify
-        // the file anyway, a read copies torn bytes, which the slot checksum rejects.
+        // (docs/FORMAT.md). This process changes its length only under the exclusive lock:
+        // growth with a new map after, the one shrink (emptying it in `sync`) with the map
+        // dropped first. It never writes bytes that a read may be copying: new slots are
+        // written before any search can reach their points, and repairs take the exclusive
+        // lock (see the module docs). Should another program modify the file anyway, a read
+        // copies torn bytes, which the slot checksum rejects (truncating it under a running
+        // database would fault the process, as for any mapped file).
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&self.file) };
         match map {
