@@ -196,21 +196,26 @@ fn open_rescore(dir: &Path, config: &CollectionConfig, params: IndexParams) -> O
         .ok()
 }
 
-/// Writes the slots of points about to enter the index (best effort: a failure is logged and
-/// their reads fall back to storage).
-fn write_rescore(file: Option<&RescoreFile>, name: &str, points: &[(u32, &[f32])]) {
-    if let Some(f) = file
-        && let Err(e) = f.write_new(points)
-    {
-        tracing::warn!(collection = name, error = %e, "cannot write the rescoring file");
-    }
-}
-
 /// Inserts points, falling back to one at a time so that one vector the index rejects cannot
 /// lose the rest: a point the index refuses as invalid (it would refuse it on every rebuild
 /// too) is skipped with a warning. Any other failure (out of memory, a broken invariant) is
 /// returned: the index no longer holds what storage holds.
-fn insert_points(index: &Index, name: &str, points: &[(u32, &[f32])]) -> Result<(), String> {
+///
+/// With `rescore`, the points' slots in the rescoring file are written first, before any
+/// search can reach the points (pass `None` where searches may already read those slots).
+fn insert_points(
+    index: &Index,
+    rescore: Option<&RescoreFile>,
+    name: &str,
+    points: &[(u32, &[f32])],
+) -> Result<(), String> {
+    // Best effort: a failure is logged (and disables the file until the next dump); reads of
+    // these points fall back to storage.
+    if let Some(f) = rescore
+        && let Err(e) = f.write_new(points)
+    {
+        tracing::warn!(collection = name, error = %e, "cannot write the rescoring file");
+    }
     let Err(e) = index.insert_batch(points) else {
         return Ok(());
     };
@@ -476,11 +481,14 @@ impl Collection {
         }
 
         let started = Instant::now();
-        for chunk in rebuild_points.chunks(BATCH) {
-            let refs: Vec<(u32, &[f32])> = chunk.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-            write_rescore(rescore.as_ref(), name, &refs);
-        }
-        let index = build_index(spec.metric, spec.dimension, params, name, &rebuild_points)?;
+        let index = build_index(
+            spec.metric,
+            spec.dimension,
+            params,
+            name,
+            &rebuild_points,
+            rescore.as_ref(),
+        )?;
         if !rebuild_points.is_empty() {
             tracing::warn!(
                 collection = name,
@@ -520,12 +528,6 @@ impl Collection {
             inserted = inserted.len()
         )
         .entered();
-        if self.rescore.is_some() && !inserted.is_empty() {
-            // Committed vectors, of points no search reaches before the index has them.
-            let refs: Vec<(u32, &[f32])> =
-                inserted.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-            write_rescore(self.rescore.as_ref(), &self.name, &refs);
-        }
         {
             let mut payload = self.payload.write();
             for &p in removed {
@@ -560,7 +562,8 @@ impl Collection {
             self.injected_panic();
             let refs: Vec<(u32, &[f32])> =
                 inserted.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-            insert_points(&index, &self.name, &refs)
+            // Committed vectors, of points no search reaches before the index has them.
+            insert_points(&index, self.rescore.as_ref(), &self.name, &refs)
         }));
         let why = match outcome {
             Ok(Ok(())) => return,
@@ -623,7 +626,16 @@ impl Collection {
                 Ok(())
             })?;
             self.injected_panic();
-            let index = build_index(self.metric, self.dim, old.params(), &self.name, &points)?;
+            // No slots written: searches on the old index may be reading them (they are
+            // repaired as read).
+            let index = build_index(
+                self.metric,
+                self.dim,
+                old.params(),
+                &self.name,
+                &points,
+                None,
+            )?;
             Ok::<_, Error>((index, points.len()))
         }))
         .unwrap_or_else(|panic| {
@@ -831,19 +843,20 @@ fn scan_vectors(storage: &Storage, name: &str) -> Result<Vec<(u32, Vec<f32>)>> {
 }
 
 /// A new index holding `points`, built with panics caught: [`Error::Internal`] when the
-/// index cannot hold what storage holds.
+/// index cannot hold what storage holds. `rescore`: see [`insert_points`].
 fn build_index(
     metric: Metric,
     dim: usize,
     params: IndexParams,
     name: &str,
     points: &[(u32, Vec<f32>)],
+    rescore: Option<&RescoreFile>,
 ) -> Result<Index> {
     let index = new_index(metric, dim, params)?;
     let built = catch_unwind(AssertUnwindSafe(|| {
         for chunk in points.chunks(BATCH) {
             let refs: Vec<(u32, &[f32])> = chunk.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-            insert_points(&index, name, &refs)?;
+            insert_points(&index, rescore, name, &refs)?;
         }
         Ok::<(), String>(())
     }));
@@ -871,8 +884,7 @@ fn replay(
     let mut pending: Vec<(u32, Vec<f32>)> = Vec::new();
     let flush = |pending: &mut Vec<(u32, Vec<f32>)>| {
         let refs: Vec<(u32, &[f32])> = pending.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-        write_rescore(rescore, name, &refs);
-        let res = insert_points(index, name, &refs);
+        let res = insert_points(index, rescore, name, &refs);
         pending.clear();
         res.map_err(|e| Error::Internal(format!("replaying the change log: {e}")))
     };
