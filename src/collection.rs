@@ -209,13 +209,7 @@ fn insert_points(
     name: &str,
     points: &[(u32, &[f32])],
 ) -> Result<(), String> {
-    // Best effort: a failure is logged (and disables the file until the next dump); reads of
-    // these points fall back to storage.
-    if let Some(f) = rescore
-        && let Err(e) = f.write_new(points)
-    {
-        tracing::warn!(collection = name, error = %e, "cannot write the rescoring file");
-    }
+    write_slots(rescore, name, points);
     let Err(e) = index.insert_batch(points) else {
         return Ok(());
     };
@@ -233,6 +227,29 @@ fn insert_points(
         }
     }
     Ok(())
+}
+
+/// Writes committed points' slots in the rescoring file, if any, before searches can return
+/// the points. Best effort: a failure is logged (and disables the file until the next dump);
+/// reads of these points fall back to storage.
+fn write_slots(rescore: Option<&RescoreFile>, name: &str, points: &[(u32, &[f32])]) {
+    if let Some(f) = rescore
+        && let Err(e) = f.write_new(points)
+    {
+        tracing::warn!(collection = name, error = %e, "cannot write the rescoring file");
+    }
+}
+
+/// What [`Collection::stage`] did with a write's new points while storage committed them.
+#[derive(Debug)]
+pub enum Staged {
+    /// Linked into the index, hidden until [`Collection::apply`] publishes them.
+    Linked(latentdb_index::StagedBatch),
+    /// Not linked (nothing to link, an unusable index, or points the index refuses): `apply`
+    /// inserts them as usual.
+    Deferred,
+    /// Linking failed or panicked: the index no longer matches storage.
+    Failed(String),
 }
 
 /// An insert failure that concerns the points themselves (an invalid vector, a point already
@@ -507,6 +524,47 @@ impl Collection {
         ))
     }
 
+    /// Links a write's new points into the index, hidden, while storage commits them (called
+    /// by [`Storage::upsert_overlapped`] with the writer held); [`Collection::apply`] reveals
+    /// them once the commit succeeded. Never fails: a failure is returned as
+    /// [`Staged::Failed`] and handled by `apply` like a failed insert (the index is rebuilt from
+    /// storage); when the commit fails instead, the caller calls [`Collection::abandon`].
+    pub fn stage(&self, inserted: &[(u32, Vec<f32>)]) -> Staged {
+        if inserted.is_empty() || self.broken.read().is_some() {
+            return Staged::Deferred;
+        }
+        let index = self.current();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.injected_panic();
+            let refs: Vec<(u32, &[f32])> =
+                inserted.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+            index.stage_batch(&refs)
+        }));
+        match outcome {
+            Ok(Ok(batch)) => Staged::Linked(batch),
+            // Nothing was added: `apply` inserts the points one by one, skipping those the
+            // index refuses.
+            Ok(Err(e)) if skippable(&e) => Staged::Deferred,
+            Ok(Err(e)) => Staged::Failed(format!("an index update failed: {e}")),
+            Err(panic) => Staged::Failed(format!(
+                "an index update panicked: {}",
+                panic_message(panic.as_ref())
+            )),
+        }
+    }
+
+    /// After a commit that failed once [`Collection::stage`] had run: the index may hold
+    /// hidden points that storage does not, under point ids the next write gives again, so it
+    /// is rebuilt from storage (which holds nothing of the failed batch).
+    pub fn abandon(&self, staged: Staged, storage: &Storage, w: &mut WriterState) {
+        if matches!(staged, Staged::Deferred) {
+            return;
+        }
+        tracing::error!(collection = %self.name, "a write failed after its points were linked; rebuilding the index from storage");
+        *self.broken.write() = Some("a write failed after its points were linked".to_string());
+        self.maintain(storage, w, 0);
+    }
+
     /// Applies a storage write to the payload, the lexical index and the vector index (the
     /// caller holds the writer). `texts` are the inserted documents' texts, in `inserted`'s
     /// order (empty for a delete).
@@ -515,12 +573,16 @@ impl Collection {
     /// take it (an error other than an invalid point, or a panic while linking) the index is
     /// marked unusable and [`Collection::maintain`], which every writer calls next under the
     /// same lock, rebuilds it from storage before the write is acknowledged.
+    ///
+    /// `staged`: what [`Collection::stage`] did with `inserted` while storage committed them
+    /// (`None`: nothing, they are inserted here).
     pub fn apply(
         &self,
         removed: &[u32],
         inserted: &[(u32, Vec<f32>)],
         docs: Vec<(String, Map<String, Value>)>,
         texts: &[Option<String>],
+        staged: Option<Staged>,
     ) {
         let _span = tracing::debug_span!(
             "index.update",
@@ -559,11 +621,27 @@ impl Collection {
             if inserted.is_empty() {
                 return Ok(());
             }
-            self.injected_panic();
             let refs: Vec<(u32, &[f32])> =
                 inserted.iter().map(|(p, v)| (*p, v.as_slice())).collect();
-            // Committed vectors, of points no search reaches before the index has them.
-            insert_points(&index, self.rescore.as_ref(), &self.name, &refs)
+            match staged {
+                Some(Staged::Linked(batch)) => {
+                    // Committed now: their slots, then the points themselves, become
+                    // readable (no search returned them while hidden).
+                    write_slots(self.rescore.as_ref(), &self.name, &refs);
+                    if index.publish(batch) {
+                        Ok(())
+                    } else {
+                        Err("the index was replaced while the batch was linked".to_string())
+                    }
+                }
+                Some(Staged::Failed(why)) => Err(why),
+                Some(Staged::Deferred) | None => {
+                    self.injected_panic();
+                    // Committed vectors, of points no search reaches before the index has
+                    // them.
+                    insert_points(&index, self.rescore.as_ref(), &self.name, &refs)
+                }
+            }
         }));
         let why = match outcome {
             Ok(Ok(())) => return,
@@ -927,12 +1005,15 @@ mod tests {
         let docs = ids
             .map(|n| Document::new(format!("d{n}"), vector(n)))
             .collect();
+        // As the database writes: linked while committed, revealed once committed.
         let mut w = coll.writer.lock();
-        let out = storage
-            .upsert("c", docs, Some(Durability::Buffered))
-            .unwrap();
+        let (out, staged) =
+            storage.upsert_overlapped("c", docs, Some(Durability::Buffered), |pending| {
+                coll.stage(&pending.inserted)
+            });
+        let out = out.unwrap();
         let metas = out.ids.iter().map(|id| (id.clone(), Map::new())).collect();
-        coll.apply(&out.removed, &out.inserted, metas, &[]);
+        coll.apply(&out.removed, &out.inserted, metas, &[], staged);
         coll.maintain(storage, &mut w, out.inserted.len() as u64);
     }
 
@@ -1018,6 +1099,23 @@ mod tests {
         }
         // The rebuilt index is persisted like any other.
         assert!(coll.needs_persist(&storage, &coll.writer.lock()));
+
+        // The same with a batch large enough to be linked beside its commit (on another
+        // thread): the commit stands, the hidden points are dropped with the rebuild.
+        let big = latentdb_storage::OVERLAP_MIN_DOCS as u32;
+        coll.inject_panics.store(1, Ordering::Relaxed);
+        write(&storage, &coll, 40..40 + big);
+        assert_eq!(storage.count("c").unwrap(), 40 + u64::from(big));
+        let info = coll.info(0);
+        assert_eq!(
+            (info.live, info.total, info.recoveries),
+            (40 + big as usize, 40 + big as usize, 2),
+            "{info:?}"
+        );
+        for n in [3, 41, 39 + big] {
+            let point = storage.point_of("c", &format!("d{n}")).unwrap().unwrap();
+            assert_eq!(nearest(&coll, n).unwrap(), point);
+        }
     }
 
     #[test]

@@ -365,23 +365,42 @@ impl Database {
         } else {
             Vec::new()
         };
-        let out = {
+        let (out, staged) = {
             let _span = tracing::debug_span!("storage.write").entered();
             match embedder {
-                None => self
-                    .storage
-                    .upsert(name, docs, Some(Durability::Buffered))?,
-                Some(embedder) => self.storage.replace_vectors_and_settings(
-                    name,
-                    docs,
-                    embedder,
-                    Some(Durability::Buffered),
-                )?,
+                // The new points are linked into the index, hidden, while storage commits
+                // them, and revealed by `apply` once committed.
+                None => {
+                    let (out, staged) = self.storage.upsert_overlapped(
+                        name,
+                        docs,
+                        Some(Durability::Buffered),
+                        |pending| coll.stage(&pending.inserted),
+                    );
+                    match out {
+                        Ok(out) => (out, staged),
+                        Err(e) => {
+                            if let Some(staged) = staged {
+                                coll.abandon(staged, &self.storage, w);
+                            }
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Some(embedder) => {
+                    let out = self.storage.replace_vectors_and_settings(
+                        name,
+                        docs,
+                        embedder,
+                        Some(Durability::Buffered),
+                    )?;
+                    (out, None)
+                }
             }
         };
         let changes = (out.inserted.len() + out.removed.len()) as u64;
         let docs = out.ids.iter().cloned().zip(metas).collect();
-        coll.apply(&out.removed, &out.inserted, docs, &texts);
+        coll.apply(&out.removed, &out.inserted, docs, &texts, staged);
         coll.maintain(&self.storage, w, changes);
         Ok(out)
     }
@@ -459,7 +478,7 @@ impl Database {
             let _span = tracing::debug_span!("storage.write").entered();
             self.storage.delete(collection, &ids, None)?
         };
-        coll.apply(&removed, &[], Vec::new(), &[]);
+        coll.apply(&removed, &[], Vec::new(), &[], None);
         coll.maintain(&self.storage, &mut w, removed.len() as u64);
         Ok(deleted)
     }
@@ -512,7 +531,7 @@ impl Database {
         let mut deleted = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(10_000) {
             let out = self.storage.delete(&coll.name, chunk, None)?;
-            coll.apply(&out.removed, &[], Vec::new(), &[]);
+            coll.apply(&out.removed, &[], Vec::new(), &[], None);
             coll.maintain(&self.storage, &mut w, out.removed.len() as u64);
             deleted.extend(out.deleted);
         }

@@ -18,3 +18,4 @@ mod races;
 mod search;
 mod tune;
 mod validation;
+mod write_visibility;

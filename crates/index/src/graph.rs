@@ -13,6 +13,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
+use std::ops::Range;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
@@ -372,7 +373,15 @@ impl Nodes {
     }
 
     /// Appends one unlinked node (encoded when the points are quantized).
-    pub(crate) fn push(&mut self, id: u32, vector: &[f32], level: u8, metric: Metric) {
+    /// Appends a point; a `hidden` one starts tombstoned (see [`Graph::add`]).
+    pub(crate) fn push(
+        &mut self,
+        id: u32,
+        vector: &[f32],
+        level: u8,
+        metric: Metric,
+        hidden: bool,
+    ) {
         let slot = self.ids.len() as u32;
         match &self.quant {
             Some(q) => {
@@ -392,7 +401,7 @@ impl Nodes {
                 .collect(),
         );
         self.locks.push(Mutex::new(()));
-        self.deleted.push(AtomicBool::new(false));
+        self.deleted.push(AtomicBool::new(hidden));
         self.linked.push(AtomicBool::new(false));
         self.slot_of.insert(id, slot);
     }
@@ -537,9 +546,14 @@ impl Graph {
 
     /// Appends prepared vectors (`ids.len() * dim` floats, ids not yet present) and links them
     /// in parallel. Fails, adding nothing, when the arrays cannot grow by `ids.len()` points.
-    pub(crate) fn add(&self, ids: &[u32], flat: &[f32]) -> Result<()> {
+    ///
+    /// `hidden` points start tombstoned: linked like any other (searches traverse them) but
+    /// never returned until their flags are cleared ([`crate::Index::publish`]); they count
+    /// in `deleted_count` meanwhile. Returns the points' slots.
+    pub(crate) fn add(&self, ids: &[u32], flat: &[f32], hidden: bool) -> Result<Range<usize>> {
         if ids.is_empty() {
-            return Ok(());
+            let n = self.nodes.read().len();
+            return Ok(n..n);
         }
         let start = {
             let mut nodes = self.nodes.write();
@@ -553,6 +567,11 @@ impl Graph {
                 nodes.quantize(quant, self.metric)?;
             }
             nodes.try_reserve(ids.len())?;
+            if hidden {
+                // Counted before the points exist, so that no search takes the fast path that
+                // skips the tombstone check while they do.
+                self.deleted_count.fetch_add(ids.len(), Relaxed);
+            }
             let start = nodes.len();
             for (i, &id) in ids.iter().enumerate() {
                 let level = self.level_for(id);
@@ -561,6 +580,7 @@ impl Graph {
                     &flat[i * self.dim..(i + 1) * self.dim],
                     level,
                     self.metric,
+                    hidden,
                 );
             }
             start
@@ -593,7 +613,7 @@ impl Graph {
                     self.link(nodes, slot as u32, scratch)
                 });
         }
-        Ok(())
+        Ok(start..end)
     }
 
     /// Greedy walk on one upper layer towards `q`, moving only to nodes `usable` accepts.

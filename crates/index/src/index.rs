@@ -2,6 +2,7 @@
 //! and online rebuild.
 
 use std::collections::{BinaryHeap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -24,6 +25,27 @@ pub struct Hit {
     /// Cosine similarity, inner product, or negated Euclidean distance, depending on the
     /// metric: larger is closer.
     pub score: f32,
+}
+
+/// A batch of points linked into an index but hidden from searches until
+/// [`Index::publish`] reveals it (see [`Index::stage_batch`]).
+#[derive(Debug)]
+#[must_use = "a staged batch stays hidden until it is published"]
+pub struct StagedBatch {
+    graph: Arc<Graph>,
+    slots: Range<usize>,
+}
+
+impl StagedBatch {
+    /// How many points the batch holds.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when the batch holds no points.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
 }
 
 /// Point counts of an index.
@@ -152,6 +174,38 @@ impl Index {
     /// ids are never reused) or repeated in the batch; [`Error::ResourceExhausted`] when the
     /// index cannot grow by the batch.
     pub fn insert_batch(&self, points: &[(u32, &[f32])]) -> Result<()> {
+        self.add_batch(points, false).map(|_| ())
+    }
+
+    /// Like [`insert_batch`](Index::insert_batch), with the points hidden: linked into the
+    /// graph (searches walk through them) but never returned, by any search or by
+    /// [`contains`](Index::contains), until [`publish`](Index::publish) reveals them. A caller
+    /// links a batch while it is being committed elsewhere, and publishes it once committed.
+    ///
+    /// Until then they count as tombstones in [`stats`](Index::stats), and deleting one has no
+    /// effect (it is not live yet). A staged batch that is never published stays hidden; a
+    /// [`rebuild`](Index::rebuild) drops it.
+    pub fn stage_batch(&self, points: &[(u32, &[f32])]) -> Result<StagedBatch> {
+        self.add_batch(points, true)
+    }
+
+    /// Reveals a staged batch to searches. Returns false, revealing nothing, when the graph
+    /// was replaced since (a [`rebuild`](Index::rebuild) dropped the hidden points).
+    pub fn publish(&self, staged: StagedBatch) -> bool {
+        let graph = self.graph();
+        if !Arc::ptr_eq(&graph, &staged.graph) {
+            return false;
+        }
+        let nodes = graph.nodes.read();
+        for slot in staged.slots.clone() {
+            nodes.deleted[slot].store(false, Relaxed);
+        }
+        // After the flags: a search that still sees the count checks flags that are clear.
+        graph.deleted_count.fetch_sub(staged.slots.len(), Relaxed);
+        true
+    }
+
+    fn add_batch(&self, points: &[(u32, &[f32])], hidden: bool) -> Result<StagedBatch> {
         let _w = self.writer.lock();
         let graph = self.graph();
         let exhausted = || {
@@ -177,7 +231,8 @@ impl Index {
                 ids.push(id);
             }
         }
-        graph.add(&ids, &flat)
+        let slots = graph.add(&ids, &flat, hidden)?;
+        Ok(StagedBatch { graph, slots })
     }
 
     /// Tombstones a point: no search returns it from now on. Returns false when the id is
@@ -536,7 +591,7 @@ impl Index {
         let cap = self.params.initial_capacity.max(ids.len());
         // A quantized index keeps its calibration: decoded values re-encode to the same codes.
         let fresh = match Graph::with_capacity(self.metric, self.dim, self.params, cap, quant)
-            .and_then(|g| g.add(&ids, &flat).map(|()| g))
+            .and_then(|g| g.add(&ids, &flat, false).map(|_| g))
         {
             Ok(g) => g,
             Err(e) => {
@@ -765,5 +820,64 @@ mod tests {
     fn index_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Index>();
+    }
+
+    #[test]
+    fn staged_points_are_walked_but_returned_only_once_published() {
+        let dim = 8;
+        let idx = Index::new(Metric::L2, dim, IndexParams::default()).unwrap();
+        let v = |i: u32| -> Vec<f32> {
+            (0..dim as u64)
+                .map(|j| (crate::synth::mix64(u64::from(i) * 64 + j) % 1000) as f32)
+                .collect()
+        };
+        let first: Vec<Vec<f32>> = (0..200).map(v).collect();
+        let refs: Vec<(u32, &[f32])> = first
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (i as u32, x.as_slice()))
+            .collect();
+        idx.insert_batch(&refs).unwrap();
+        let second: Vec<Vec<f32>> = (200..400).map(v).collect();
+        let refs: Vec<(u32, &[f32])> = second
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (200 + i as u32, x.as_slice()))
+            .collect();
+        let staged = idx.stage_batch(&refs).unwrap();
+        assert_eq!(staged.len(), 200);
+        let everything: Vec<u32> = (0..400).collect();
+        for q in [3u32, 250, 399] {
+            let hits = idx.search(&v(q), 50, Some(200)).unwrap();
+            assert!(
+                hits.iter().all(|h| h.id < 200),
+                "a staged point was returned"
+            );
+            let exact = idx.exact_search(&v(q), 50, &everything).unwrap();
+            assert!(exact.iter().all(|h| h.id < 200));
+        }
+        assert!(!idx.contains(250) && idx.knows(250));
+        assert!(!idx.delete(250), "a staged point is not live");
+        assert_eq!(idx.stats().live, 200);
+        assert!(idx.publish(staged));
+        assert_eq!(
+            idx.stats(),
+            IndexStats {
+                total: 400,
+                live: 400,
+                deleted: 0
+            }
+        );
+        assert!(idx.contains(250));
+        let hits = idx.search(&v(250), 1, Some(64)).unwrap();
+        assert_eq!(hits[0].id, 250);
+
+        // A rebuild between staging and publishing drops the hidden points.
+        let third = [v(400)];
+        let staged = idx.stage_batch(&[(400, third[0].as_slice())]).unwrap();
+        idx.rebuild();
+        assert!(!idx.publish(staged));
+        assert!(!idx.knows(400));
+        assert_eq!(idx.stats().live, 400);
     }
 }

@@ -32,7 +32,9 @@ mod visited;
 
 pub use error::{Error, Result};
 pub use filter::{Condition, Filter, ValueSet};
-pub use index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats, MAX_DIMENSION};
+pub use index::{
+    EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Hit, Index, IndexStats, MAX_DIMENSION, StagedBatch,
+};
 pub use latentdb_types::Metric;
 pub use metric::MetricExt;
 pub use params::{

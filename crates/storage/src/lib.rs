@@ -50,3 +50,4 @@ pub use store::{
     UpsertOutcome,
 };
 pub use watermark::{DataLossReport, WATERMARK_FILE, WATERMARK_VERSION};
+pub use write::OVERLAP_MIN_DOCS;

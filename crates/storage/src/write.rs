@@ -16,6 +16,10 @@ use crate::record::{self, Change};
 use crate::snapshot;
 use crate::store::{CollectionState, Counters, DeleteOutcome, Storage, UpsertOutcome, not_found};
 
+/// The fewest new documents in a batch for which [`Storage::upsert_overlapped`] commits on a
+/// thread of its own, beside the caller's work.
+pub const OVERLAP_MIN_DOCS: usize = 256;
+
 impl Storage {
     /// Inserts or replaces a batch of documents, atomically: either every document is stored or
     /// none is. With [`Durability::Sync`] the batch is on disk when this returns.
@@ -25,25 +29,108 @@ impl Storage {
         docs: Vec<Document>,
         durability: Option<Durability>,
     ) -> Result<UpsertOutcome> {
-        let state = self.state(collection)?;
-        let encoded = encode_batch(docs, state.dim, self.options.max_text_bytes)?;
+        self.upsert_inner(collection, docs, durability, false, |_| ())
+            .0
+    }
+
+    /// Like [`Storage::upsert`], calling `during` with the batch's outcome (ids, new points with
+    /// their vectors, removed points) while the batch is committed, so that the caller's work
+    /// on it (linking the points into an index) overlaps the commit: a batch of at least
+    /// [`OVERLAP_MIN_DOCS`] documents is applied on a scoped thread meanwhile; a smaller one is
+    /// applied first, then `during` runs (a thread would cost more than it saves).
+    ///
+    /// `during` runs only for a batch that passed every check and got its point ids, with the
+    /// collection's writer lock held; the batch may not be committed yet, and may still fail
+    /// to apply (an I/O error), in which case nothing of it is stored and its point ids are
+    /// given again by the next write. Returns what `during` returned whenever it ran, beside
+    /// the outcome or the error.
+    pub fn upsert_overlapped<R>(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        durability: Option<Durability>,
+        during: impl FnOnce(&UpsertOutcome) -> R,
+    ) -> (Result<UpsertOutcome>, Option<R>) {
+        self.upsert_inner(collection, docs, durability, true, during)
+    }
+
+    fn upsert_inner<R>(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        durability: Option<Durability>,
+        overlap: bool,
+        during: impl FnOnce(&UpsertOutcome) -> R,
+    ) -> (Result<UpsertOutcome>, Option<R>) {
+        let state = match self.state(collection) {
+            Ok(state) => state,
+            Err(e) => return (Err(e), None),
+        };
+        let encoded = match encode_batch(docs, state.dim, self.options.max_text_bytes) {
+            Ok(encoded) => encoded,
+            Err(e) => return (Err(e), None),
+        };
         if encoded.is_empty() {
-            return Ok(UpsertOutcome {
+            let out = UpsertOutcome {
                 seq: state.seq.load(Ordering::Acquire),
                 ..Default::default()
-            });
+            };
+            let r = during(&out);
+            return (Ok(out), Some(r));
         }
 
         let mut counters = state.writer.lock();
         if counters.dropped {
-            return Err(not_found(collection));
+            return (Err(not_found(collection)), None);
         }
-        let mut pending = upsert_batch(&state, &counters, encoded)?;
-        state.tree.apply_batch(std::mem::take(&mut pending.batch))?;
+        let mut pending = match upsert_batch(&state, &counters, encoded) {
+            Ok(pending) => pending,
+            Err(e) => return (Err(e), None),
+        };
+        let batch = std::mem::take(&mut pending.batch);
+        let (applied, r) = if overlap && pending.out.inserted.len() >= OVERLAP_MIN_DOCS {
+            let tree = &state.tree;
+            let joined = std::thread::scope(|s| {
+                let committer = std::thread::Builder::new()
+                    .name("latentdb-commit".into())
+                    .spawn_scoped(s, move || tree.apply_batch(batch));
+                match committer {
+                    Ok(handle) => {
+                        let r = during(&pending.out);
+                        let applied = handle.join().unwrap_or_else(|_| {
+                            Err(sled::Error::ReportableBug(
+                                "the batch commit panicked".into(),
+                            ))
+                        });
+                        Ok((applied, r))
+                    }
+                    // Nothing applied, `during` not run: the write fails cleanly.
+                    Err(e) => Err(Error::Internal(format!(
+                        "cannot start the commit thread: {e}"
+                    ))),
+                }
+            });
+            match joined {
+                Ok(pair) => pair,
+                Err(e) => return (Err(e), None),
+            }
+        } else {
+            let applied = state.tree.apply_batch(batch);
+            if let Err(e) = applied {
+                return (Err(e.into()), None);
+            }
+            (Ok(()), during(&pending.out))
+        };
+        if let Err(e) = applied {
+            return (Err(e.into()), Some(r));
+        }
         let out = pending.commit(&state, &mut counters);
         drop(counters);
-        self.sync(durability)?;
-        Ok(out)
+        // The batch stands whether or not the flush succeeds (as for `upsert`).
+        match self.sync(durability) {
+            Ok(()) => (Ok(out), Some(r)),
+            Err(e) => (Err(e), Some(r)),
+        }
     }
 
     /// Switches a collection to another model in one atomic, durable step: inserts or

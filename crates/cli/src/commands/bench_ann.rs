@@ -68,6 +68,11 @@ pub struct BenchAnnArgs {
     /// directory removed at the end.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// Also build the HNSW graph alone (the index crate, in memory: no storage, payload or
+    /// rescoring file) from the same batches and parameters first, print its build rate as a
+    /// `graph_build` row, and report the database's build rate against it (`vs_graph`).
+    #[arg(long)]
+    pub graph_baseline: bool,
 }
 
 /// Arguments of `bench open`.
@@ -157,6 +162,27 @@ fn chunk_metadata(i: usize) -> serde_json::Value {
     })
 }
 
+/// The build rate (vectors/s) of the graph alone: an in-memory index with the collection's
+/// parameters, fed the same batches as the database (point ids are the row numbers).
+fn graph_build(
+    a: &BenchAnnArgs,
+    base: &npy::Matrix<f32>,
+    metric: latentdb::index::Metric,
+    spec_index: &serde_json::Value,
+) -> anyhow::Result<f64> {
+    let params = latentdb::index::IndexParams::from_json(spec_index)?;
+    let index = latentdb::index::Index::new(metric, base.cols, params)?;
+    let started = Instant::now();
+    let mut points = Vec::with_capacity(a.batch_size);
+    for start in (0..base.rows).step_by(a.batch_size) {
+        let end = (start + a.batch_size).min(base.rows);
+        points.clear();
+        points.extend((start..end).map(|i| (i as u32, base.row(i))));
+        index.insert_batch(&points)?;
+    }
+    Ok(base.rows as f64 / started.elapsed().as_secs_f64())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -210,12 +236,6 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         None => bench::ground_truth(index_metric, dim, &base.data, &queries.data, a.k),
     };
 
-    let tmp = ScratchDir::new("bench")?;
-    let dir = a.db.clone().unwrap_or_else(|| tmp.path().join("db"));
-    let db = Database::open_with(
-        &dir,
-        DatabaseOptions::new().durability(Durability::Buffered),
-    )?;
     let mut index = json!({
         "m": a.m,
         "ef_construction": a.ef_construction,
@@ -224,6 +244,33 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     if let Some(o) = a.oversampling {
         index["oversampling"] = json!(o);
     }
+    let graph_rate = if a.graph_baseline {
+        let rate = graph_build(&a, &base, index_metric, &index)?;
+        let row = json!({
+            "phase": "graph_build",
+            "n": base.rows,
+            "dim": dim,
+            "threads": a.threads,
+            "batch_size": a.batch_size,
+            "vectors_per_s": rate,
+        });
+        out.either(&row, || {
+            format!(
+                "graph alone: {} x {dim} = {rate:.0} vectors/s (no storage)",
+                base.rows
+            )
+        })?;
+        Some(rate)
+    } else {
+        None
+    };
+
+    let tmp = ScratchDir::new("bench")?;
+    let dir = a.db.clone().unwrap_or_else(|| tmp.path().join("db"));
+    let db = Database::open_with(
+        &dir,
+        DatabaseOptions::new().durability(Durability::Buffered),
+    )?;
     let spec = CollectionSpec {
         index,
         ..CollectionSpec::new("bench", dim, metric)
@@ -273,6 +320,9 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         "payload_bytes": stats.payload_bytes,
         "rescore_file_bytes": stats.rescore_file_bytes,
         "metadata": a.metadata,
+        "batch_size": a.batch_size,
+        "graph_vectors_per_s": graph_rate,
+        "vs_graph": graph_rate.map(|g| base.rows as f64 / build_s / g),
         "peak_rss_bytes": peak_rss(),
         "rss_bytes": rss(),
     });

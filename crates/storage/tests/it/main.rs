@@ -4,6 +4,7 @@ mod chunks;
 mod data_loss;
 mod model;
 mod model_switch;
+mod overlap;
 mod races;
 mod records;
 mod settings;
