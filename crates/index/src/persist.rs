@@ -94,6 +94,23 @@ fn write_file(
     })
 }
 
+/// Bytes gathered by [`write_words`] per write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Writes 4-byte values gathered into chunks: one write (and one checksum update, on the
+/// fast path) per [`WRITE_CHUNK`] bytes instead of one per value.
+fn write_words(w: &mut impl Write, words: impl Iterator<Item = [u8; 4]>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(WRITE_CHUNK);
+    for word in words {
+        buf.extend_from_slice(&word);
+        if buf.len() >= WRITE_CHUNK {
+            w.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf)
+}
+
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
     let Some(bytes) = dump::read_if_exists(&path).map_err(|e| Error::io(&path, e))? else {
@@ -140,10 +157,7 @@ impl Index {
             if quantizer.is_some() {
                 w.write_all(&nodes.codes)?;
             }
-            for x in &nodes.vectors {
-                w.write_all(&x.to_le_bytes())?;
-            }
-            Ok(())
+            write_words(w, nodes.vectors.iter().map(|x| x.to_le_bytes()))
         })?;
         let mut deleted = 0usize;
         let graph_file = write_file(dir, &format!("graph-{generation}.bin"), |w| {
@@ -151,9 +165,7 @@ impl Index {
             for v in [version, n as u32, nodes.m as u32, nodes.m0 as u32] {
                 w.write_all(&v.to_le_bytes())?;
             }
-            for id in &nodes.ids {
-                w.write_all(&id.to_le_bytes())?;
-            }
+            write_words(w, nodes.ids.iter().map(|id| id.to_le_bytes()))?;
             w.write_all(&nodes.levels)?;
             let mut bitmap = vec![0u8; n.div_ceil(8)];
             for (slot, d) in nodes.deleted.iter().enumerate() {
@@ -163,15 +175,15 @@ impl Index {
                 }
             }
             w.write_all(&bitmap)?;
-            for a in &nodes.links0 {
-                w.write_all(&a.load(Relaxed).to_le_bytes())?;
-            }
-            for up in &nodes.upper {
-                for a in up.iter() {
-                    w.write_all(&a.load(Relaxed).to_le_bytes())?;
-                }
-            }
-            Ok(())
+            let upper = nodes.upper.iter().flat_map(|up| up.iter());
+            write_words(
+                w,
+                nodes
+                    .links0
+                    .iter()
+                    .chain(upper)
+                    .map(|a| a.load(Relaxed).to_le_bytes()),
+            )
         })?;
         drop(nodes);
         let manifest = Manifest {
