@@ -23,6 +23,10 @@ then backwards, ...), and every figure is the median over rounds (recall and QPS
 interpolated). The machine's load average before and after, and the CPU count, are recorded:
 figures from a loaded or shared machine are not results.
 
+With `--graph-baseline`, each latentdb run first builds its HNSW graph alone (in memory, no
+storage, the same batches: `bench ann --graph-baseline`), so the summary also has the graph's
+build rate, the database's rate against it (`vs_graph`) and the graph's against the others.
+
 The last line printed is one JSON object with everything (`"summary": "ann_compare"`).
 `--quantization int8` applies to latentdb only; hnswlib and faiss keep f32 vectors.
 """
@@ -54,13 +58,15 @@ def run_latentdb(a, efs):
         cmd += ["--oversampling", str(a.oversampling)]
     if a.threads is not None:
         cmd += ["--threads", str(a.threads)]
+    if a.graph_baseline:
+        cmd += ["--graph-baseline"]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as e:
         sys.exit(f"cannot run {a.latentdb}: {e} (build it: cargo build --release -p latentdb-cli)")
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-4000:]}")
-    build, rows = None, []
+    build, graph, rows = None, None, []
     for line in p.stdout.splitlines():
         line = line.strip()
         if not line.startswith("{"):
@@ -68,17 +74,21 @@ def run_latentdb(a, efs):
         obj = json.loads(line)
         if obj.get("phase") == "build":
             build = dict(obj, lib="latentdb")
+        elif obj.get("phase") == "graph_build":
+            graph = obj
         elif obj.get("phase") == "search":
             rows.append(dict(obj, lib="latentdb"))
     if build is None or not rows:
         sys.exit(f"no build/search rows in the output of {' '.join(cmd)}:\n{p.stdout[-2000:]}")
+    if graph is not None:
+        build["graph_vectors_per_s"] = graph["vectors_per_s"]
     return {"build": build, "rows": rows, "command": cmd}
 
 
 def median_result(results):
     """The per-round results of one library folded into one: medians per figure and per ef."""
     build = dict(results[0]["build"])
-    for key in ("build_s", "vectors_per_s", "persist_s"):
+    for key in ("build_s", "vectors_per_s", "persist_s", "graph_vectors_per_s", "vs_graph"):
         vals = [r["build"][key] for r in results if r["build"].get(key) is not None]
         if vals:
             build[key] = statistics.median(vals)
@@ -155,6 +165,10 @@ def main():
     ap.add_argument("--oversampling", type=int, default=None, help="latentdb with int8 only")
     ap.add_argument("--threads", type=int, default=None, help="build threads for all (default: all cores)")
     ap.add_argument("--libs", default=",".join(LIBS), help="which of latentdb,hnswlib,faiss to run")
+    ap.add_argument("--graph-baseline", action="store_true",
+                    help="latentdb also builds its graph alone (no storage) first in each run "
+                         "(`bench ann --graph-baseline`): reports that rate and the database's "
+                         "against it (vs_graph, median of the per-run ratios)")
     a = ap.parse_args()
     if a.k <= 0 or a.m <= 0 or a.ef_construction <= 0 or a.rounds <= 0:
         sys.exit("--k, --m, --ef-construction and --rounds must be positive")
@@ -202,6 +216,9 @@ def main():
         rows = med[lib]["rows"]
         s = {"build_vectors_per_s": med[lib]["build"]["vectors_per_s"], "build_s": med[lib]["build"]["build_s"],
              "rows": rows}
+        if med[lib]["build"].get("graph_vectors_per_s") is not None:
+            s["graph_build_vectors_per_s"] = med[lib]["build"]["graph_vectors_per_s"]
+            s["vs_graph"] = med[lib]["build"].get("vs_graph")
         modes = [("", "recall", "qps")]
         if lib != "latentdb":
             modes.append(("batch_", "batch_recall", "batch_qps"))
@@ -227,6 +244,9 @@ def main():
                 r[key], why = ratio(num, den, f"latentdb/{other} {key}")
                 if why:
                     r[key + "_reason"] = why
+            if ours.get("graph_build_vectors_per_s") is not None:
+                r["graph_build"], _ = ratio(ours["graph_build_vectors_per_s"], theirs["build_vectors_per_s"],
+                                            "graph build")
 
     n, dim = base.shape
     print(f"data {a.dir}: n={n} dim={dim} queries={len(queries)} k={a.k} metric={a.metric} "
@@ -239,6 +259,10 @@ def main():
     print(f"{'library':<10}{'build vec/s':>12}")
     for lib in libs:
         print(f"{lib:<10}{summary[lib]['build_vectors_per_s']:>12.0f}")
+    graph_rate = summary.get("latentdb", {}).get("graph_build_vectors_per_s")
+    if graph_rate is not None:
+        print(f"{'(graph)':<10}{graph_rate:>12.0f}  latentdb's graph alone, no storage; database / graph "
+              f"alone: {fmt(summary['latentdb'].get('vs_graph'), '.3f')} (median of per-run ratios)")
     print()
     print(f"{'library':<10}{'mode':<7}{'ef':>5}{'recall@' + str(a.k):>11}{'QPS':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for lib in libs:
@@ -266,7 +290,8 @@ def main():
         print("ratios (latentdb / other; > 1: latentdb faster):")
         for name, r in ratios.items():
             print(f"  {name:<18} build {fmt(r['build'], '.2f'):>6}   QPS vs per-call {fmt(r['qps_vs_call'], '.2f'):>6}"
-                  f"   QPS vs batch {fmt(r['qps_vs_batch'], '.2f'):>6}")
+                  f"   QPS vs batch {fmt(r['qps_vs_batch'], '.2f'):>6}"
+                  + (f"   graph-alone build {fmt(r['graph_build'], '.2f')}" if "graph_build" in r else ""))
     print(json.dumps({
         "summary": "ann_compare",
         "data": {"dir": os.path.abspath(a.dir), "n": n, "dim": dim, "queries": len(queries)},

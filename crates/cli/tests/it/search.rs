@@ -179,4 +179,43 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
     assert!(rows[2]["recall"].as_f64().unwrap() >= 0.95, "{}", rows[2]);
     assert!(rows[2]["qps"].as_f64().unwrap() > 0.0);
     assert!(rows[2]["p99_ms"].as_f64().unwrap() >= rows[2]["p50_ms"].as_f64().unwrap());
+    assert!(rows[0]["vs_graph"].is_null(), "{}", rows[0]);
+
+    // With the graph alone first: its row, then the database's rate against it.
+    let rows = lines(&run(
+        d,
+        &[
+            "bench",
+            "ann",
+            "--base",
+            base.to_str().unwrap(),
+            "--queries",
+            queries.to_str().unwrap(),
+            "--gt",
+            gt.to_str().unwrap(),
+            "--ef",
+            "64",
+            "--batch-size",
+            "500",
+            "--graph-baseline",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["phase"], "graph_build");
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["batch_size"].as_u64()),
+        (Some(2000), Some(500))
+    );
+    let graph = rows[0]["vectors_per_s"].as_f64().unwrap();
+    let db = rows[1]["vectors_per_s"].as_f64().unwrap();
+    assert_eq!(rows[1]["phase"], "build");
+    assert_eq!(rows[1]["graph_vectors_per_s"].as_f64(), Some(graph));
+    let vs = rows[1]["vs_graph"].as_f64().unwrap();
+    assert!(
+        graph > 0.0 && (vs - db / graph).abs() < 1e-9 * vs.max(1.0),
+        "{}",
+        rows[1]
+    );
 }
