@@ -154,9 +154,8 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
     let base = data.join("base.npy");
     let queries = data.join("queries.npy");
     let gt = data.join("gt.npy");
-    let rows = lines(&run(
-        d,
-        &[
+    let ann = |extra: &[&str]| {
+        let mut args = vec![
             "bench",
             "ann",
             "--base",
@@ -165,12 +164,12 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
             queries.to_str().unwrap(),
             "--gt",
             gt.to_str().unwrap(),
-            "--ef",
-            "10,64",
             "--json",
-        ],
-        None,
-    ));
+        ];
+        args.extend_from_slice(extra);
+        lines(&run(d, &args, None))
+    };
+    let rows = ann(&["--ef", "10,64"]);
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["phase"], "build");
     assert_eq!(rows[0]["n"], 2000);
@@ -182,26 +181,7 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
     assert!(rows[0]["vs_graph"].is_null(), "{}", rows[0]);
 
     // With the graph alone first: its row, then the database's rate against it.
-    let rows = lines(&run(
-        d,
-        &[
-            "bench",
-            "ann",
-            "--base",
-            base.to_str().unwrap(),
-            "--queries",
-            queries.to_str().unwrap(),
-            "--gt",
-            gt.to_str().unwrap(),
-            "--ef",
-            "64",
-            "--batch-size",
-            "500",
-            "--graph-baseline",
-            "--json",
-        ],
-        None,
-    ));
+    let rows = ann(&["--ef", "64", "--batch-size", "500", "--graph-baseline"]);
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["phase"], "graph_build");
     assert_eq!(
