@@ -372,8 +372,8 @@ impl Nodes {
         links[0].store(count as u32, Relaxed);
     }
 
-    /// Appends one unlinked node (encoded when the points are quantized).
-    /// Appends a point; a `hidden` one starts tombstoned (see [`Graph::add`]).
+    /// Appends one unlinked node (encoded when the points are quantized); a `hidden` one starts
+    /// tombstoned (see [`Graph::add`]).
     pub(crate) fn push(
         &mut self,
         id: u32,

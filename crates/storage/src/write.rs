@@ -3,6 +3,7 @@
 //! out point ids and change sequences.
 
 use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::Ordering;
 
 use sled::Transactional;
@@ -43,7 +44,8 @@ impl Storage {
     /// collection's writer lock held; the batch may not be committed yet, and may still fail
     /// to apply (an I/O error), in which case nothing of it is stored and its point ids are
     /// given again by the next write. Returns what `during` returned whenever it ran, beside
-    /// the outcome or the error.
+    /// the outcome or the error. A panic in `during` is resumed once the batch is settled
+    /// (committed, with its counters, or failed).
     pub fn upsert_overlapped<R>(
         &self,
         collection: &str,
@@ -96,7 +98,7 @@ impl Storage {
                     .spawn_scoped(s, move || tree.apply_batch(batch));
                 match committer {
                     Ok(handle) => {
-                        let r = during(&pending.out);
+                        let r = catch_unwind(AssertUnwindSafe(|| during(&pending.out)));
                         let applied = handle.join().unwrap_or_else(|_| {
                             Err(sled::Error::ReportableBug(
                                 "the batch commit panicked".into(),
@@ -119,13 +121,18 @@ impl Storage {
             if let Err(e) = applied {
                 return (Err(e.into()), None);
             }
-            (Ok(()), during(&pending.out))
+            let r = catch_unwind(AssertUnwindSafe(|| during(&pending.out)));
+            (Ok(()), r)
         };
-        if let Err(e) = applied {
-            return (Err(e.into()), Some(r));
-        }
-        let out = pending.commit(&state, &mut counters);
+        // An applied batch's counters are published even when `during` panicked (the panic is
+        // resumed after): the next write must not be given the same point ids.
+        let out = applied.map(|()| pending.commit(&state, &mut counters));
         drop(counters);
+        let r = r.unwrap_or_else(|panic| resume_unwind(panic));
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => return (Err(e.into()), Some(r)),
+        };
         // The batch stands whether or not the flush succeeds (as for `upsert`).
         match self.sync(durability) {
             Ok(()) => (Ok(out), Some(r)),

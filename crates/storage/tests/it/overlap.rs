@@ -73,3 +73,29 @@ fn a_rejected_batch_runs_nothing_and_stores_nothing() {
     let (out, _) = s.upsert_overlapped("c", docs(0..1), None, |_| ());
     assert_eq!(out.unwrap().inserted[0].0, 0);
 }
+
+#[test]
+fn a_panic_in_during_leaves_the_committed_batch_and_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
+    s.create_collection(CollectionSpec::new("c", 2, Metric::L2))
+        .unwrap();
+    // On both paths: beside the commit thread, and after an inline commit.
+    let mut next = 0;
+    for n in [OVERLAP_MIN_DOCS, 2] {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.upsert_overlapped("c", docs(next..next + n), None, |_| {
+                panic!("linking failed")
+            })
+        }));
+        assert!(panicked.is_err());
+        next += n;
+        assert_eq!(s.count("c").unwrap(), next as u64);
+        // The next write gets new point ids: nothing stored is overwritten.
+        let (out, _) = s.upsert_overlapped("c", docs(next..next + 1), None, |_| ());
+        assert_eq!(out.unwrap().inserted[0].0, next as u32);
+        next += 1;
+        let first = s.get("c", &["d0"]).unwrap().pop().flatten().unwrap();
+        assert_eq!(first.vector, vec![0.0, 1.0]);
+    }
+}
