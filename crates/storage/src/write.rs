@@ -17,8 +17,8 @@ use crate::record::{self, Change};
 use crate::snapshot;
 use crate::store::{CollectionState, Counters, DeleteOutcome, Storage, UpsertOutcome, not_found};
 
-/// The fewest new documents in a batch for which [`Storage::upsert_overlapped`] commits on a
-/// thread of its own, beside the caller's work.
+/// The fewest documents in a batch (new or replacing: each gets a new point) for which
+/// [`Storage::upsert_overlapped`] commits on a thread of its own, beside the caller's work.
 pub const OVERLAP_MIN_DOCS: usize = 256;
 
 impl Storage {
