@@ -370,23 +370,20 @@ impl Database {
             match embedder {
                 // The new points are linked into the index, hidden, while storage commits
                 // them, and revealed by `apply` once committed.
-                None => {
-                    let (out, staged) = self.storage.upsert_overlapped(
-                        name,
-                        docs,
-                        Some(Durability::Buffered),
-                        |pending| coll.stage(&pending.inserted),
-                    );
-                    match out {
-                        Ok(out) => (out, staged),
-                        Err(e) => {
-                            if let Some(staged) = staged {
-                                coll.abandon(staged, &self.storage, w);
-                            }
-                            return Err(e.into());
+                None => match self.storage.upsert_overlapped(
+                    name,
+                    docs,
+                    Some(Durability::Buffered),
+                    |pending| coll.stage(&pending.inserted),
+                ) {
+                    (Ok(out), staged) => (out, staged),
+                    (Err(e), staged) => {
+                        if let Some(staged) = staged {
+                            coll.abandon(staged, &self.storage, w);
                         }
+                        return Err(e.into());
                     }
-                }
+                },
                 Some(embedder) => {
                     let out = self.storage.replace_vectors_and_settings(
                         name,

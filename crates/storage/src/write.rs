@@ -91,38 +91,18 @@ impl Storage {
         };
         let batch = std::mem::take(&mut pending.batch);
         let (applied, r) = if overlap && pending.out.inserted.len() >= OVERLAP_MIN_DOCS {
-            let tree = &state.tree;
-            let joined = std::thread::scope(|s| {
-                let committer = std::thread::Builder::new()
-                    .name("latentdb-commit".into())
-                    .spawn_scoped(s, move || tree.apply_batch(batch));
-                match committer {
-                    Ok(handle) => {
-                        let r = catch_unwind(AssertUnwindSafe(|| during(&pending.out)));
-                        let applied = handle.join().unwrap_or_else(|_| {
-                            Err(sled::Error::ReportableBug(
-                                "the batch commit panicked".into(),
-                            ))
-                        });
-                        Ok((applied, r))
-                    }
-                    // Nothing applied, `during` not run: the write fails cleanly.
-                    Err(e) => Err(Error::Internal(format!(
-                        "cannot start the commit thread: {e}"
-                    ))),
-                }
-            });
-            match joined {
+            match apply_beside(&state.tree, batch, || during(&pending.out)) {
                 Ok(pair) => pair,
                 Err(e) => return (Err(e), None),
             }
         } else {
-            let applied = state.tree.apply_batch(batch);
-            if let Err(e) = applied {
+            if let Err(e) = state.tree.apply_batch(batch) {
                 return (Err(e.into()), None);
             }
-            let r = catch_unwind(AssertUnwindSafe(|| during(&pending.out)));
-            (Ok(()), r)
+            (
+                Ok(()),
+                catch_unwind(AssertUnwindSafe(|| during(&pending.out))),
+            )
         };
         // An applied batch's counters are published even when `during` panicked (the panic is
         // resumed after): the next write must not be given the same point ids.
@@ -259,6 +239,29 @@ fn encode_batch(docs: Vec<Document>, dim: usize, max_text_bytes: usize) -> Resul
         encoded.push((doc.id, doc.vector, bytes));
     }
     Ok(encoded)
+}
+
+/// Applies `batch` to `tree` on a scoped thread of its own while `during` runs on this one, and
+/// returns both outcomes (a panic in either is caught). Fails, with nothing applied and
+/// `during` not run, when the thread cannot be started.
+fn apply_beside<R>(
+    tree: &sled::Tree,
+    batch: sled::Batch,
+    during: impl FnOnce() -> R,
+) -> Result<(sled::Result<()>, std::thread::Result<R>)> {
+    std::thread::scope(|s| {
+        let committer = std::thread::Builder::new()
+            .name("latentdb-commit".into())
+            .spawn_scoped(s, move || tree.apply_batch(batch))
+            .map_err(|e| Error::Internal(format!("cannot start the commit thread: {e}")))?;
+        let r = catch_unwind(AssertUnwindSafe(during));
+        let applied = committer.join().unwrap_or_else(|_| {
+            Err(sled::Error::ReportableBug(
+                "the batch commit panicked".into(),
+            ))
+        });
+        Ok((applied, r))
+    })
 }
 
 /// An upsert's writes, built under the writer lock and not yet applied.

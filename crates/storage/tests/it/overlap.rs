@@ -11,12 +11,18 @@ fn docs(range: std::ops::Range<usize>) -> Vec<Document> {
         .collect()
 }
 
-#[test]
-fn during_sees_the_points_that_are_committed_on_both_paths() {
+/// A fresh storage with one 2-dimensional collection "c".
+fn storage() -> (tempfile::TempDir, Storage) {
     let dir = tempfile::tempdir().unwrap();
     let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
     s.create_collection(CollectionSpec::new("c", 2, Metric::L2))
         .unwrap();
+    (dir, s)
+}
+
+#[test]
+fn during_sees_the_points_that_are_committed_on_both_paths() {
+    let (_dir, s) = storage();
     // A small batch (committed, then `during`) and a large one (committed on a thread of its
     // own while `during` runs), then a replacement of part of both.
     let mut next = 0;
@@ -53,10 +59,7 @@ fn during_sees_the_points_that_are_committed_on_both_paths() {
 
 #[test]
 fn a_rejected_batch_runs_nothing_and_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
-    s.create_collection(CollectionSpec::new("c", 2, Metric::L2))
-        .unwrap();
+    let (_dir, s) = storage();
     let mut bad = docs(0..OVERLAP_MIN_DOCS + 1);
     bad.push(Document::new("short", vec![1.0]));
     let (out, ran) = s.upsert_overlapped("c", bad, None, |_| ());
@@ -76,10 +79,7 @@ fn a_rejected_batch_runs_nothing_and_stores_nothing() {
 
 #[test]
 fn a_panic_in_during_leaves_the_committed_batch_and_its_counters() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
-    s.create_collection(CollectionSpec::new("c", 2, Metric::L2))
-        .unwrap();
+    let (_dir, s) = storage();
     // On both paths: beside the commit thread, and after an inline commit.
     let mut next = 0;
     for n in [OVERLAP_MIN_DOCS, 2] {
