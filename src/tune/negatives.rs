@@ -52,7 +52,11 @@ pub(super) fn mine<'p>(
             .or_default()
             .insert(p.positive.as_str());
     }
-    let depth = (opts.hard_negatives * 3 + 10).min(crate::search::MAX_K);
+    let depth = match opts.mine_depth {
+        0 => opts.hard_negatives * 3 + 10,
+        d => d,
+    }
+    .min(crate::search::MAX_K);
     let mut distinct: Vec<usize> = plan.train_q.clone();
     distinct.sort_unstable();
     distinct.dedup();

@@ -113,6 +113,9 @@ impl Training {
                         c.rank = opts.lora_rank;
                         c.alpha = opts.lora_alpha;
                         c.dropout = opts.lora_dropout;
+                        if opts.lora_layers > 0 {
+                            c.first_layer = c.num_layers.saturating_sub(opts.lora_layers);
+                        }
                         LoraAdapters::new(c, opts.seed)?
                     }
                 };

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod malloc;
 mod output;
 mod telemetry;
 
@@ -11,6 +12,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if matches!(args.command, cli::Command::Tune(_)) {
+        // Before anything is allocated: see the module docs.
+        malloc::keep_freed_memory();
+    }
     let telemetry = match telemetry::Telemetry::init(args.global.otlp_endpoint.as_deref()) {
         Ok(t) => t,
         Err(e) => {

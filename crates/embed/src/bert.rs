@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::config::BertConfig;
 use crate::error::{Error, Result};
 use crate::frozen::frozen_matmul;
+use crate::fused_ops;
 use crate::head::SplitMix64;
 use crate::kernels;
 use crate::lora::{LoraAdapters, LoraTarget};
@@ -267,6 +268,23 @@ impl Bert {
     /// returns `[total_tokens, d]` and each input's `(start, len)` rows. CPU and f32 only
     /// (see [`Bert::supports_packed`]); uses fused forward-only kernels.
     pub fn forward_packed(&self, batch: &[&[u32]]) -> Result<(Tensor, Vec<(usize, usize)>)> {
+        self.forward_packed_layers(batch, self.layers.len())
+    }
+
+    /// [`Bert::forward_packed`] through the first `layers` encoder layers only (0: the
+    /// embeddings' output): the input of layer `layers`, as [`Bert::forward_lora_from`] takes
+    /// it.
+    pub fn forward_packed_layers(
+        &self,
+        batch: &[&[u32]],
+        layers: usize,
+    ) -> Result<(Tensor, Vec<(usize, usize)>)> {
+        if layers > self.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the backbone has {} layers, not {layers}",
+                self.layers.len()
+            )));
+        }
         let d = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
         let eps = self.cfg.layer_norm_eps as f32;
@@ -294,7 +312,7 @@ impl Bert {
         let positions = rows(self.position.index_select(&pos, 0)?)?;
         let emb = concat(&[&self.token_type0, &self.emb_ln_w, &self.emb_ln_b])?;
         let mut x = kernels::add_layer_norm(&words, &positions, &emb, eps)?;
-        for layer in &self.layers {
+        for layer in &self.layers[..layers] {
             let p = layer.packed()?;
             let qkv = packed_gemm::matmul(&x, n, &p.qkv);
             let ctx = kernels::packed_attention(&qkv, &spans, nh, d / nh)?;
@@ -328,6 +346,41 @@ impl Bert {
         self.forward_generic(ids, mask, Some((adapters, rng.as_mut())))
     }
 
+    /// [`Bert::forward_lora`] from layer `start` on: `states` `[batch, len, d]` are the input
+    /// of layer `start` (as [`Bert::forward_packed_layers`] computes them, padded; padding
+    /// rows are masked out by `mask` `[batch, len]`). The layers below `start` must carry no
+    /// adapter: their output is then a constant that need not be recomputed, or
+    /// differentiated, in every training step.
+    pub fn forward_lora_from(
+        &self,
+        states: &Tensor,
+        mask: &Tensor,
+        start: usize,
+        adapters: &LoraAdapters,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor> {
+        adapters.check_shape(self)?;
+        if start > self.layers.len() || start > adapters.config().first_layer {
+            return Err(Error::InvalidArgument(format!(
+                "cannot start at layer {start}: the backbone has {} layers and the adapters \
+                 begin at layer {}",
+                self.layers.len(),
+                adapters.config().first_layer
+            )));
+        }
+        let (b, l, d) = states.dims3()?;
+        if d != self.cfg.hidden_size || mask.dims2()? != (b, l) {
+            return Err(Error::InvalidArgument(format!(
+                "states [{b}, {l}, {d}] and mask {:?} do not fit a backbone of width {}",
+                mask.dims(),
+                self.cfg.hidden_size
+            )));
+        }
+        let mut rng = dropout_seed.map(SplitMix64);
+        let x = states.reshape((b * l, d))?;
+        self.run_layers(x, mask, (b, l), start, Some((adapters, rng.as_mut())))
+    }
+
     fn forward_generic(
         &self,
         ids: &Tensor,
@@ -341,6 +394,33 @@ impl Bert {
                 self.cfg.max_position_embeddings
             )));
         }
+        let d = self.cfg.hidden_size;
+        let eps = self.cfg.layer_norm_eps as f32;
+        let x = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, d))?;
+        let pos = self.position.narrow(0, 0, l)?;
+        let x = x.broadcast_add(&pos)?.broadcast_add(&self.token_type0)?;
+        let x = x.reshape((b * l, d))?;
+        let x = if lora.is_some() {
+            fused_ops::layer_norm(&x, &self.emb_ln_w, &self.emb_ln_b, f64::from(eps))?
+        } else {
+            ln(&x, &self.emb_ln_w, &self.emb_ln_b, eps)?
+        };
+        self.run_layers(x, mask, (b, l), 0, lora)
+    }
+
+    /// The encoder layers from `start` on, over `x` `[b * l, d]` (differentiable when `lora`
+    /// is given); returns `[b, l, d]`.
+    fn run_layers(
+        &self,
+        mut x: Tensor,
+        mask: &Tensor,
+        (b, l): (usize, usize),
+        start: usize,
+        lora: Option<(&LoraAdapters, Option<&mut SplitMix64>)>,
+    ) -> Result<Tensor> {
         let d = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
         let hd = d / nh;
@@ -360,25 +440,18 @@ impl Bert {
         };
         let norm = |x: &Tensor, w: &Tensor, bias: &Tensor| -> Result<Tensor> {
             if adapters.is_some() {
-                crate::latent_attention::layer_norm_eps(x, w, bias, f64::from(eps))
+                fused_ops::layer_norm(x, w, bias, f64::from(eps))
             } else {
                 ln(x, w, bias, eps)
             }
         };
-        let x = self
-            .word
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, l, d))?;
-        let pos = self.position.narrow(0, 0, l)?;
-        let x = x.broadcast_add(&pos)?.broadcast_add(&self.token_type0)?;
-        let mut x = norm(&x.reshape((b * l, d))?, &self.emb_ln_w, &self.emb_ln_b)?;
         let bias = mask
             .to_dtype(DType::F32)?
             .affine(f64::from(f32::MAX), -f64::from(f32::MAX))?
             .to_dtype(x.dtype())?
             .reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().enumerate().skip(start) {
             let mut qkv = mm(&x, &layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
             if let Some(delta) = adapters
                 .map(|a| a.apply_qkv(&x, i, rng.as_deref_mut()))
@@ -393,7 +466,7 @@ impl Bert {
             let v = qkv.get(2)?.contiguous()?;
             let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
             let p = if adapters.is_some() {
-                candle_nn::ops::softmax(&scores, D::Minus1)?
+                fused_ops::softmax_last_dim(&scores)?
             } else {
                 candle_nn::ops::softmax_last_dim(&scores)?
             };
@@ -407,9 +480,12 @@ impl Bert {
                 a = (a + delta)?;
             }
             x = norm(&(a + x)?, &layer.ln1_w, &layer.ln1_b)?;
-            let h = mm(&x, &layer.inter_w)?
-                .broadcast_add(&layer.inter_b)?
-                .gelu_erf()?;
+            let h = mm(&x, &layer.inter_w)?.broadcast_add(&layer.inter_b)?;
+            let h = if adapters.is_some() {
+                fused_ops::gelu_erf(&h)?
+            } else {
+                h.gelu_erf()?
+            };
             let h = mm(&h, &layer.ffn_out_w)?.broadcast_add(&layer.ffn_out_b)?;
             x = norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b)?;
         }

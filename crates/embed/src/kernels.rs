@@ -12,7 +12,7 @@ use crate::packed_gemm::{Mat, arch, micro_kernel, store};
 /// `exp(x)` for f32 by range reduction and a degree-6 polynomial (relative error < 2e-7);
 /// only adds, multiplies and bit operations, so loops over it vectorize on the baseline target.
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(crate) fn fast_exp(x: f32) -> f32 {
     // Round to nearest by the 1.5 * 2^23 trick; the integer then sits in the low mantissa bits.
     const SHIFT: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
@@ -30,7 +30,7 @@ fn fast_exp(x: f32) -> f32 {
 
 /// `erf(x)` (Abramowitz-Stegun 7.1.26, absolute error < 1.5e-7).
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let y = 1.0

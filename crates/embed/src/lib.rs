@@ -37,6 +37,7 @@ pub mod embedder;
 mod error;
 pub mod fetch;
 mod frozen;
+mod fused_ops;
 pub mod head;
 pub mod head_train;
 mod kernels;

@@ -84,8 +84,14 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// Dropout probability on the adapters' input during training.
     pub dropout: f64,
-    /// The adapted projections of every layer.
+    /// The adapted projections of every adapted layer.
     pub targets: Vec<LoraTarget>,
+    /// The first adapted layer: layers `first_layer..num_layers` carry adapters, the ones
+    /// below none (0, the default of files without the field: every layer). Training caches
+    /// the output of the unadapted layers instead of running them forward and backward in
+    /// every step.
+    #[serde(default)]
+    pub first_layer: usize,
     /// The backbone's layer count.
     pub num_layers: usize,
     /// The backbone's width.
@@ -103,6 +109,7 @@ impl LoraConfig {
             alpha: 32.0,
             dropout: 0.1,
             targets: LoraTarget::ALL.to_vec(),
+            first_layer: 0,
             num_layers: bert.num_layers(),
             hidden_size: bert.hidden_size(),
         }
@@ -126,6 +133,12 @@ impl LoraConfig {
             return bad(format!(
                 "the LoRA rank must be at most the width {}, not {}",
                 self.hidden_size, self.rank
+            ));
+        }
+        if self.first_layer >= self.num_layers {
+            return bad(format!(
+                "the first adapted layer must be below the layer count {}, not {}",
+                self.num_layers, self.first_layer
             ));
         }
         Self::check_hyperparameters(self.rank, self.alpha, self.dropout)?;
@@ -156,7 +169,7 @@ impl LoraConfig {
     pub fn tensor_plan(&self) -> Vec<(String, Vec<usize>)> {
         let (d, r) = (self.hidden_size, self.rank);
         let mut plan = Vec::new();
-        for layer in 0..self.num_layers {
+        for layer in self.first_layer..self.num_layers {
             for t in &self.targets {
                 let m = t.module(layer);
                 plan.push((format!("{m}.lora_A.weight"), vec![r, d]));
@@ -210,6 +223,10 @@ impl LoraAdapters {
         let mut layers = Vec::with_capacity(config.num_layers);
         for layer in 0..config.num_layers {
             let mut slots: [Option<Adapter>; 4] = Default::default();
+            if layer < config.first_layer {
+                layers.push(slots);
+                continue;
+            }
             for t in &config.targets {
                 let m = t.module(layer);
                 slots[t.index()] = Some(Adapter {
@@ -400,7 +417,7 @@ impl LoraAdapters {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::bert::tiny_random;
     use crate::lora_train::pad_ids;
@@ -438,7 +455,7 @@ mod tests {
         (ids, mask, rows)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .and_then(|d| d.abs())
             .and_then(|d| d.max_all())
@@ -515,6 +532,81 @@ mod tests {
     }
 
     #[test]
+    fn adapters_on_the_top_layers_only_leave_the_lower_ones_alone() -> Result<()> {
+        let bert = tiny_random(7);
+        let mut config = LoraConfig::new(&bert, backbone());
+        config.first_layer = 1;
+        config.rank = 4;
+        let top = LoraAdapters::new(config, 8)?;
+        let names: Vec<String> = top.named_tensors().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 8);
+        assert!(
+            names.iter().all(|n| n.starts_with("encoder.layer.1.")),
+            "{names:?}"
+        );
+        // A file written before the field existed reads as adapters on every layer.
+        let mut json = serde_json::to_value(LoraConfig::new(&bert, backbone()))
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        json.as_object_mut().map(|o| o.remove("first_layer"));
+        let old: LoraConfig =
+            serde_json::from_value(json).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        assert_eq!(old.first_layer, 0);
+        assert_eq!(old.tensor_plan().len(), 16);
+        // Saved, loaded and merged: the packed inference path equals the unmerged forward.
+        let random = random_adapters(&bert, 9);
+        let tensors = random
+            .named_tensors()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("encoder.layer.1."))
+            .collect();
+        let top = LoraAdapters::from_tensors(top.config().clone(), tensors)?;
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        top.save(dir.path())?;
+        let back = LoraAdapters::load(dir.path())?;
+        assert_eq!(back.config().first_layer, 1);
+        let (ids, mask, rows) = inputs();
+        let unmerged = bert.forward_lora(&ids, &mask, &back, None)?;
+        let base = bert.forward(&ids, &mask)?;
+        assert!(max_diff(&masked(&base, &mask), &masked(&unmerged, &mask)) > 1e-2);
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (packed, spans) = back.merge_into(&bert)?.forward_packed(&refs)?;
+        // From the frozen layer's packed output, the adapted layer alone gives the same.
+        let (frozen, fspans) = bert.forward_packed_layers(&refs, 1)?;
+        let l = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let d = bert.hidden_size();
+        let flat = frozen.flatten_all()?.to_vec1::<f32>()?;
+        let mut padded = vec![0f32; rows.len() * l * d];
+        for (i, &(start, len)) in fspans.iter().enumerate() {
+            padded[i * l * d..(i * l + len) * d]
+                .copy_from_slice(&flat[start * d..(start + len) * d]);
+        }
+        let padded = Tensor::from_vec(padded, (rows.len(), l, d), &Device::Cpu)?;
+        let from = bert.forward_lora_from(&padded, &mask, 1, &back, None)?;
+        for (row, &(start, len)) in spans.iter().enumerate() {
+            let want = unmerged.get(row)?.narrow(0, 0, len)?;
+            assert!(
+                max_diff(&want, &packed.narrow(0, start, len)?) < 1e-4,
+                "row {row}"
+            );
+            assert!(
+                max_diff(&want, &from.get(row)?.narrow(0, 0, len)?) < 1e-4,
+                "row {row}"
+            );
+        }
+        // Starting below the adapters' first layer, or past the last, is refused.
+        let err = bert
+            .forward_lora_from(&padded, &mask, 3, &back, None)
+            .expect_err("past the last layer");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let every = random_adapters(&bert, 10);
+        let err = bert
+            .forward_lora_from(&padded, &mask, 1, &every, None)
+            .expect_err("layer 0 is adapted");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn bad_configurations_and_shapes_are_errors() -> Result<()> {
         let bert = tiny_random(5);
         let good = LoraConfig::new(&bert, backbone());
@@ -534,6 +626,10 @@ mod tests {
             },
             LoraConfig {
                 targets: vec![LoraTarget::Key, LoraTarget::Key],
+                ..good.clone()
+            },
+            LoraConfig {
+                first_layer: 2,
                 ..good.clone()
             },
         ] {

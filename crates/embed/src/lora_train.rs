@@ -1,12 +1,18 @@
 //! Training a [`LatentHead`] and [`LoraAdapters`] on the backbone's attention jointly, with
 //! AdamW and the same InfoNCE batches as [`crate::head_train::HeadTrainer`].
 //!
-//! The backbone is no longer frozen, so nothing can be cached: each step runs the BERT forward
-//! (with the adapters unmerged, differentiable ops only) on the batch's token ids, the head on
-//! its token states, and the backward pass through both. The base weights stay plain tensors;
-//! only the head's tensors and the adapters are variables.
+//! Each step runs the BERT forward (with the adapters unmerged, differentiable ops only) on the
+//! batch's token ids, the head on its token states, and the backward pass through both. The
+//! base weights stay plain tensors; only the head's tensors and the adapters are variables.
+//!
+//! Layers below the adapters' first layer ([`crate::LoraConfig::first_layer`]) are frozen and
+//! unadapted, so their output depends on the text alone: it is computed once per text with the
+//! fast packed kernels ([`Bert::forward_packed_layers`]) and kept in a [`FrozenCache`] of
+//! bounded size, and each step runs forward and backward through the adapted layers only.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, VarMap};
@@ -17,9 +23,47 @@ use crate::head::LatentHead;
 use crate::head_train::{ContrastiveBatch, StepReport, TrainConfig, adamw, batch_loss, optimise};
 use crate::lora::LoraAdapters;
 
+/// Bytes of frozen-layer states a [`LoraTrainer`] keeps at most (f32 token states of the
+/// texts it trained on; texts past the budget are recomputed in each step that uses them).
+pub const FROZEN_CACHE_BYTES: usize = 1 << 30;
+
+/// The output of the frozen lower layers per text (token ids), up to a byte budget.
+#[derive(Debug, Default)]
+pub struct FrozenCache {
+    states: HashMap<Vec<u32>, Vec<f32>>,
+    bytes: usize,
+    budget: usize,
+    hits: u64,
+    misses: u64,
+}
+
+impl FrozenCache {
+    /// An empty cache that keeps at most `budget` bytes of states.
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            ..Self::default()
+        }
+    }
+
+    /// Texts looked up and found, and not found.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// Bytes of states held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 /// Trains a head and LoRA adapters jointly: owns the trainable copies and the AdamW state.
 pub struct LoraTrainer {
     bert: Bert,
+    /// The adapters' first layer: the layers below it run once per text (see the module
+    /// docs), 0 when every layer is adapted or the packed kernels cannot run.
+    frozen_layers: usize,
+    cache: Mutex<FrozenCache>,
     head_vars: VarMap,
     head: LatentHead,
     lora_vars: VarMap,
@@ -84,8 +128,15 @@ impl LoraTrainer {
         let mut vars = head_vars.all_vars();
         vars.extend(lora_vars.all_vars());
         let opt = adamw(vars, config)?;
+        let frozen_layers = if bert.supports_packed() {
+            adapters.config().first_layer
+        } else {
+            0
+        };
         Ok(Self {
             bert: bert.clone(),
+            frozen_layers,
+            cache: Mutex::new(FrozenCache::new(FROZEN_CACHE_BYTES)),
             head_vars,
             head,
             lora_vars,
@@ -120,10 +171,75 @@ impl LoraTrainer {
     /// with the adapters and the head (differentiable). `dropout_seed`: `Some` in training.
     fn embed_with(&self, items: &[Vec<u32>], dropout_seed: Option<u64>) -> Result<Tensor> {
         let (ids, mask) = pad_ids(items, &Device::Cpu)?;
-        let states = self
-            .bert
-            .forward_lora(&ids, &mask, &self.adapters, dropout_seed)?;
+        let states = if self.frozen_layers == 0 {
+            self.bert
+                .forward_lora(&ids, &mask, &self.adapters, dropout_seed)?
+        } else {
+            let frozen = self.frozen_states(items)?;
+            self.bert.forward_lora_from(
+                &frozen,
+                &mask,
+                self.frozen_layers,
+                &self.adapters,
+                dropout_seed,
+            )?
+        };
         self.head.forward(&states, &mask)
+    }
+
+    /// The frozen layers' output for `items`, padded to `[n, max_len, d]` (zeros past each
+    /// text's end): from the cache, the missing texts computed in one packed call.
+    fn frozen_states(&self, items: &[Vec<u32>]) -> Result<Tensor> {
+        let d = self.bert.hidden_size();
+        let l = items.iter().map(Vec::len).max().unwrap_or(0);
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| Error::Internal("the frozen-state cache's lock is poisoned".into()))?;
+        let mut missing: Vec<&[u32]> = Vec::new();
+        for item in items {
+            if cache.states.contains_key(item) {
+                cache.hits += 1;
+            } else if !missing.contains(&item.as_slice()) {
+                cache.misses += 1;
+                missing.push(item);
+            }
+        }
+        let mut fresh: HashMap<&[u32], Vec<f32>> = HashMap::new();
+        if !missing.is_empty() {
+            let (states, spans) = self
+                .bert
+                .forward_packed_layers(&missing, self.frozen_layers)?;
+            let states = states.flatten_all()?.to_vec1::<f32>()?;
+            for (item, (start, len)) in missing.iter().zip(spans) {
+                let rows = states[start * d..(start + len) * d].to_vec();
+                if cache.bytes + rows.len() * 4 <= cache.budget {
+                    cache.bytes += rows.len() * 4;
+                    cache.states.insert(item.to_vec(), rows);
+                } else {
+                    fresh.insert(item, rows);
+                }
+            }
+        }
+        let mut padded = vec![0f32; items.len() * l * d];
+        for (item, out) in items.iter().zip(padded.chunks_exact_mut(l * d)) {
+            let rows = match cache.states.get(item) {
+                Some(rows) => rows,
+                None => fresh.get(item.as_slice()).ok_or_else(|| {
+                    Error::Internal("a text's frozen states were neither cached nor made".into())
+                })?,
+            };
+            out[..rows.len()].copy_from_slice(rows);
+        }
+        Ok(Tensor::from_vec(padded, (items.len(), l, d), &Device::Cpu)?)
+    }
+
+    /// The frozen-state cache's hits and misses so far (both 0 when every layer is adapted).
+    pub fn frozen_cache_stats(&self) -> (u64, u64) {
+        self.cache
+            .lock()
+            .map(|c| c.hits_and_misses())
+            .unwrap_or((0, 0))
     }
 
     /// Pooled embeddings `[n, d]` of token ids in evaluation mode (no dropout).
@@ -231,6 +347,45 @@ mod tests {
         let end = trainer.loss(&b, 0.05)?.to_scalar::<f32>()?;
         assert!(end < start, "loss {start} -> {end}");
         assert_eq!(trainer.steps(), 22);
+        Ok(())
+    }
+
+    #[test]
+    fn cached_frozen_layers_train_as_the_full_forward_does() -> Result<()> {
+        let (bert, head, _) = parts(14);
+        let backbone = BackboneRef {
+            name: "tiny".into(),
+            weights_sha256: "00".into(),
+        };
+        let mut c = LoraConfig::new(&bert, backbone);
+        c.first_layer = 1;
+        let adapters = LoraAdapters::new(c, 14)?;
+        assert_eq!(adapters.config().tensor_plan().len(), 8);
+        let mut cached = LoraTrainer::new(&bert, &head, &adapters, config(), 4)?;
+        assert_eq!(cached.frozen_layers, 1);
+        let mut full = LoraTrainer::new(&bert, &head, &adapters, config(), 4)?;
+        full.frozen_layers = 0;
+        let b = batch();
+        for _ in 0..4 {
+            let (x, y) = (cached.step(&b, 0.05)?, full.step(&b, 0.05)?);
+            assert!((x.loss - y.loss).abs() < 1e-4, "{} vs {}", x.loss, y.loss);
+        }
+        let a = cached.embed_ids(&b.docs)?.to_vec2::<f32>()?;
+        let f = full.embed_ids(&b.docs)?.to_vec2::<f32>()?;
+        for (x, y) in a.iter().flatten().zip(f.iter().flatten()) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+        // Every text was computed once, in the first step, then found: in 3 more steps and
+        // one embedding of the documents.
+        let (hits, misses) = cached.frozen_cache_stats();
+        assert_eq!(misses, 7);
+        assert_eq!(hits, 3 * 7 + 4);
+        assert_eq!(full.frozen_cache_stats(), (0, 0));
+        // Past the budget, texts are recomputed each time, with the same result.
+        cached.cache = Mutex::new(FrozenCache::new(0));
+        let again = cached.embed_ids(&b.docs)?.to_vec2::<f32>()?;
+        assert_eq!(again, a);
+        assert_eq!(cached.cache.lock().map(|c| c.bytes()).unwrap_or(1), 0);
         Ok(())
     }
 
