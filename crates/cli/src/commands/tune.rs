@@ -96,7 +96,7 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 0.1)]
     pub lora_dropout: f64,
     /// Adapt only the backbone's top N layers (0: all); the frozen layers below run once per
-    /// text instead of in every step (head+lora).
+    /// text instead of in every step: faster steps, smaller gains (head+lora).
     #[arg(long, value_name = "N")]
     pub lora_layers: Option<usize>,
     /// Seed of the holdout split, sampling and initialisation.
