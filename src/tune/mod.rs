@@ -103,10 +103,9 @@ pub struct TuneOptions {
     /// Dropout on the adapters' input during training.
     pub lora_dropout: f64,
     /// Adapt only the backbone's top `lora_layers` layers (0, or the layer count or more:
-    /// every layer). The layers below
-    /// stay frozen and unadapted, so their output is computed once per text instead of
-    /// forward and backward in every step (ignored when the live version already has
-    /// adapters, which keep their layers).
+    /// every layer). The layers below stay frozen and unadapted, so their output is computed
+    /// once per text instead of forward and backward in every step (ignored when the live
+    /// version already has adapters, which keep their layers).
     pub lora_layers: usize,
     /// Make the new version live even if it is not better on the held-out queries.
     pub force: bool,

@@ -178,6 +178,16 @@ fn ln(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
     }
 }
 
+/// LayerNorm in the generic forward: with a backward pass for the input when `trainable` (the
+/// weight and bias are the frozen backbone's), else the fastest forward.
+fn norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32, trainable: bool) -> Result<Tensor> {
+    if trainable {
+        fused_ops::layer_norm(x, w, b, f64::from(eps))
+    } else {
+        ln(x, w, b, eps)
+    }
+}
+
 impl Bert {
     /// Builds the encoder from checkpoint tensors (after [`strip_prefix`] and the plan check).
     pub(crate) fn from_tensors(
@@ -394,20 +404,21 @@ impl Bert {
                 self.cfg.max_position_embeddings
             )));
         }
-        let d = self.cfg.hidden_size;
         let eps = self.cfg.layer_norm_eps as f32;
+        let d = self.cfg.hidden_size;
         let x = self
             .word
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, l, d))?;
         let pos = self.position.narrow(0, 0, l)?;
         let x = x.broadcast_add(&pos)?.broadcast_add(&self.token_type0)?;
-        let x = x.reshape((b * l, d))?;
-        let x = if lora.is_some() {
-            fused_ops::layer_norm(&x, &self.emb_ln_w, &self.emb_ln_b, f64::from(eps))?
-        } else {
-            ln(&x, &self.emb_ln_w, &self.emb_ln_b, eps)?
-        };
+        let x = norm(
+            &x.reshape((b * l, d))?,
+            &self.emb_ln_w,
+            &self.emb_ln_b,
+            eps,
+            lora.is_some(),
+        )?;
         self.run_layers(x, mask, (b, l), 0, lora)
     }
 
@@ -438,13 +449,8 @@ impl Bert {
                 Ok(x.matmul(w)?)
             }
         };
-        let norm = |x: &Tensor, w: &Tensor, bias: &Tensor| -> Result<Tensor> {
-            if adapters.is_some() {
-                fused_ops::layer_norm(x, w, bias, f64::from(eps))
-            } else {
-                ln(x, w, bias, eps)
-            }
-        };
+        let norm =
+            |x: &Tensor, w: &Tensor, bias: &Tensor| norm(x, w, bias, eps, adapters.is_some());
         let bias = mask
             .to_dtype(DType::F32)?
             .affine(f64::from(f32::MAX), -f64::from(f32::MAX))?

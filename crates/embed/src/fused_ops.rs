@@ -79,6 +79,12 @@ fn backward_rows(
     Ok((CpuStorage::F32(dx), l1.shape().clone()))
 }
 
+/// The gradient of a fused op's input: `op` over `a` (the op's input or output) and the
+/// output's gradient.
+fn gradient(a: &Tensor, grad: &Tensor, op: &impl CustomOp2) -> candle_core::Result<Option<Tensor>> {
+    Ok(Some(a.apply_op2_no_bwd(&grad.contiguous()?, op)?))
+}
+
 /// Whether the fused ops run on `x`.
 fn fits(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
@@ -153,9 +159,7 @@ impl CustomOp1 for Gelu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?,
-        ))
+        gradient(arg, grad, &GeluBackward)
     }
 }
 
@@ -220,9 +224,7 @@ impl CustomOp1 for Softmax {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
-        ))
+        gradient(res, grad, &SoftmaxBackward)
     }
 }
 
@@ -296,7 +298,7 @@ impl CustomOp1 for LayerNorm {
             w: self.w.clone(),
             eps: self.eps,
         };
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+        gradient(arg, grad, &op)
     }
 }
 

@@ -572,15 +572,13 @@ pub(crate) mod tests {
         let (packed, spans) = back.merge_into(&bert)?.forward_packed(&refs)?;
         // From the frozen layer's packed output, the adapted layer alone gives the same.
         let (frozen, fspans) = bert.forward_packed_layers(&refs, 1)?;
-        let l = rows.iter().map(Vec::len).max().unwrap_or(0);
         let d = bert.hidden_size();
         let flat = frozen.flatten_all()?.to_vec1::<f32>()?;
-        let mut padded = vec![0f32; rows.len() * l * d];
-        for (i, &(start, len)) in fspans.iter().enumerate() {
-            padded[i * l * d..(i * l + len) * d]
-                .copy_from_slice(&flat[start * d..(start + len) * d]);
-        }
-        let padded = Tensor::from_vec(padded, (rows.len(), l, d), &Device::Cpu)?;
+        let per_text: Vec<&[f32]> = fspans
+            .iter()
+            .map(|&(start, len)| &flat[start * d..(start + len) * d])
+            .collect();
+        let padded = crate::lora_train::pad_states(&per_text, d)?;
         let from = bert.forward_lora_from(&padded, &mask, 1, &back, None)?;
         for (row, &(start, len)) in spans.iter().enumerate() {
             let want = unmerged.get(row)?.narrow(0, 0, len)?;

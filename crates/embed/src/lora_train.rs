@@ -104,6 +104,19 @@ pub fn pad_ids(items: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> 
     ))
 }
 
+/// Token states of several texts (`rows[i]`: `len_i × d` values) padded with zeros to `[n,
+/// max len, d]`, as [`Bert::forward_lora_from`] takes them.
+pub(crate) fn pad_states(rows: &[&[f32]], d: usize) -> Result<Tensor> {
+    let l = rows.iter().map(|r| r.len() / d.max(1)).max().unwrap_or(0);
+    let mut padded = vec![0f32; rows.len() * l * d];
+    if l > 0 {
+        for (row, out) in rows.iter().zip(padded.chunks_exact_mut(l * d)) {
+            out[..row.len()].copy_from_slice(row);
+        }
+    }
+    Ok(Tensor::from_vec(padded, (rows.len(), l, d), &Device::Cpu)?)
+}
+
 impl LoraTrainer {
     /// A trainer of `head` and `adapters` (neither is modified) on the frozen base weights of
     /// `bert` (unmerged: without any adapters); `seed` drives the adapters' dropout.
@@ -191,7 +204,6 @@ impl LoraTrainer {
     /// text's end): from the cache, the missing texts computed in one packed call.
     fn frozen_states(&self, items: &[Vec<u32>]) -> Result<Tensor> {
         let d = self.bert.hidden_size();
-        let l = items.iter().map(Vec::len).max().unwrap_or(0);
         let mut cache = self
             .cache
             .lock()
@@ -221,17 +233,21 @@ impl LoraTrainer {
                 }
             }
         }
-        let mut padded = vec![0f32; items.len() * l * d];
-        for (item, out) in items.iter().zip(padded.chunks_exact_mut(l * d)) {
-            let rows = match cache.states.get(item) {
-                Some(rows) => rows,
-                None => fresh.get(item.as_slice()).ok_or_else(|| {
-                    Error::Internal("a text's frozen states were neither cached nor made".into())
-                })?,
-            };
-            out[..rows.len()].copy_from_slice(rows);
-        }
-        Ok(Tensor::from_vec(padded, (items.len(), l, d), &Device::Cpu)?)
+        let rows = items
+            .iter()
+            .map(|item| match cache.states.get(item) {
+                Some(rows) => Ok(rows.as_slice()),
+                None => fresh
+                    .get(item.as_slice())
+                    .map(Vec::as_slice)
+                    .ok_or_else(|| {
+                        Error::Internal(
+                            "a text's frozen states were neither cached nor made".into(),
+                        )
+                    }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        pad_states(&rows, d)
     }
 
     /// The frozen-state cache's hits and misses so far (both 0 when every layer is adapted).

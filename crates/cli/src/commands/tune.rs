@@ -354,8 +354,7 @@ mod tests {
         assert_eq!(head, TuneOptions::default());
         assert!(head.lr < lora.lr);
         assert!((options(&["--lr", "1e-3"]).lr - 1e-3).abs() < 1e-12);
-        let (d, l) = (lora.mine_depth, lora.lora_layers);
-        assert_eq!((d, l), (0, 0));
+        assert_eq!((lora.mine_depth, lora.lora_layers), (0, 0));
         let deep = options(&["--mine-depth", "40", "--lora-layers", "2"]);
         assert_eq!((deep.mine_depth, deep.lora_layers), (40, 2));
         let set = options(&[
