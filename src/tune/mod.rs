@@ -83,6 +83,9 @@ pub struct TuneOptions {
     pub mine_depth: usize,
     /// InfoNCE temperature.
     pub temperature: f64,
+    /// Stage 1 also trains the reverse direction: each positive document against the
+    /// batch's queries (a symmetric InfoNCE).
+    pub symmetric: bool,
     /// Queries per step.
     pub batch_size: usize,
     /// Peak AdamW learning rate (linear warm-up over the first 10% of each stage, then
@@ -125,6 +128,7 @@ impl Default for TuneOptions {
             margin: 0.95,
             mine_depth: 0,
             temperature: 0.05,
+            symmetric: false,
             batch_size: 16,
             lr: 2e-4,
             seed: 0,

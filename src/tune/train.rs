@@ -213,13 +213,25 @@ impl Training {
     ) -> Result<f32> {
         let report = match self {
             Training::Head { trainer, inputs } => {
-                let b = contrastive_batch(ex, batch, stage, inputs, |t| {
-                    sample_tokens(t, opts.train_tokens, rng)
-                })?;
+                let b = contrastive_batch(
+                    ex,
+                    batch,
+                    stage,
+                    opts.symmetric && stage == 1,
+                    inputs,
+                    |t| sample_tokens(t, opts.train_tokens, rng),
+                )?;
                 trainer.step(&b, opts.temperature)?
             }
             Training::Lora { trainer, inputs } => {
-                let b = contrastive_batch(ex, batch, stage, inputs, |t| Ok(t.clone()))?;
+                let b = contrastive_batch(
+                    ex,
+                    batch,
+                    stage,
+                    opts.symmetric && stage == 1,
+                    inputs,
+                    |t| Ok(t.clone()),
+                )?;
                 trainer.step(&b, opts.temperature)?
             }
         };
@@ -229,11 +241,13 @@ impl Training {
 
 /// One step's batch: the queries, the documents they are scored against (positives, hard
 /// negatives; each passed through `doc_input`) and the candidate mask of the stage (1:
-/// in-batch + hard negatives, minus any known positive of the query; 2: hard negatives only).
+/// in-batch + hard negatives, minus any known positive of the query; 2: hard negatives only),
+/// `symmetric` when the reverse direction is trained too.
 fn contrastive_batch<T: Clone>(
     ex: &Examples<'_>,
     batch: &[usize],
     stage: u8,
+    symmetric: bool,
     inputs: &Inputs<T>,
     mut doc_input: impl FnMut(&T) -> Result<T>,
 ) -> Result<ContrastiveBatch<T>> {
@@ -301,5 +315,5 @@ fn contrastive_batch<T: Clone>(
                 .ok_or_else(|| Error::InvalidArgument("internal: missing query input".into()))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(ContrastiveBatch::new(queries, docs, positive, allowed)?)
+    Ok(ContrastiveBatch::new(queries, docs, positive, allowed)?.with_symmetric(symmetric))
 }

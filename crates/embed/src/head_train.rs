@@ -11,7 +11,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use crate::embedder::{TokenStates, pad_token_states};
 use crate::error::{Error, Result};
 use crate::head::LatentHead;
-use crate::loss::info_nce;
+use crate::loss::{info_nce, info_nce_symmetric};
 use crate::pooling::{l2_normalize, packed_mean};
 
 /// Optimiser settings of a [`HeadTrainer`].
@@ -46,6 +46,9 @@ pub struct ContrastiveBatch<T = TokenStates> {
     pub positive: Vec<usize>,
     /// `[queries, docs]` f32 mask of the candidates each query is scored against.
     pub allowed: Tensor,
+    /// Also train the reverse direction, each positive document against the batch's queries
+    /// ([`crate::loss::info_nce_symmetric`]); false by default.
+    pub symmetric: bool,
 }
 
 /// What one step did.
@@ -96,7 +99,12 @@ pub(crate) fn batch_loss<T>(
     }
     let q = embed(&batch.queries)?;
     let d = embed(&batch.docs)?;
-    info_nce(&q, &d, &batch.positive, &batch.allowed, temperature)
+    let loss = if batch.symmetric {
+        info_nce_symmetric
+    } else {
+        info_nce
+    };
+    loss(&q, &d, &batch.positive, &batch.allowed, temperature)
 }
 
 /// Backpropagates `loss`, records the gradient norm of every variable of `maps` and takes one
@@ -203,7 +211,14 @@ impl<T> ContrastiveBatch<T> {
             docs,
             positive,
             allowed,
+            symmetric: false,
         })
+    }
+
+    /// The batch with [`ContrastiveBatch::symmetric`] set to `on`.
+    pub fn with_symmetric(mut self, on: bool) -> Self {
+        self.symmetric = on;
+        self
     }
 }
 
@@ -299,6 +314,7 @@ mod tests {
             docs,
             positive: vec![0, 1],
             allowed: Tensor::ones((2, 3), DType::F32, &Device::Cpu).expect("mask"),
+            symmetric: false,
         }
     }
 

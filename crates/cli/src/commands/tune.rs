@@ -30,14 +30,15 @@ pub enum TrainArg {
 
 /// Arguments of `tune`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["pairs", "beir", "self_supervised"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["pairs", "beir", "self_supervised"])))]
 pub struct TuneArgs {
     /// The collection (created with a model).
     pub name: String,
     /// Training pairs: JSONL lines `{"query": TEXT, "positive": DOC_ID}`.
-    #[arg(long, value_name = "PAIRS.jsonl")]
+    #[arg(long, value_name = "PAIRS.jsonl", conflicts_with_all = ["beir", "self_supervised"])]
     pub pairs: Option<PathBuf>,
-    /// A BEIR-format dataset whose qrels split gives the pairs.
+    /// A BEIR-format dataset whose qrels split gives the pairs (with --self-supervised: only
+    /// the --eval-split to evaluate on).
     #[arg(long, value_name = "DIR")]
     pub beir: Option<PathBuf>,
     /// The BEIR qrels split to train on.
@@ -47,7 +48,8 @@ pub struct TuneArgs {
     #[arg(long, requires = "beir")]
     pub eval_split: Option<String>,
     /// Pairs from the collection's own text (inverse cloze: a sentence is the query, the rest
-    /// of its document the positive).
+    /// of its document the positive); with --beir DIR --eval-split S, evaluated on the
+    /// dataset's labelled split S instead of a holdout of the synthetic pairs.
     #[arg(long)]
     pub self_supervised: bool,
     /// Fraction of the queries held out for evaluation (never trained on).
@@ -76,6 +78,10 @@ pub struct TuneArgs {
     /// InfoNCE temperature.
     #[arg(long, default_value_t = 0.05)]
     pub temperature: f64,
+    /// Stage 1 also trains the reverse direction (each positive document against the
+    /// batch's queries: a symmetric InfoNCE).
+    #[arg(long)]
+    pub symmetric: bool,
     /// Queries per step [default: 16; head+lora: 8].
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -110,7 +116,7 @@ pub struct TuneArgs {
     /// query, and make the best the collection's default if it beats both legs.
     #[arg(long, requires = "beir", conflicts_with_all = [
         "eval_split", "force", "holdout", "train", "stage1_steps", "stage2_steps",
-        "hard_negatives", "margin", "mine_depth", "temperature", "batch_size", "lr", "train_tokens",
+        "hard_negatives", "margin", "mine_depth", "temperature", "symmetric", "batch_size", "lr", "train_tokens",
         "lora_rank", "lora_alpha", "lora_dropout", "lora_layers", "seed", "pairs", "self_supervised",
     ])]
     pub fusion_only: bool,
@@ -151,6 +157,7 @@ fn tune_options(a: &TuneArgs, eval_pairs: Option<Vec<TrainPair>>) -> TuneOptions
         margin: a.margin,
         mine_depth: a.mine_depth.unwrap_or(defaults.mine_depth),
         temperature: a.temperature,
+        symmetric: a.symmetric || defaults.symmetric,
         batch_size: a.batch_size.unwrap_or(defaults.batch_size),
         lr: a.lr.unwrap_or(defaults.lr),
         seed: a.seed,
@@ -237,7 +244,18 @@ pub fn run(a: TuneArgs, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode
         anyhow::bail!("--fusion-only needs --beir DIR");
     }
     let mut eval_pairs = None;
-    let source = if let Some(p) = &a.pairs {
+    let source = if a.self_supervised {
+        if let Some(dir) = &a.beir {
+            let Some(split) = &a.eval_split else {
+                anyhow::bail!(
+                    "--self-supervised trains on the collection's own text: --beir DIR only \
+                     names the labelled --eval-split to evaluate on, and needs it"
+                );
+            };
+            eval_pairs = Some(beir_pairs(&BeirDataset::open(dir)?, split)?);
+        }
+        PairSource::SelfSupervised
+    } else if let Some(p) = &a.pairs {
         PairSource::Pairs(read_pairs_jsonl(p)?)
     } else if let Some(dir) = &a.beir {
         let ds = BeirDataset::open(dir)?;
@@ -383,6 +401,23 @@ mod tests {
         assert!(
             Cmd::try_parse_from(["tune", "docs", "--self-supervised", "--train", "lora"]).is_err()
         );
+    }
+
+    #[test]
+    fn pair_sources_combine_only_as_documented() {
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["tune", "docs"];
+            full.extend_from_slice(argv);
+            Cmd::try_parse_from(full)
+        };
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--pairs", "p.jsonl", "--beir", "d"]).is_err());
+        assert!(parse(&["--pairs", "p.jsonl", "--self-supervised"]).is_err());
+        // Self-supervised training evaluated on a labelled BEIR split.
+        let cmd =
+            parse(&["--self-supervised", "--beir", "d", "--eval-split", "test"]).expect("parses");
+        assert!(cmd.args.self_supervised);
+        assert_eq!(cmd.args.eval_split.as_deref(), Some("test"));
     }
 
     #[test]
