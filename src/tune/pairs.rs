@@ -115,6 +115,68 @@ pub fn inverse_cloze(docs: &[(String, String)], seed: u64) -> Vec<TrainPair> {
     out
 }
 
+/// Keyword queries from documents `(id, text)`: for each document, 3 to 6 of its most
+/// distinctive words (highest `idf · (1 + ln tf)` among words in at least two and at most a
+/// tenth, or five, of the documents; stopwords and numbers excluded), in the order they first
+/// occur, make a short query whose positive is the whole document. Such queries look like the
+/// subject lines, titles and keyword searches users type, and teach the model to weigh a
+/// document's rare, topical words.
+pub fn keyword_queries(docs: &[(String, String)], seed: u64) -> Vec<TrainPair> {
+    let mut rng = SplitMix64::new(seed);
+    let words_of = |text: &str| -> Vec<(String, String)> {
+        text.split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '-')
+            .map(|w| w.trim_matches(|c: char| c == '\'' || c == '-'))
+            .filter(|w| w.chars().count() >= 3 && w.chars().any(char::is_alphabetic))
+            .map(|w| (w.to_lowercase(), w.to_string()))
+            .filter(|(k, _)| !latentdb_text::stopwords::is_english(k))
+            .collect()
+    };
+    let tokenized: Vec<Vec<(String, String)>> = docs.iter().map(|(_, t)| words_of(t)).collect();
+    let mut df: HashMap<&str, usize> = HashMap::new();
+    for words in &tokenized {
+        let distinct: HashSet<&str> = words.iter().map(|(k, _)| k.as_str()).collect();
+        for w in distinct {
+            *df.entry(w).or_default() += 1;
+        }
+    }
+    let n = docs.len().max(1) as f64;
+    let max_df = (docs.len() / 10).max(5);
+    let mut out = Vec::new();
+    for ((id, _), words) in docs.iter().zip(&tokenized) {
+        // (first position, surface form, tf) per distinct word.
+        let mut seen: HashMap<&str, (usize, &str, usize)> = HashMap::new();
+        for (i, (k, w)) in words.iter().enumerate() {
+            seen.entry(k.as_str()).or_insert((i, w.as_str(), 0)).2 += 1;
+        }
+        let mut scored: Vec<(f64, usize, &str)> = seen
+            .iter()
+            .filter_map(|(k, &(first, surface, tf))| {
+                let d = *df.get(k)?;
+                (d >= 2 && d <= max_df).then(|| {
+                    (
+                        (n / d as f64).ln() * (1.0 + (tf as f64).ln()),
+                        first,
+                        surface,
+                    )
+                })
+            })
+            .collect();
+        if scored.len() < 3 {
+            continue;
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let take = (3 + rng.below(4)).min(scored.len());
+        let mut picked: Vec<(usize, &str)> = scored[..take].iter().map(|s| (s.1, s.2)).collect();
+        picked.sort_unstable();
+        out.push(TrainPair {
+            query: picked.iter().map(|p| p.1).collect::<Vec<_>>().join(" "),
+            positive: id.clone(),
+            positive_text: None,
+        });
+    }
+    out
+}
+
 /// Sentences of at least three words, cut after `.`, `!`, `?` or a line break.
 fn split_sentences(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -194,18 +256,19 @@ impl Plan {
         source: PairSource,
         opts: &TuneOptions,
     ) -> Result<Plan> {
-        let pairs = match source {
-            PairSource::Pairs(p) => p,
-            PairSource::SelfSupervised => {
-                let owned: Vec<(String, String)> = ids
-                    .iter()
-                    .zip(texts)
-                    .map(|(i, t)| (i.clone(), t.to_string()))
-                    .collect();
-                inverse_cloze(&owned, opts.seed)
-            }
+        let keywords = || {
+            let owned: Vec<(String, String)> = ids
+                .iter()
+                .zip(texts)
+                .map(|(i, t)| (i.clone(), t.to_string()))
+                .collect();
+            keyword_queries(&owned, opts.seed)
         };
-        let (train, eval) = match &opts.eval_pairs {
+        let (pairs, augment) = match source {
+            PairSource::Pairs(p) => (p, opts.keyword_pairs),
+            PairSource::SelfSupervised => (keywords(), false),
+        };
+        let (mut train, eval) = match &opts.eval_pairs {
             Some(e) => {
                 let held: HashSet<&str> = e.iter().map(|p| p.query.as_str()).collect();
                 let train: Vec<TrainPair> = pairs
@@ -216,6 +279,15 @@ impl Plan {
             }
             None => split_holdout(pairs, opts.holdout, opts.seed)?,
         };
+        if augment {
+            // Added after the split: synthetic queries are never held out.
+            let held: HashSet<&str> = eval.iter().map(|p| p.query.as_str()).collect();
+            train.extend(
+                keywords()
+                    .into_iter()
+                    .filter(|p| !held.contains(p.query.as_str())),
+            );
+        }
         let before_filter = train.len();
         let train: Vec<TrainPair> = train
             .into_iter()
@@ -317,6 +389,82 @@ mod tests {
         let rest = p.positive_text.as_deref().unwrap();
         assert!(!rest.contains(&p.query));
         assert_eq!(p.positive, "d1");
+    }
+
+    #[test]
+    fn keyword_queries_pick_a_documents_distinctive_words_in_order() {
+        // 30 documents share "common"; "quasar" and "nebula" appear in exactly two, "zebra"
+        // and "yak" in exactly three, "unique" in one (too rare to be taken).
+        let mut docs: Vec<(String, String)> = (0..30)
+            .map(|i| {
+                (
+                    format!("d{i}"),
+                    format!("common filler{} words here", i % 3),
+                )
+            })
+            .collect();
+        docs[0].1 = "The quasar and the nebula near a zebra, a yak and a unique common star".into();
+        docs[1].1 = "quasar nebula common".into();
+        docs[2].1 = "zebra yak common".into();
+        docs[3].1 = "zebra yak common".into();
+        docs[4].1 = "1234 5678 ab".into();
+        let pairs = keyword_queries(&docs, 7);
+        let first = pairs
+            .iter()
+            .find(|p| p.positive == "d0")
+            .expect("d0 has a query");
+        let words: Vec<&str> = first.query.split(' ').collect();
+        assert!((3..=4).contains(&words.len()), "{words:?}");
+        // Rarest first, kept in the document's order.
+        assert_eq!(&words[..2], ["quasar", "nebula"], "{words:?}");
+        assert!(!first.query.contains("unique") && !first.query.contains("common"));
+        assert!(first.positive_text.is_none());
+        // Too few distinctive words: no query.
+        assert!(pairs.iter().all(|p| p.positive != "d4"));
+        assert_eq!(pairs, keyword_queries(&docs, 7), "seeded");
+    }
+
+    #[test]
+    fn keyword_pairs_join_the_training_side_only() {
+        let ids: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+        let texts: Vec<String> = (0..20)
+            .map(|i| format!("alpha{} beta{} gamma{} shared words", i / 2, i / 2, i / 2))
+            .collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let by_id: HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect();
+        let labelled: Vec<TrainPair> = (0..10)
+            .map(|i| pair(&format!("q{i}"), &format!("d{i}")))
+            .collect();
+        let opts = TuneOptions {
+            eval_pairs: Some(vec![pair("held", "d0")]),
+            ..TuneOptions::default()
+        };
+        let plain = Plan::build(
+            &ids,
+            &texts,
+            &by_id,
+            PairSource::Pairs(labelled.clone()),
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(plain.train.len(), 10);
+        let opts = TuneOptions {
+            keyword_pairs: true,
+            ..opts
+        };
+        let plan = Plan::build(&ids, &texts, &by_id, PairSource::Pairs(labelled), &opts).unwrap();
+        // Every document pairs with its own keywords (each word is in exactly two documents).
+        assert_eq!(plan.train.len(), 30);
+        assert!(
+            plan.train[10..]
+                .iter()
+                .all(|p| p.query.starts_with("alpha"))
+        );
+        assert_eq!((plan.eval_pairs, plan.eval_queries.len()), (1, 1));
     }
 
     #[test]

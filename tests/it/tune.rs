@@ -3,16 +3,17 @@
 //! evaluate on `qrels/test.tsv`, before/after printed), and the version life cycle (switch,
 //! reopen, rollback) on a small slice. Fetches the default model if it is absent.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use latentdb::embed::{ModelSpec, fetch_default, models_dir};
 use latentdb::eval::BeirDataset;
+use latentdb::eval::metrics::ndcg_at;
 use latentdb::tune::{
-    PairSource, TrainTarget, TuneOptions, TuneProgress, TuneReport, Tuner, beir_pairs,
+    PairSource, TrainPair, TrainTarget, TuneOptions, TuneProgress, TuneReport, Tuner, beir_pairs,
 };
-use latentdb::{CollectionSpec, Database, Document, ErrorKind, Metric, SearchRequest};
+use latentdb::{CollectionSpec, Database, Document, ErrorKind, Metric, SearchMode, SearchRequest};
 
 fn dataset_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datasets/spamassassin-subjects")
@@ -153,52 +154,85 @@ fn tune_head_lora_on_spamassassin_subjects() {
     assert_eq!(report.train, TrainTarget::HeadLora);
 }
 
-#[test]
-#[ignore = "a 400-document slice, a few minutes on 2 cores; run with --ignored"]
-fn tune_head_on_a_slice_of_spamassassin_subjects() {
-    ensure_model();
+/// A slice of the corpus: the positives of the first `n_train` training pairs (by query id)
+/// and of every test pair, loaded into a new collection `slice` on the default model. Returns
+/// the slice's training and test pairs.
+fn slice_collection(db: &Database, n_train: usize) -> (Vec<TrainPair>, Vec<TrainPair>) {
     let ds = BeirDataset::open(dataset_dir()).unwrap();
-    let train = beir_pairs(&ds, "train").unwrap();
+    let train: Vec<TrainPair> = beir_pairs(&ds, "train")
+        .unwrap()
+        .into_iter()
+        .take(n_train)
+        .collect();
     let test = beir_pairs(&ds, "test").unwrap();
-    let mut keep: HashSet<String> = train.iter().take(280).map(|p| p.positive.clone()).collect();
-    keep.extend(test.iter().take(120).map(|p| p.positive.clone()));
+    let keep: HashSet<&str> = train
+        .iter()
+        .chain(&test)
+        .map(|p| p.positive.as_str())
+        .collect();
     let docs: Vec<Document> = ds
         .corpus()
         .unwrap()
         .map(Result::unwrap)
-        .filter(|d| keep.contains(&d.id))
+        .filter(|d| keep.contains(d.id.as_str()))
         .map(|d| Document {
             id: Some(d.id),
             text: Some(d.text),
             ..Document::default()
         })
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(dir.path()).unwrap();
     db.create_collection_with_model(
         CollectionSpec::new("slice", 0, Metric::Cosine),
         &ModelSpec::Default,
     )
     .unwrap();
-    let t = Instant::now();
     db.upsert("slice", docs).unwrap();
-    eprintln!("ingest {:.1}s", t.elapsed().as_secs_f64());
-    let train: Vec<_> = train
-        .into_iter()
-        .filter(|p| keep.contains(&p.positive))
-        .collect();
-    let test: Vec<_> = test
-        .into_iter()
-        .filter(|p| keep.contains(&p.positive))
-        .collect();
+    (train, test)
+}
+
+/// nDCG@10 of each of `pairs`' queries (one relevant document each) by exact dense search of
+/// the collection's live model.
+fn per_query_ndcg(db: &Database, collection: &str, pairs: &[TrainPair]) -> Vec<f64> {
+    pairs
+        .iter()
+        .map(|p| {
+            let hits = db
+                .search(
+                    collection,
+                    &SearchRequest {
+                        exact: true,
+                        mode: Some(SearchMode::Dense),
+                        ..SearchRequest::text(p.query.clone())
+                    },
+                )
+                .unwrap();
+            let ranked: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+            let judged = HashMap::from([(p.positive.clone(), 1)]);
+            ndcg_at(&judged, &ranked, 10)
+        })
+        .collect()
+}
+
+/// The default tuning (`TuneOptions::head_lora()`, what `latentdb tune` runs) end to end on a
+/// slice (971 e-mails: 400 training pairs, the 571 test queries held out) must gain, and the
+/// tuner's held-out figures must be what exact dense search of the switched collection gives.
+///
+/// Measured on 2026-12-05 (release and debug builds agree to 4 digits): seed 0 gains +0.90
+/// nDCG@10 points (0.5984 -> 0.6075), seeds 1 and 2 +0.67 and +0.20 (mean +0.59, standard
+/// deviation 0.36 over seeds); the paired standard error over the 571 queries is 0.63 points.
+/// So the bar (+0.4 for seed 0) catches a default that stops gaining, but a gain this size is
+/// not yet beyond noise: issue 17 asks for more.
+#[test]
+fn default_tuning_gains_on_a_slice_of_spamassassin_subjects() {
+    ensure_model();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    let (train, test) = slice_collection(&db, 400);
+    assert_eq!(db.count("slice").unwrap(), 971);
+    let before = per_query_ndcg(&db, "slice", &test);
     let opts = TuneOptions {
-        eval_pairs: Some(test),
-        stage1_steps: 40,
-        stage2_steps: 20,
-        batch_size: 8,
-        train_tokens: 16,
-        lr: 5e-4,
-        ..TuneOptions::default()
+        eval_pairs: Some(test.clone()),
+        ..TuneOptions::head_lora()
     };
     let t = Instant::now();
     let progress = |p: TuneProgress| {
@@ -209,9 +243,34 @@ fn tune_head_on_a_slice_of_spamassassin_subjects() {
     let report = Tuner::new(&db)
         .tune("slice", PairSource::Pairs(train), &opts, &progress)
         .unwrap();
-    print_report("head, 400-doc slice", &report, t.elapsed().as_secs_f64());
-    assert!(report.before.queries > 0 && report.after.ndcg_at_10.is_finite());
+    print_report(
+        "default tuning, 971-doc slice",
+        &report,
+        t.elapsed().as_secs_f64(),
+    );
+    assert!(report.switched, "{}", report.decision);
+    let after = per_query_ndcg(&db, "slice", &test);
+    // The tuner's own held-out figures are the same measurement.
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!((mean(&before) - report.before.ndcg_at_10).abs() < 1e-3);
+    assert!((mean(&after) - report.after.ndcg_at_10).abs() < 1e-3);
+    let diffs: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let gain = mean(&diffs);
+    let var = diffs.iter().map(|d| (d - gain).powi(2)).sum::<f64>() / (diffs.len() - 1) as f64;
+    let stderr = (var / diffs.len() as f64).sqrt();
+    eprintln!(
+        "gain {:+.4} nDCG@10, paired standard error {stderr:.4} over {} queries",
+        gain,
+        diffs.len()
+    );
+    assert!(
+        gain >= MIN_SLICE_GAIN,
+        "gain {gain:.4} below {MIN_SLICE_GAIN}"
+    );
 }
+
+/// The smallest gain the slice test accepts (see its doc).
+const MIN_SLICE_GAIN: f64 = 0.004;
 
 /// A small slice of the corpus with its training pairs.
 fn small_collection(db: &Database, name: &str, n_docs: usize) -> Vec<latentdb::tune::TrainPair> {
@@ -401,7 +460,7 @@ fn bad_requests_are_refused() {
         .unwrap_err();
     assert!(none.is_caller_fault(), "{none}");
     let bad_margin = TuneOptions {
-        margin: 1.5,
+        margin: -0.5,
         ..TuneOptions::default()
     };
     let e = Tuner::new(&db)

@@ -82,10 +82,14 @@ pub struct TuneArgs {
     /// batch's queries: a symmetric InfoNCE).
     #[arg(long)]
     pub symmetric: bool,
+    /// With labelled pairs, also train on keyword queries made from every document (a few
+    /// of its most distinctive words, as --self-supervised makes them).
+    #[arg(long, conflicts_with = "self_supervised")]
+    pub keyword_pairs: bool,
     /// Queries per step [default: 16; head+lora: 8].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Peak AdamW learning rate [default: 2e-4; head+lora: 5e-4].
+    /// Peak AdamW learning rate [default: 2e-4; head+lora: 5e-4, 2e-4 with --self-supervised].
     #[arg(long)]
     pub lr: Option<f64>,
     /// Tokens of each document sampled per step (0: all); with head+lora, documents are cut
@@ -116,7 +120,7 @@ pub struct TuneArgs {
     /// query, and make the best the collection's default if it beats both legs.
     #[arg(long, requires = "beir", conflicts_with_all = [
         "eval_split", "force", "holdout", "train", "stage1_steps", "stage2_steps",
-        "hard_negatives", "margin", "mine_depth", "temperature", "symmetric", "batch_size", "lr", "train_tokens",
+        "hard_negatives", "margin", "mine_depth", "temperature", "symmetric", "keyword_pairs", "batch_size", "lr", "train_tokens",
         "lora_rank", "lora_alpha", "lora_dropout", "lora_layers", "seed", "pairs", "self_supervised",
     ])]
     pub fusion_only: bool,
@@ -141,12 +145,16 @@ pub struct RollbackArgs {
 }
 
 /// The tuning options the arguments ask for: flags left unset take the defaults of the
-/// training target ([`TuneOptions::default`] or [`TuneOptions::head_lora`]).
+/// training target ([`TuneOptions::default`] or [`TuneOptions::head_lora`]), made
+/// [`TuneOptions::self_supervised`] for --self-supervised.
 fn tune_options(a: &TuneArgs, eval_pairs: Option<Vec<TrainPair>>) -> TuneOptions {
-    let defaults = match a.train {
+    let mut defaults = match a.train {
         TrainArg::Head => TuneOptions::default(),
         TrainArg::HeadLora => TuneOptions::head_lora(),
     };
+    if a.self_supervised {
+        defaults = defaults.self_supervised();
+    }
     TuneOptions {
         holdout: a.holdout,
         eval_pairs,
@@ -158,6 +166,7 @@ fn tune_options(a: &TuneArgs, eval_pairs: Option<Vec<TrainPair>>) -> TuneOptions
         mine_depth: a.mine_depth.unwrap_or(defaults.mine_depth),
         temperature: a.temperature,
         symmetric: a.symmetric || defaults.symmetric,
+        keyword_pairs: a.keyword_pairs || defaults.keyword_pairs,
         batch_size: a.batch_size.unwrap_or(defaults.batch_size),
         lr: a.lr.unwrap_or(defaults.lr),
         seed: a.seed,
@@ -355,10 +364,26 @@ mod tests {
     }
 
     fn options(argv: &[&str]) -> TuneOptions {
-        let mut full = vec!["tune", "docs", "--self-supervised"];
+        let mut full = vec!["tune", "docs", "--pairs", "p.jsonl"];
         full.extend_from_slice(argv);
         let cmd = Cmd::try_parse_from(full).expect("arguments parse");
         tune_options(&cmd.args, None)
+    }
+
+    #[test]
+    fn self_supervised_head_lora_takes_a_lower_learning_rate() {
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["tune", "docs", "--self-supervised"];
+            full.extend_from_slice(argv);
+            tune_options(&Cmd::try_parse_from(full).expect("parses").args, None)
+        };
+        let lora = parse(&[]);
+        assert_eq!(lora.train, TrainTarget::HeadLora);
+        assert!((lora.lr - latentdb::tune::SELF_SUPERVISED_LORA_LR).abs() < 1e-12);
+        assert!(lora.lr < TuneOptions::head_lora().lr);
+        assert_eq!(lora.stage1_steps, TuneOptions::head_lora().stage1_steps);
+        assert!((parse(&["--lr", "1e-3"]).lr - 1e-3).abs() < 1e-12);
+        assert_eq!(parse(&["--train", "head"]), TuneOptions::default());
     }
 
     #[test]
