@@ -211,27 +211,17 @@ impl Training {
         opts: &TuneOptions,
         rng: &mut SplitMix64,
     ) -> Result<f32> {
+        // Stage 2 scores hard negatives only: no reverse direction there.
+        let symmetric = opts.symmetric && stage == 1;
         let report = match self {
             Training::Head { trainer, inputs } => {
-                let b = contrastive_batch(
-                    ex,
-                    batch,
-                    stage,
-                    opts.symmetric && stage == 1,
-                    inputs,
-                    |t| sample_tokens(t, opts.train_tokens, rng),
-                )?;
+                let b = contrastive_batch(ex, batch, stage, symmetric, inputs, |t| {
+                    sample_tokens(t, opts.train_tokens, rng)
+                })?;
                 trainer.step(&b, opts.temperature)?
             }
             Training::Lora { trainer, inputs } => {
-                let b = contrastive_batch(
-                    ex,
-                    batch,
-                    stage,
-                    opts.symmetric && stage == 1,
-                    inputs,
-                    |t| Ok(t.clone()),
-                )?;
+                let b = contrastive_batch(ex, batch, stage, symmetric, inputs, |t| Ok(t.clone()))?;
                 trainer.step(&b, opts.temperature)?
             }
         };
