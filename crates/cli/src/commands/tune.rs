@@ -47,9 +47,9 @@ pub struct TuneArgs {
     /// A BEIR qrels split held out for evaluation instead of `--holdout` (e.g. `test`).
     #[arg(long, requires = "beir")]
     pub eval_split: Option<String>,
-    /// Pairs from the collection's own text (inverse cloze: a sentence is the query, the rest
-    /// of its document the positive); with --beir DIR --eval-split S, evaluated on the
-    /// dataset's labelled split S instead of a holdout of the synthetic pairs.
+    /// Pairs from the collection's own text (keyword queries: a few of each document's most
+    /// distinctive words, with the document as the positive); with --beir DIR --eval-split S,
+    /// evaluated on the dataset's labelled split S instead of a holdout of the synthetic pairs.
     #[arg(long)]
     pub self_supervised: bool,
     /// Fraction of the queries held out for evaluation (never trained on).
