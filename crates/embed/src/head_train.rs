@@ -11,7 +11,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use crate::embedder::{TokenStates, pad_token_states};
 use crate::error::{Error, Result};
 use crate::head::LatentHead;
-use crate::loss::{info_nce, info_nce_symmetric};
+use crate::loss::masked_info_nce;
 use crate::pooling::{l2_normalize, packed_mean};
 
 /// Optimiser settings of a [`HeadTrainer`].
@@ -99,12 +99,14 @@ pub(crate) fn batch_loss<T>(
     }
     let q = embed(&batch.queries)?;
     let d = embed(&batch.docs)?;
-    let loss = if batch.symmetric {
-        info_nce_symmetric
-    } else {
-        info_nce
-    };
-    loss(&q, &d, &batch.positive, &batch.allowed, temperature)
+    masked_info_nce(
+        &q,
+        &d,
+        &batch.positive,
+        &batch.allowed,
+        temperature,
+        batch.symmetric,
+    )
 }
 
 /// Backpropagates `loss`, records the gradient norm of every variable of `maps` and takes one

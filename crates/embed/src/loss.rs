@@ -50,7 +50,8 @@ pub fn info_nce_symmetric(
     masked_info_nce(queries, docs, positive, allowed, temperature, true)
 }
 
-fn masked_info_nce(
+/// [`info_nce`], or [`info_nce_symmetric`] when `symmetric`.
+pub(crate) fn masked_info_nce(
     queries: &Tensor,
     docs: &Tensor,
     positive: &[usize],
