@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Tensor};
 
+use crate::attention_train;
 use crate::config::BertConfig;
 use crate::error::{Error, Result};
-use crate::frozen::frozen_matmul;
+use crate::frozen::{FrozenLinear, frozen_matmul};
 use crate::fused_ops;
 use crate::head::SplitMix64;
 use crate::kernels;
@@ -33,6 +34,18 @@ struct Layer {
     /// The weights packed for [`Bert::forward_packed`], made on its first call (and dropped by
     /// [`Bert::with_attention_deltas`], which changes them).
     packed: OnceLock<Arc<PackedLayer>>,
+    /// The projections packed for the training forward and backward ([`FrozenLinear`]),
+    /// made on the first training step (and dropped with `packed`).
+    frozen: OnceLock<Arc<FrozenLayer>>,
+}
+
+/// A layer's four projections packed for training (the base weights are frozen).
+#[derive(Debug)]
+struct FrozenLayer {
+    qkv: Arc<FrozenLinear>,
+    out: Arc<FrozenLinear>,
+    up: Arc<FrozenLinear>,
+    down: Arc<FrozenLinear>,
 }
 
 /// A layer's weights packed for the CPU inference path.
@@ -93,6 +106,20 @@ impl Layer {
         });
         // Two threads may pack at once; either result is the same.
         Ok(self.packed.get_or_init(|| packed).clone())
+    }
+
+    fn frozen(&self) -> Result<Arc<FrozenLayer>> {
+        if let Some(f) = self.frozen.get() {
+            return Ok(f.clone());
+        }
+        let linear = |w: &Tensor, b: &Tensor| FrozenLinear::new(w, b).map(Arc::new);
+        let frozen = Arc::new(FrozenLayer {
+            qkv: linear(&self.qkv_w, &self.qkv_b)?,
+            out: linear(&self.out_w, &self.out_b)?,
+            up: linear(&self.inter_w, &self.inter_b)?,
+            down: linear(&self.ffn_out_w, &self.ffn_out_b)?,
+        });
+        Ok(self.frozen.get_or_init(|| frozen).clone())
     }
 }
 
@@ -237,6 +264,7 @@ impl Bert {
                 ln2_w,
                 ln2_b,
                 packed: OnceLock::new(),
+                frozen: OnceLock::new(),
             });
         }
         let token_types = take(tensors, "embeddings.token_type_embeddings.weight")?;
@@ -457,8 +485,18 @@ impl Bert {
             .to_dtype(x.dtype())?
             .reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
+        // With adapters on the CPU, the frozen projections run on packed weights (bias fused).
+        let packed = adapters.is_some() && self.supports_packed();
+        // ... and the attention is one fused op when every sequence's padding is at its end.
+        let lens = if packed { prefix_lengths(mask)? } else { None };
+        let linear = |x: &Tensor, f: Option<&Arc<FrozenLinear>>, w: &Tensor, b: &Tensor| match f {
+            Some(f) => f.apply(x),
+            None => Ok(mm(x, w)?.broadcast_add(b)?),
+        };
         for (i, layer) in self.layers.iter().enumerate().skip(start) {
-            let mut qkv = mm(&x, &layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
+            let frozen = if packed { Some(layer.frozen()?) } else { None };
+            let frozen = frozen.as_deref();
+            let mut qkv = linear(&x, frozen.map(|f| &f.qkv), &layer.qkv_w, &layer.qkv_b)?;
             if let Some(delta) = adapters
                 .map(|a| a.apply_qkv(&x, i, rng.as_deref_mut()))
                 .transpose()?
@@ -466,18 +504,23 @@ impl Bert {
             {
                 qkv = (qkv + delta)?;
             }
-            let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, l, hd]
-            let q = (qkv.get(0)? * scale)?.contiguous()?;
-            let k = qkv.get(1)?.contiguous()?;
-            let v = qkv.get(2)?.contiguous()?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
-            let p = if adapters.is_some() {
-                fused_ops::softmax_last_dim(&scores)?
-            } else {
-                candle_nn::ops::softmax_last_dim(&scores)?
+            let ctx = match &lens {
+                Some(lens) => attention_train::attention(&qkv, lens.clone(), l, nh, hd)?,
+                None => {
+                    let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, l, hd]
+                    let q = (qkv.get(0)? * scale)?.contiguous()?;
+                    let k = qkv.get(1)?.contiguous()?;
+                    let v = qkv.get(2)?.contiguous()?;
+                    let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+                    let p = if adapters.is_some() {
+                        fused_ops::softmax_last_dim(&scores)?
+                    } else {
+                        candle_nn::ops::softmax_last_dim(&scores)?
+                    };
+                    p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?
+                }
             };
-            let ctx = p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?;
-            let mut a = mm(&ctx, &layer.out_w)?.broadcast_add(&layer.out_b)?;
+            let mut a = linear(&ctx, frozen.map(|f| &f.out), &layer.out_w, &layer.out_b)?;
             if let Some(delta) = adapters
                 .map(|ad| ad.apply(&ctx, i, LoraTarget::Output, rng.as_deref_mut()))
                 .transpose()?
@@ -486,13 +529,18 @@ impl Bert {
                 a = (a + delta)?;
             }
             x = norm(&(a + x)?, &layer.ln1_w, &layer.ln1_b)?;
-            let h = mm(&x, &layer.inter_w)?.broadcast_add(&layer.inter_b)?;
+            let h = linear(&x, frozen.map(|f| &f.up), &layer.inter_w, &layer.inter_b)?;
             let h = if adapters.is_some() {
                 fused_ops::gelu_erf(&h)?
             } else {
                 h.gelu_erf()?
             };
-            let h = mm(&h, &layer.ffn_out_w)?.broadcast_add(&layer.ffn_out_b)?;
+            let h = linear(
+                &h,
+                frozen.map(|f| &f.down),
+                &layer.ffn_out_w,
+                &layer.ffn_out_b,
+            )?;
             x = norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b)?;
         }
         Ok(x.reshape((b, l, d))?)
@@ -519,9 +567,25 @@ impl Bert {
                 layer.out_w = add(&layer.out_w, u)?;
             }
             layer.packed = OnceLock::new();
+            layer.frozen = OnceLock::new();
         }
         Ok(out)
     }
+}
+
+/// Each row's count of real tokens when `mask` `[b, l]` marks a prefix of every row (ones, then
+/// zeros, at least one one), as padding at the end gives it; `None` otherwise.
+fn prefix_lengths(mask: &Tensor) -> Result<Option<Arc<Vec<usize>>>> {
+    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let mut lens = Vec::with_capacity(rows.len());
+    for row in rows {
+        let n = row.iter().take_while(|&&m| m != 0.0).count();
+        if n == 0 || row[n..].iter().any(|&m| m != 0.0) {
+            return Ok(None);
+        }
+        lens.push(n);
+    }
+    Ok(Some(Arc::new(lens)))
 }
 
 /// A small BERT with random weights for tests (2 layers, width 32, 4 heads, vocabulary 50).

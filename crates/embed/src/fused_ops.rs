@@ -27,7 +27,11 @@ const ROWS_PER_TASK: usize = 16;
 const GELU_ROW: usize = 1024;
 
 /// The contiguous f32 values of a storage, or an error naming `op`.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn values<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -81,7 +85,11 @@ fn backward_rows(
 
 /// The gradient of a fused op's input: `op` over `a` (the op's input or output) and the
 /// output's gradient.
-fn gradient(a: &Tensor, grad: &Tensor, op: &impl CustomOp2) -> candle_core::Result<Option<Tensor>> {
+pub(crate) fn gradient(
+    a: &Tensor,
+    grad: &Tensor,
+    op: &impl CustomOp2,
+) -> candle_core::Result<Option<Tensor>> {
     Ok(Some(a.apply_op2_no_bwd(&grad.contiguous()?, op)?))
 }
 

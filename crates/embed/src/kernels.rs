@@ -178,7 +178,7 @@ pub(crate) fn add_layer_norm(
 /// `n` a multiple of two SIMD registers (callers pad `b` and `c` rows with zeros), by the
 /// matrix kernels' 4-row × 2-register micro-kernel.
 #[inline(always)]
-fn small_matmul<S: Simd>(
+pub(crate) fn small_matmul<S: Simd>(
     simd: S,
     a: Mat<'_>,
     b: Mat<'_>,
@@ -203,7 +203,7 @@ fn small_matmul<S: Simd>(
 
 /// Softmax of each row's first `len` values in place (rows of `stride` values).
 #[inline(always)]
-fn softmax_rows(scores: &mut [f32], rows: usize, len: usize, stride: usize) {
+pub(crate) fn softmax_rows(scores: &mut [f32], rows: usize, len: usize, stride: usize) {
     for i in 0..rows {
         let p = &mut scores[i * stride..i * stride + len];
         let max = max8(p);

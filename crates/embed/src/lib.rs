@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod attention_train;
 pub mod bench;
 pub mod bert;
 pub mod config;

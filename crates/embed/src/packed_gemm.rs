@@ -58,6 +58,16 @@ pub(crate) struct PackedWeights {
 }
 
 impl PackedWeights {
+    /// Rows of the matrix (the input width).
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the matrix (the output width).
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
     /// Packs `w` (row-major `[k, n]`) and `bias` (`[n]`).
     ///
     /// # Panics
