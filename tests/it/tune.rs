@@ -263,9 +263,12 @@ fn default_tuning_gains_on_a_slice_of_spamassassin_subjects() {
         gain,
         diffs.len()
     );
+    // Beyond noise: the gain must clear twice its paired standard error over the held-out
+    // queries (a one-sided test at about 2%), as well as a floor.
     assert!(
-        gain >= MIN_SLICE_GAIN,
-        "gain {gain:.4} below {MIN_SLICE_GAIN}"
+        gain >= MIN_SLICE_GAIN && gain >= 2.0 * stderr,
+        "gain {gain:.4} (paired standard error {stderr:.4}) is below {MIN_SLICE_GAIN} or two \
+         standard errors"
     );
 }
 
