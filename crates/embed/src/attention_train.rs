@@ -24,12 +24,13 @@ use crate::fused_ops::{gradient, values};
 use crate::kernels::{small_matmul, softmax_rows};
 use crate::packed_gemm::{Mat, arch};
 
-/// The shape of an attention call: `batch` sequences of `len` rows (padded), `lens[b]` real
-/// tokens at the front of sequence `b`, `heads` of `head_dim` values.
+/// The shape of an attention call: `lens[b]` real tokens at the front of sequence `b`, each
+/// sequence `len` rows long (padded) or, with `len` `None`, `lens[b]` rows long (packed one
+/// after another, no padding); `heads` of `head_dim` values.
 #[derive(Debug, Clone)]
 struct Dims {
     lens: Arc<Vec<usize>>,
-    len: usize,
+    len: Option<usize>,
     heads: usize,
     head_dim: usize,
 }
@@ -39,17 +40,64 @@ impl Dims {
         self.heads * self.head_dim
     }
 
-    /// Checks a `[batch × len, cols]` input.
+    /// Rows of sequence `b`.
+    fn rows_of(&self, b: usize) -> usize {
+        self.len.unwrap_or(self.lens[b])
+    }
+
+    /// Rows of all the sequences.
+    fn rows(&self) -> usize {
+        match self.len {
+            Some(len) => self.lens.len() * len,
+            None => self.lens.iter().sum(),
+        }
+    }
+
+    /// Checks a `[rows, cols]` input.
     fn check(&self, op: &str, l: &Layout, cols: usize) -> candle_core::Result<()> {
         let (rows, c) = l.shape().dims2()?;
-        if c != cols || rows != self.lens.len() * self.len {
+        if c != cols || rows != self.rows() {
             bail!(
-                "{op}: input {rows} x {c} for {} sequences of {}",
-                self.lens.len(),
-                self.len
+                "{op}: input {rows} x {c} for sequences of {:?} tokens in {} rows",
+                self.lens,
+                self.rows()
             )
         }
         Ok(())
+    }
+
+    /// Each sequence's work: its rows of `qkv` (`3d` wide), of `grad` (`d` wide) and of `out`
+    /// (`out_width` wide).
+    fn sequences<'a>(
+        &'a self,
+        mut qkv: &'a [f32],
+        mut grad: Option<&'a [f32]>,
+        mut out: &'a mut [f32],
+        out_width: usize,
+    ) -> Vec<Sequence<'a>> {
+        let d = self.width();
+        let mut work = Vec::with_capacity(self.lens.len());
+        for (b, &keys) in self.lens.iter().enumerate() {
+            let rows = self.rows_of(b);
+            let (q, rest) = qkv.split_at(rows * 3 * d);
+            qkv = rest;
+            let g = grad.map(|g| {
+                let (g, rest) = g.split_at(rows * d);
+                grad = Some(rest);
+                g
+            });
+            let (o, rest) = std::mem::take(&mut out).split_at_mut(rows * out_width);
+            out = rest;
+            work.push(Sequence {
+                dims: self,
+                rows,
+                keys,
+                qkv: q,
+                grad: g,
+                out: o,
+            });
+        }
+        work
     }
 }
 
@@ -57,6 +105,9 @@ impl Dims {
 /// heads side by side in each, as the stacked projection gives them): returns the context
 /// `[batch × len, d]`, differentiable in `qkv`. `lens[b]` is the number of real tokens of
 /// sequence `b`, at its front; every row (padding included) attends to the real keys only.
+/// The training forward packs its batches ([`attention_packed`]); the tests check that against
+/// this padded layout, which they check against candle's elementary ops.
+#[cfg(test)]
 pub(crate) fn attention(
     qkv: &Tensor,
     lens: Arc<Vec<usize>>,
@@ -71,7 +122,29 @@ pub(crate) fn attention(
     }
     let dims = Dims {
         lens,
-        len,
+        len: Some(len),
+        heads,
+        head_dim,
+    };
+    Ok(qkv.contiguous()?.apply_op1(Attention(dims))?)
+}
+
+/// [`attention`] of sequences packed one after another without padding: `qkv` holds
+/// `lens[b]` rows of sequence `b`, then the next one's.
+pub(crate) fn attention_packed(
+    qkv: &Tensor,
+    lens: Arc<Vec<usize>>,
+    heads: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
+    if lens.contains(&0) {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "attention: sequence lengths {lens:?} must be positive"
+        )));
+    }
+    let dims = Dims {
+        lens,
+        len: None,
         heads,
         head_dim,
     };
@@ -95,18 +168,9 @@ impl CustomOp1 for Attention {
         let rows = qkv.len() / (3 * d);
         let mut out = vec![0f32; rows * d];
         let arch = arch();
-        out.par_chunks_mut(dims.len * d)
-            .zip(qkv.par_chunks(dims.len * 3 * d))
-            .zip(dims.lens.par_iter())
-            .for_each(|((out, qkv), &keys)| {
-                arch.dispatch(Sequence {
-                    dims,
-                    keys,
-                    qkv,
-                    grad: None,
-                    out,
-                })
-            });
+        dims.sequences(qkv, None, &mut out, d)
+            .into_par_iter()
+            .for_each(|s| arch.dispatch(s));
         Ok((CpuStorage::F32(out), Shape::from((rows, d))))
     }
 
@@ -141,19 +205,9 @@ impl CustomOp2 for AttentionBackward {
         let grad = values(s2, l2, self.name())?;
         let mut dqkv = vec![0f32; qkv.len()];
         let arch = arch();
-        dqkv.par_chunks_mut(dims.len * 3 * d)
-            .zip(qkv.par_chunks(dims.len * 3 * d))
-            .zip(grad.par_chunks(dims.len * d))
-            .zip(dims.lens.par_iter())
-            .for_each(|(((out, qkv), grad), &keys)| {
-                arch.dispatch(Sequence {
-                    dims,
-                    keys,
-                    qkv,
-                    grad: Some(grad),
-                    out,
-                })
-            });
+        dims.sequences(qkv, Some(grad), &mut dqkv, 3 * d)
+            .into_par_iter()
+            .for_each(|s| arch.dispatch(s));
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
@@ -162,6 +216,8 @@ impl CustomOp2 for AttentionBackward {
 /// backward (`out` is the input's gradient `[len, 3d]`).
 struct Sequence<'a> {
     dims: &'a Dims,
+    /// Rows of the sequence (its tokens, and any padding after them).
+    rows: usize,
     /// Real tokens (keys) at the front of the sequence.
     keys: usize,
     /// The sequence's rows of the input `[len, 3d]`.
@@ -203,12 +259,13 @@ impl WithSimd for Sequence<'_> {
     fn with_simd<S: Simd>(self, simd: S) {
         let Sequence {
             dims,
+            rows: len,
             keys,
             qkv,
             grad,
             out,
         } = self;
-        let (nh, hd, len) = (dims.heads, dims.head_dim, dims.len);
+        let (nh, hd) = (dims.heads, dims.head_dim);
         let d = nh * hd;
         let wide = 2 * S::F32_LANES;
         let lp = len.div_ceil(wide) * wide;
@@ -415,10 +472,41 @@ mod tests {
     }
 
     #[test]
+    fn packed_sequences_attend_as_their_padded_rows_do() -> Result<()> {
+        let (nh, hd, len, lens) = (3, 8, 13, vec![13, 5, 1, 9]);
+        let d = nh * hd;
+        let rows = lens.len() * len;
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, 3 * d), &Device::Cpu)?)?;
+        let real: Vec<u32> = lens
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &n)| (0..n).map(move |p| (b * len + p) as u32))
+            .collect();
+        let real = Tensor::from_vec(real.clone(), real.len(), &Device::Cpu)?;
+        let target = Tensor::randn(0f32, 1.0, (real.dim(0)?, d), &Device::Cpu)?;
+        let lens = Arc::new(lens);
+        let padded =
+            attention(qkv.as_tensor(), lens.clone(), len, nh, hd)?.index_select(&real, 0)?;
+        let packed = attention_packed(&qkv.as_tensor().index_select(&real, 0)?, lens, nh, hd)?;
+        assert!(max_diff(&padded, &packed) < 1e-6);
+        let a = (padded * &target)?.sum_all()?.backward()?;
+        let b = (packed * &target)?.sum_all()?.backward()?;
+        let (a, b) = (a.get(&qkv).expect("padded"), b.get(&qkv).expect("packed"));
+        assert!(max_diff(a, b) < 1e-5, "gradient {}", max_diff(a, b));
+        assert!(a.abs()?.max_all()?.to_scalar::<f32>()? > 0.1);
+        // A sequence of no tokens, or rows that do not add up, are errors.
+        let x = Tensor::zeros((5, 3 * d), DType::F32, &Device::Cpu)?;
+        assert!(attention_packed(&x, Arc::new(vec![5, 0]), nh, hd).is_err());
+        assert!(attention_packed(&x, Arc::new(vec![3, 3]), nh, hd).is_err());
+        assert!(attention_packed(&x, Arc::new(vec![2, 3]), nh, hd).is_ok());
+        Ok(())
+    }
+
+    #[test]
     fn the_scalar_fallback_matches_the_simd_kernel() {
         let dims = Dims {
             lens: Arc::new(vec![9]),
-            len: 11,
+            len: Some(11),
             heads: 2,
             head_dim: 12,
         };
@@ -435,6 +523,7 @@ mod tests {
                 let mut out = vec![0f32; n];
                 let seq = Sequence {
                     dims: &dims,
+                    rows: 11,
                     keys: 9,
                     qkv: &qkv,
                     grad: backward.then_some(grad.as_slice()),

@@ -479,16 +479,31 @@ impl Bert {
         };
         let norm =
             |x: &Tensor, w: &Tensor, bias: &Tensor| norm(x, w, bias, eps, adapters.is_some());
-        let bias = mask
-            .to_dtype(DType::F32)?
-            .affine(f64::from(f32::MAX), -f64::from(f32::MAX))?
-            .to_dtype(x.dtype())?
-            .reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
         // With adapters on the CPU, the frozen projections run on packed weights (bias fused).
-        let packed = adapters.is_some() && self.supports_packed();
-        // ... and the attention is one fused op when every sequence's padding is at its end.
+        let packed = adapters.is_some() && self.supports_packed() && !elementary_training();
+        // ... and when every sequence's padding is at its end, only the real tokens' rows go
+        // through the layers, packed one after another: everything but attention works row by
+        // row, and attention is one fused op over each sequence's rows. `rows`: each packed
+        // row's row in the padded batch.
         let lens = if packed { prefix_lengths(mask)? } else { None };
+        // The elementary attention's additive mask.
+        let bias = match lens {
+            Some(_) => None,
+            None => Some(attention_bias(mask, (b, l), x.dtype())?),
+        };
+        let rows: Option<Arc<Vec<usize>>> = lens.as_ref().map(|lens| {
+            Arc::new(
+                lens.iter()
+                    .enumerate()
+                    .flat_map(|(s, &n)| s * l..s * l + n)
+                    .collect(),
+            )
+        });
+        if let Some(rows) = &rows {
+            x = x.index_select(&row_index(rows.iter().copied())?, 0)?;
+        }
+        let packing = rows.as_ref().map(|r| (r, b * l));
         let linear = |x: &Tensor, f: Option<&Arc<FrozenLinear>>, w: &Tensor, b: &Tensor| match f {
             Some(f) => f.apply(x),
             None => Ok(mm(x, w)?.broadcast_add(b)?),
@@ -496,22 +511,32 @@ impl Bert {
         for (i, layer) in self.layers.iter().enumerate().skip(start) {
             let frozen = if packed { Some(layer.frozen()?) } else { None };
             let frozen = frozen.as_deref();
-            let mut qkv = linear(&x, frozen.map(|f| &f.qkv), &layer.qkv_w, &layer.qkv_b)?;
-            if let Some(delta) = adapters
-                .map(|a| a.apply_qkv(&x, i, rng.as_deref_mut()))
-                .transpose()?
-                .flatten()
-            {
-                qkv = (qkv + delta)?;
-            }
-            let ctx = match &lens {
-                Some(lens) => attention_train::attention(&qkv, lens.clone(), l, nh, hd)?,
-                None => {
+            let qkv = match (frozen, adapters) {
+                // The packed projection and its adapters as one op.
+                (Some(f), Some(ad)) => {
+                    ad.adapted(&x, i, &QKV, &f.qkv, rng.as_deref_mut(), packing)?
+                }
+                _ => {
+                    let qkv = linear(&x, None, &layer.qkv_w, &layer.qkv_b)?;
+                    match adapters
+                        .map(|a| a.apply_qkv(&x, i, rng.as_deref_mut()))
+                        .transpose()?
+                        .flatten()
+                    {
+                        Some(delta) => (qkv + delta)?,
+                        None => qkv,
+                    }
+                }
+            };
+            let ctx = match (&lens, &bias) {
+                (Some(lens), _) => attention_train::attention_packed(&qkv, lens.clone(), nh, hd)?,
+                (None, None) => return Err(Error::Internal("no attention mask".into())),
+                (None, Some(bias)) => {
                     let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, l, hd]
                     let q = (qkv.get(0)? * scale)?.contiguous()?;
                     let k = qkv.get(1)?.contiguous()?;
                     let v = qkv.get(2)?.contiguous()?;
-                    let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+                    let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
                     let p = if adapters.is_some() {
                         fused_ops::softmax_last_dim(&scores)?
                     } else {
@@ -520,14 +545,27 @@ impl Bert {
                     p.matmul(&v)?.transpose(1, 2)?.reshape((b * l, d))?
                 }
             };
-            let mut a = linear(&ctx, frozen.map(|f| &f.out), &layer.out_w, &layer.out_b)?;
-            if let Some(delta) = adapters
-                .map(|ad| ad.apply(&ctx, i, LoraTarget::Output, rng.as_deref_mut()))
-                .transpose()?
-                .flatten()
-            {
-                a = (a + delta)?;
-            }
+            let a = match (frozen, adapters) {
+                (Some(f), Some(ad)) => ad.adapted(
+                    &ctx,
+                    i,
+                    &[LoraTarget::Output],
+                    &f.out,
+                    rng.as_deref_mut(),
+                    packing,
+                )?,
+                _ => {
+                    let a = linear(&ctx, None, &layer.out_w, &layer.out_b)?;
+                    match adapters
+                        .map(|ad| ad.apply(&ctx, i, LoraTarget::Output, rng.as_deref_mut()))
+                        .transpose()?
+                        .flatten()
+                    {
+                        Some(delta) => (a + delta)?,
+                        None => a,
+                    }
+                }
+            };
             x = norm(&(a + x)?, &layer.ln1_w, &layer.ln1_b)?;
             let h = linear(&x, frozen.map(|f| &f.up), &layer.inter_w, &layer.inter_b)?;
             let h = if adapters.is_some() {
@@ -542,6 +580,17 @@ impl Bert {
                 &layer.ffn_out_b,
             )?;
             x = norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b)?;
+        }
+        if let Some(rows) = &rows {
+            // Back to the padded layout, zeros in the padding rows (which every pooling
+            // masks out).
+            let zero = Tensor::zeros((1, d), x.dtype(), x.device())?;
+            let x_zero = Tensor::cat(&[&x, &zero], 0)?;
+            let mut at = vec![rows.len(); b * l];
+            for (packed, &padded) in rows.iter().enumerate() {
+                at[padded] = packed;
+            }
+            x = x_zero.index_select(&row_index(at)?, 0)?;
         }
         Ok(x.reshape((b, l, d))?)
     }
@@ -572,6 +621,48 @@ impl Bert {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests: the training forward on this thread takes candle's elementary ops, the
+    /// reference the fused and packed path is checked against.
+    static ELEMENTARY_TRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the training forward must take candle's elementary ops (tests only).
+fn elementary_training() -> bool {
+    #[cfg(test)]
+    {
+        ELEMENTARY_TRAINING.with(std::cell::Cell::get)
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
+
+/// The additive attention mask `[b, 1, 1, l]` of `mask` `[b, l]`: 0 for a token, `-f32::MAX`
+/// for padding.
+fn attention_bias(mask: &Tensor, (b, l): (usize, usize), dtype: DType) -> Result<Tensor> {
+    Ok(mask
+        .to_dtype(DType::F32)?
+        .affine(f64::from(f32::MAX), -f64::from(f32::MAX))?
+        .to_dtype(dtype)?
+        .reshape((b, 1, 1, l))?)
+}
+
+/// A tensor of row indices for `index_select`.
+fn row_index(rows: impl IntoIterator<Item = usize>) -> Result<Tensor> {
+    let rows: Vec<u32> = rows
+        .into_iter()
+        .map(|r| u32::try_from(r).map_err(|_| Error::InvalidArgument(format!("row {r}"))))
+        .collect::<Result<_>>()?;
+    let n = rows.len();
+    Ok(Tensor::from_vec(rows, n, &candle_core::Device::Cpu)?)
+}
+
+/// The targets of the stacked query/key/value projection, in its column order.
+const QKV: [LoraTarget; 3] = [LoraTarget::Query, LoraTarget::Key, LoraTarget::Value];
 
 /// Each row's count of real tokens when `mask` `[b, l]` marks a prefix of every row (ones, then
 /// zeros, at least one one), as padding at the end gives it; `None` otherwise.
@@ -620,6 +711,56 @@ pub(crate) fn tiny_random(seed: u64) -> Bert {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lora::tests::{max_diff, random_adapters};
+
+    /// `f` run with the training forward on candle's elementary ops.
+    fn elementary<T>(f: impl FnOnce() -> T) -> T {
+        ELEMENTARY_TRAINING.with(|e| e.set(true));
+        let out = f();
+        ELEMENTARY_TRAINING.with(|e| e.set(false));
+        out
+    }
+
+    #[test]
+    fn the_packed_training_forward_matches_the_elementary_one() -> Result<()> {
+        let bert = tiny_random(8);
+        let (_vars, adapters) = random_adapters(&bert, 9).trainable(&candle_core::Device::Cpu)?;
+        // Unequal lengths: padding rows that the packed path leaves out.
+        let rows: Vec<Vec<u32>> = vec![vec![1, 5, 9, 2, 7, 7, 3], vec![3, 7], vec![4, 8, 12, 16]];
+        let (ids, mask) = crate::lora_train::pad_ids(&rows, &candle_core::Device::Cpu)?;
+        let target = Tensor::randn(
+            0f32,
+            1.0,
+            (3, 7, bert.hidden_size()),
+            &candle_core::Device::Cpu,
+        )?
+        .broadcast_mul(&mask.unsqueeze(2)?)?;
+        let tensors: Vec<Tensor> = adapters
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        for seed in [None, Some(5)] {
+            let fused = bert.forward_lora(&ids, &mask, &adapters, seed)?;
+            let plain = elementary(|| bert.forward_lora(&ids, &mask, &adapters, seed))?;
+            // Real rows only: the packed path leaves zeros in the padding rows.
+            let real = |t: &Tensor| t.broadcast_mul(&mask.unsqueeze(2)?);
+            let diff = max_diff(&real(&fused)?, &real(&plain)?);
+            assert!(diff < 1e-4, "seed {seed:?}: forward {diff}");
+            let gf = (fused * &target)?.sum_all()?.backward()?;
+            let gp = (plain * &target)?.sum_all()?.backward()?;
+            for t in &tensors {
+                let (a, b) = (gp.get(t).expect("elementary"), gf.get(t).expect("fused"));
+                let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                let diff = max_diff(a, b);
+                assert!(
+                    diff < 1e-3 * scale,
+                    "seed {seed:?}: gradient {diff} of {scale}"
+                );
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn the_differentiable_forward_matches_the_packed_one() -> Result<()> {

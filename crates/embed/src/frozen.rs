@@ -66,8 +66,8 @@ pub(crate) fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// with the bias, and the transposed weight for the input's gradient.
 #[derive(Debug)]
 pub(crate) struct FrozenLinear {
-    forward: PackedWeights,
-    backward: PackedWeights,
+    pub(crate) forward: PackedWeights,
+    pub(crate) backward: PackedWeights,
 }
 
 impl FrozenLinear {

@@ -245,12 +245,31 @@ pub(crate) fn named_tensors_sha256(mut named: Vec<(String, Tensor)>) -> Result<S
 pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+    /// The state's increment per draw.
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(Self::GAMMA);
+        Self::mix(self.0)
+    }
+
+    /// Moves the generator `n` draws ahead, as `n` calls of [`SplitMix64::uniform`] would.
+    pub(crate) fn skip(&mut self, n: u64) {
+        self.0 = self.0.wrapping_add(n.wrapping_mul(Self::GAMMA));
+    }
+
+    /// The 53 bits behind draw `i` (0 first) of a generator now in `state`:
+    /// [`SplitMix64::uniform`] returns them divided by 2^53. Draws can so be made in any order,
+    /// or in parallel.
+    #[inline(always)]
+    pub(crate) fn bits_at(state: u64, i: u64) -> u64 {
+        Self::mix(state.wrapping_add(i.wrapping_add(1).wrapping_mul(Self::GAMMA))) >> 11
     }
 
     /// Uniform in [0, 1).

@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod adapted_linear;
 mod attention_train;
 pub mod bench;
 pub mod bert;

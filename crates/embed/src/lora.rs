@@ -11,13 +11,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
+use crate::adapted_linear::{Adapters, Dropout, adapted_linear};
 use crate::bert::Bert;
 use crate::error::{Error, Result, read_json};
+use crate::frozen::FrozenLinear;
 use crate::head::{BackboneRef, SplitMix64};
 use crate::weights::{check_plan, load_f32_file, save_with_config, take, to_varmap};
 
@@ -239,7 +242,7 @@ impl LoraAdapters {
         Ok(Self { config, layers })
     }
 
-    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    pub(crate) fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (layer, slots) in self.layers.iter().enumerate() {
             for t in LoraTarget::ALL {
@@ -385,6 +388,61 @@ impl LoraAdapters {
         Ok(Some((h * self.config.scale())?))
     }
 
+    /// The frozen projection `linear` of layer `layer` (packed for training) with the adapters
+    /// of `targets`, whose updates go to consecutive column ranges of the hidden width, in
+    /// order: one op computing what `linear` plus [`LoraAdapters::apply`] of each target
+    /// computes, with the same dropout masks drawn from `dropout`. `packed`, for a batch
+    /// packed without its padding rows: each row's row in the padded batch, and the padded
+    /// batch's row count (the masks are the padded batch's).
+    pub(crate) fn adapted(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        targets: &[LoraTarget],
+        linear: &Arc<FrozenLinear>,
+        dropout: Option<&mut SplitMix64>,
+        packed: Option<(&Arc<Vec<usize>>, usize)>,
+    ) -> Result<Tensor> {
+        let d = self.config.hidden_size;
+        let p = self.config.dropout;
+        let mut rng = dropout.filter(|_| p > 0.0);
+        let mut parts = Adapters {
+            offsets: Vec::new(),
+            a: Vec::new(),
+            b: Vec::new(),
+            scale: self.config.scale(),
+            dropout: None,
+        };
+        let mut states = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let Some(ad) = self.layers.get(layer).and_then(|s| s[t.index()].as_ref()) else {
+                continue;
+            };
+            parts.offsets.push(i * d);
+            parts.a.push(ad.a.clone());
+            parts.b.push(ad.b.clone());
+            if let Some(rng) = rng.as_deref_mut() {
+                states.push(rng.0);
+                let draws = match packed {
+                    Some((_, rows)) => rows * x.dim(1)?,
+                    None => x.elem_count(),
+                };
+                rng.skip(draws as u64);
+            }
+        }
+        if parts.a.is_empty() {
+            return linear.apply(x);
+        }
+        if rng.is_some() {
+            parts.dropout = Some(Dropout {
+                p,
+                states,
+                rows: packed.map(|(rows, _)| rows.clone()),
+            });
+        }
+        adapted_linear(x, linear, parts)
+    }
+
     /// The sum of the adapters' contributions to the stacked query/key/value projection
     /// (`[n, 3d]`), or `None` where none of the three is adapted.
     pub(crate) fn apply_qkv(
@@ -484,6 +542,68 @@ pub(crate) mod tests {
         let merged = adapters.merge_into(&bert)?;
         let diff = max_diff(&base, &masked(&merged.forward(&ids, &mask)?, &mask));
         assert!(diff < 1e-6, "merged: {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_fused_adapted_projection_draws_the_elementary_paths_masks() -> Result<()> {
+        let bert = tiny_random(4);
+        let (_vars, adapters) = random_adapters(&bert, 6).trainable(&Device::Cpu)?;
+        let d = bert.hidden_size();
+        let m = 45;
+        let x = candle_core::Var::from_vec(
+            (0..m * d)
+                .map(|i| ((i * 5) % 19) as f32 * 0.1 - 0.9)
+                .collect(),
+            (m, d),
+            &Device::Cpu,
+        )?;
+        let w = Tensor::from_vec(
+            (0..d * 3 * d)
+                .map(|i| (i as f32 * 0.13).sin() * 0.2)
+                .collect(),
+            (d, 3 * d),
+            &Device::Cpu,
+        )?;
+        let bias = Tensor::from_vec(
+            (0..3 * d).map(|i| i as f32 * 0.01).collect(),
+            3 * d,
+            &Device::Cpu,
+        )?;
+        let linear = Arc::new(FrozenLinear::new(&w, &bias)?);
+        let qkv = [LoraTarget::Query, LoraTarget::Key, LoraTarget::Value];
+        for seed in [None, Some(21)] {
+            let (mut r1, mut r2) = (seed.map(SplitMix64), seed.map(SplitMix64));
+            let got = adapters.adapted(x.as_tensor(), 1, &qkv, &linear, r1.as_mut(), None)?;
+            let delta = adapters
+                .apply_qkv(x.as_tensor(), 1, r2.as_mut())?
+                .expect("adapted");
+            let plain = (x.as_tensor().matmul(&w)?.broadcast_add(&bias)? + delta)?;
+            let diff = max_diff(&plain, &got);
+            assert!(diff < 1e-4, "seed {seed:?}: {diff}");
+            // The generator ends where the elementary path leaves it.
+            assert_eq!(r1.map(|r| r.0), r2.map(|r| r.0));
+            let gp = plain.sqr()?.sum_all()?.backward()?;
+            let gg = got.sqr()?.sum_all()?.backward()?;
+            let mut checked = vec![x.as_tensor().clone()];
+            checked.extend(
+                adapters
+                    .named_tensors()
+                    .into_iter()
+                    .filter(|(name, _)| name.starts_with("encoder.layer.1.attention.self"))
+                    .map(|(_, t)| t),
+            );
+            assert_eq!(checked.len(), 7);
+            for t in &checked {
+                let (a, b) = (gp.get(t).expect("plain"), gg.get(t).expect("fused"));
+                let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                let diff = max_diff(a, b);
+                assert!(
+                    diff < 1e-4 * scale,
+                    "seed {seed:?}: gradient {diff} of {scale}"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -40,7 +40,7 @@ impl WithSimd for Lanes {
 }
 
 /// Width of a panel on this CPU: two SIMD registers of f32.
-fn panel_width() -> usize {
+pub(crate) fn panel_width() -> usize {
     2 * arch().dispatch(Lanes)
 }
 
