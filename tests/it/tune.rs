@@ -147,8 +147,8 @@ fn tune_head_on_spamassassin_subjects() {
 
 #[test]
 #[ignore = "full corpus, three backbone passes over 1,903 e-mails and the backbone's forward and \
-            backward in every step: 5.5 min on 2 idle cores in release (much longer on busy \
-            ones); run with --ignored"]
+            backward in every step: about 11 min on 2 idle cores in release (much longer on \
+            busy ones); run with --ignored"]
 fn tune_head_lora_on_spamassassin_subjects() {
     let report = tune_full_corpus("head+lora", TuneOptions::head_lora());
     assert_eq!(report.train, TrainTarget::HeadLora);
@@ -217,12 +217,12 @@ fn per_query_ndcg(db: &Database, collection: &str, pairs: &[TrainPair]) -> Vec<f
 /// slice (971 e-mails: 400 training pairs, the 571 test queries held out) must gain, and the
 /// tuner's held-out figures must be what exact dense search of the switched collection gives.
 ///
-/// Measured on 2026-12-06 with training documents cut to 128 tokens (release and debug builds
-/// agree to 4 digits): seed 0 gains +1.46 nDCG@10 points (0.5984 -> 0.6130) with a paired
-/// standard error of 0.58 points over the 571 queries, so the gain is 2.5 standard errors
-/// and the test asserts at least 2 (and a floor of +0.4). At 64 tokens, the default until
-/// then, seed 0 gained +0.90 (standard error 0.63; seeds 1 and 2 +0.67 and +0.20), not
-/// beyond noise. The seed spread at 128 tokens is in the README.
+/// Measured on 2026-12-06 with training documents cut to 256 tokens, the default (release and
+/// debug builds agree to 4 digits): seed 0 gains +2.26 nDCG@10 points (0.5984 -> 0.6210)
+/// with a paired standard error of 0.73 points over the 571 queries, so the gain is 3.1
+/// standard errors, and the test asserts at least 2 (and a floor of +1.0). Cut to 128 tokens
+/// (the default before), seed 0 gained +1.46 (2.5 standard errors; seeds 1 and 2 +1.13 and
+/// +1.11); cut to 64, +0.90 (1.4 standard errors). The seed spreads are in the README.
 #[test]
 fn default_tuning_gains_on_a_slice_of_spamassassin_subjects() {
     ensure_model();
@@ -274,7 +274,7 @@ fn default_tuning_gains_on_a_slice_of_spamassassin_subjects() {
 }
 
 /// The smallest gain the slice test accepts (see its doc).
-const MIN_SLICE_GAIN: f64 = 0.004;
+const MIN_SLICE_GAIN: f64 = 0.01;
 
 /// A small slice of the corpus with its training pairs.
 fn small_collection(db: &Database, name: &str, n_docs: usize) -> Vec<latentdb::tune::TrainPair> {

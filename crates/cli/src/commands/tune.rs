@@ -93,7 +93,7 @@ pub struct TuneArgs {
     #[arg(long)]
     pub lr: Option<f64>,
     /// Tokens of each document sampled per step (0: all); with head+lora, documents are cut
-    /// to their first N tokens [default: 48; head+lora: 128].
+    /// to their first N tokens [default: 48; head+lora: 256].
     #[arg(long)]
     pub train_tokens: Option<usize>,
     /// LoRA rank (head+lora).
