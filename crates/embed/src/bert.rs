@@ -487,11 +487,6 @@ impl Bert {
         // row, and attention is one fused op over each sequence's rows. `rows`: each packed
         // row's row in the padded batch.
         let lens = if packed { prefix_lengths(mask)? } else { None };
-        // The elementary attention's additive mask.
-        let bias = match lens {
-            Some(_) => None,
-            None => Some(attention_bias(mask, (b, l), x.dtype())?),
-        };
         let rows: Option<Arc<Vec<usize>>> = lens.as_ref().map(|lens| {
             Arc::new(
                 lens.iter()
@@ -504,6 +499,10 @@ impl Bert {
             x = x.index_select(&row_index(rows.iter().copied())?, 0)?;
         }
         let packing = rows.as_ref().map(|r| (r, b * l));
+        let attend = match lens {
+            Some(lens) => Attend::Packed(lens),
+            None => Attend::Masked(attention_bias(mask, (b, l), x.dtype())?),
+        };
         let linear = |x: &Tensor, f: Option<&Arc<FrozenLinear>>, w: &Tensor, b: &Tensor| match f {
             Some(f) => f.apply(x),
             None => Ok(mm(x, w)?.broadcast_add(b)?),
@@ -528,10 +527,11 @@ impl Bert {
                     }
                 }
             };
-            let ctx = match (&lens, &bias) {
-                (Some(lens), _) => attention_train::attention_packed(&qkv, lens.clone(), nh, hd)?,
-                (None, None) => return Err(Error::Internal("no attention mask".into())),
-                (None, Some(bias)) => {
+            let ctx = match &attend {
+                Attend::Packed(lens) => {
+                    attention_train::attention_packed(&qkv, lens.clone(), nh, hd)?
+                }
+                Attend::Masked(bias) => {
                     let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, l, hd]
                     let q = (qkv.get(0)? * scale)?.contiguous()?;
                     let k = qkv.get(1)?.contiguous()?;
@@ -641,6 +641,14 @@ fn elementary_training() -> bool {
     }
 }
 
+/// How the training forward's attention sees the batch.
+enum Attend {
+    /// Packed rows: each sequence's real tokens, one after another (their counts).
+    Packed(Arc<Vec<usize>>),
+    /// Padded rows with candle's elementary ops and this additive mask.
+    Masked(Tensor),
+}
+
 /// The additive attention mask `[b, 1, 1, l]` of `mask` `[b, l]`: 0 for a token, `-f32::MAX`
 /// for padding.
 fn attention_bias(mask: &Tensor, (b, l): (usize, usize), dtype: DType) -> Result<Tensor> {
@@ -711,7 +719,7 @@ pub(crate) fn tiny_random(seed: u64) -> Bert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lora::tests::{max_diff, random_adapters};
+    use crate::lora::tests::{assert_same_gradients, max_diff, random_adapters};
 
     /// `f` run with the training forward on candle's elementary ops.
     fn elementary<T>(f: impl FnOnce() -> T) -> T {
@@ -749,15 +757,7 @@ mod tests {
             assert!(diff < 1e-4, "seed {seed:?}: forward {diff}");
             let gf = (fused * &target)?.sum_all()?.backward()?;
             let gp = (plain * &target)?.sum_all()?.backward()?;
-            for t in &tensors {
-                let (a, b) = (gp.get(t).expect("elementary"), gf.get(t).expect("fused"));
-                let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-                let diff = max_diff(a, b);
-                assert!(
-                    diff < 1e-3 * scale,
-                    "seed {seed:?}: gradient {diff} of {scale}"
-                );
-            }
+            assert_same_gradients(&gp, &gf, &tensors, 1e-3)?;
         }
         Ok(())
     }

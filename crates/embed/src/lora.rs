@@ -594,15 +594,30 @@ pub(crate) mod tests {
                     .map(|(_, t)| t),
             );
             assert_eq!(checked.len(), 7);
-            for t in &checked {
-                let (a, b) = (gp.get(t).expect("plain"), gg.get(t).expect("fused"));
-                let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-                let diff = max_diff(a, b);
-                assert!(
-                    diff < 1e-4 * scale,
-                    "seed {seed:?}: gradient {diff} of {scale}"
-                );
-            }
+            assert_same_gradients(&gp, &gg, &checked, 1e-4)?;
+        }
+        Ok(())
+    }
+
+    /// Asserts that `want` and `got` give each of `tensors` the same gradient, within
+    /// `tolerance` relative to the largest value (at least 1).
+    pub(crate) fn assert_same_gradients(
+        want: &candle_core::backprop::GradStore,
+        got: &candle_core::backprop::GradStore,
+        tensors: &[Tensor],
+        tolerance: f32,
+    ) -> Result<()> {
+        for (i, t) in tensors.iter().enumerate() {
+            let (a, b) = (
+                want.get(t).expect("reference"),
+                got.get(t).expect("gradient"),
+            );
+            let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+            let diff = max_diff(a, b);
+            assert!(
+                diff < tolerance * scale,
+                "tensor {i}: gradient {diff} of {scale}"
+            );
         }
         Ok(())
     }
