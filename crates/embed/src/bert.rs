@@ -365,7 +365,7 @@ impl Bert {
     /// Final token states `[batch, len, d]` for `ids` `[batch, len]` with padding mask `mask`
     /// `[batch, len]` (1 = real token).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        self.forward_generic(ids, mask, None)
+        self.forward_generic(ids, mask, None)?.padded(mask.dims2()?)
     }
 
     /// [`Bert::forward`] with LoRA adapters applied unmerged, written with differentiable ops
@@ -379,6 +379,19 @@ impl Bert {
         adapters: &LoraAdapters,
         dropout_seed: Option<u64>,
     ) -> Result<Tensor> {
+        self.forward_lora_states(ids, mask, adapters, dropout_seed)?
+            .padded(mask.dims2()?)
+    }
+
+    /// [`Bert::forward_lora`] leaving the states packed when the batch was packed (the
+    /// trainer pools them as they are, without padding rows).
+    pub(crate) fn forward_lora_states(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        adapters: &LoraAdapters,
+        dropout_seed: Option<u64>,
+    ) -> Result<TrainStates> {
         adapters.check_shape(self)?;
         let mut rng = dropout_seed.map(SplitMix64);
         self.forward_generic(ids, mask, Some((adapters, rng.as_mut())))
@@ -397,6 +410,19 @@ impl Bert {
         adapters: &LoraAdapters,
         dropout_seed: Option<u64>,
     ) -> Result<Tensor> {
+        self.forward_lora_from_states(states, mask, start, adapters, dropout_seed)?
+            .padded(mask.dims2()?)
+    }
+
+    /// [`Bert::forward_lora_from`] leaving the states packed when the batch was packed.
+    pub(crate) fn forward_lora_from_states(
+        &self,
+        states: &Tensor,
+        mask: &Tensor,
+        start: usize,
+        adapters: &LoraAdapters,
+        dropout_seed: Option<u64>,
+    ) -> Result<TrainStates> {
         adapters.check_shape(self)?;
         if start > self.layers.len() || start > adapters.config().first_layer {
             return Err(Error::InvalidArgument(format!(
@@ -424,7 +450,7 @@ impl Bert {
         ids: &Tensor,
         mask: &Tensor,
         lora: Option<(&LoraAdapters, Option<&mut SplitMix64>)>,
-    ) -> Result<Tensor> {
+    ) -> Result<TrainStates> {
         let (b, l) = ids.dims2()?;
         if l > self.cfg.max_position_embeddings {
             return Err(Error::InvalidArgument(format!(
@@ -451,7 +477,7 @@ impl Bert {
     }
 
     /// The encoder layers from `start` on, over `x` `[b * l, d]` (differentiable when `lora`
-    /// is given); returns `[b, l, d]`.
+    /// is given): `[b, l, d]`, or the real tokens' rows when the batch was packed.
     fn run_layers(
         &self,
         mut x: Tensor,
@@ -459,7 +485,7 @@ impl Bert {
         (b, l): (usize, usize),
         start: usize,
         lora: Option<(&LoraAdapters, Option<&mut SplitMix64>)>,
-    ) -> Result<Tensor> {
+    ) -> Result<TrainStates> {
         let d = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
         let hd = d / nh;
@@ -581,18 +607,10 @@ impl Bert {
             )?;
             x = norm(&(h + x)?, &layer.ln2_w, &layer.ln2_b)?;
         }
-        if let Some(rows) = &rows {
-            // Back to the padded layout, zeros in the padding rows (which every pooling
-            // masks out).
-            let zero = Tensor::zeros((1, d), x.dtype(), x.device())?;
-            let x_zero = Tensor::cat(&[&x, &zero], 0)?;
-            let mut at = vec![rows.len(); b * l];
-            for (packed, &padded) in rows.iter().enumerate() {
-                at[padded] = packed;
-            }
-            x = x_zero.index_select(&row_index(at)?, 0)?;
-        }
-        Ok(x.reshape((b, l, d))?)
+        Ok(match attend {
+            Attend::Packed(lens) => TrainStates::Packed { states: x, lens },
+            Attend::Masked(_) => TrainStates::Padded(x.reshape((b, l, d))?),
+        })
     }
 
     /// A copy whose attention projections have updates added, in the stored `[in, out]`
@@ -638,6 +656,46 @@ fn elementary_training() -> bool {
     #[cfg(not(test))]
     {
         false
+    }
+}
+
+/// Token states out of the encoder layers.
+pub(crate) enum TrainStates {
+    /// `[b, l, d]`, padding rows included.
+    Padded(Tensor),
+    /// Only the real tokens' rows `[rows, d]`, each sequence's after the previous one's.
+    Packed {
+        /// The rows.
+        states: Tensor,
+        /// Each sequence's count of rows.
+        lens: Arc<Vec<usize>>,
+    },
+}
+
+impl TrainStates {
+    /// The states in the padded layout `[b, l, d]`, zeros in the padding rows (which every
+    /// pooling masks out).
+    pub(crate) fn padded(self, (b, l): (usize, usize)) -> Result<Tensor> {
+        match self {
+            Self::Padded(x) => Ok(x),
+            Self::Packed { states, lens } => {
+                let d = states.dim(1)?;
+                let zero = Tensor::zeros((1, d), states.dtype(), states.device())?;
+                let x_zero = Tensor::cat(&[&states, &zero], 0)?;
+                let rows = states.dim(0)?;
+                let mut at = vec![rows; b * l];
+                let mut packed = 0;
+                for (s, &n) in lens.iter().enumerate() {
+                    for j in 0..n {
+                        at[s * l + j] = packed;
+                        packed += 1;
+                    }
+                }
+                Ok(x_zero
+                    .index_select(&row_index(at)?, 0)?
+                    .reshape((b, l, d))?)
+            }
+        }
     }
 }
 
@@ -717,12 +775,12 @@ pub(crate) fn tiny_random(seed: u64) -> Bert {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::lora::tests::{assert_same_gradients, max_diff, random_adapters};
 
     /// `f` run with the training forward on candle's elementary ops.
-    fn elementary<T>(f: impl FnOnce() -> T) -> T {
+    pub(crate) fn elementary<T>(f: impl FnOnce() -> T) -> T {
         ELEMENTARY_TRAINING.with(|e| e.set(true));
         let out = f();
         ELEMENTARY_TRAINING.with(|e| e.set(false));

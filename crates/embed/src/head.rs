@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::LatentAttentionConfig;
 use crate::error::{Error, Result, read_json};
 use crate::latent_attention::{LatentAttention, tensor_plan};
-use crate::pooling::{l2_normalize, masked_mean};
+use crate::pooling::{l2_normalize, masked_mean, packed_mean};
 use crate::weights::{load_f32_file, save_with_config, to_varmap};
 
 /// File name of a head's configuration.
@@ -188,6 +188,27 @@ impl LatentHead {
     pub fn forward(&self, states: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let x = self.layer.forward(states)?;
         let pooled = masked_mean(&x, mask)?;
+        if self.config.latent_attention.output_normalize {
+            l2_normalize(&pooled)
+        } else {
+            Ok(pooled)
+        }
+    }
+
+    /// [`LatentHead::forward`] on packed token states `[rows, d]`: `lens[i]` rows of text `i`,
+    /// each text's after the previous one's, every row pooled. The layer works row by row, so
+    /// this equals the padded forward without computing the padding rows.
+    pub(crate) fn forward_packed(&self, states: &Tensor, lens: &[usize]) -> Result<Tensor> {
+        let x = self.layer.forward(&states.unsqueeze(0)?)?.squeeze(0)?;
+        let spans: Vec<(usize, usize)> = lens
+            .iter()
+            .scan(0, |start, &n| {
+                let span = (*start, n);
+                *start += n;
+                Some(span)
+            })
+            .collect();
+        let pooled = packed_mean(&x, &spans, 0)?;
         if self.config.latent_attention.output_normalize {
             l2_normalize(&pooled)
         } else {
