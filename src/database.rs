@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use latentdb_storage::{
     CollectionInfo, CollectionSpec, DataLossReport, DeleteOutcome, Document, Durability, Record,
-    ScrollPage, Storage,
+    ScrollPage, Storage, WriteOptions,
 };
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
@@ -110,7 +110,7 @@ impl Database {
         &self.path
     }
 
-    fn coll(&self, name: &str) -> Result<Arc<Collection>> {
+    pub(crate) fn coll(&self, name: &str) -> Result<Arc<Collection>> {
         self.collections.read().get(name).cloned().ok_or_else(|| {
             self.quarantine
                 .error(name)
@@ -294,25 +294,7 @@ impl Database {
     ) -> Result<UpsertResult> {
         let _span = tracing::debug_span!("write", collection = name, docs = docs.len()).entered();
         let coll = self.coll(name)?;
-        // What the index would reject must be rejected before storage accepts it.
-        for d in &docs {
-            // Only when storage would accept the document otherwise, so that its own
-            // (earlier) checks keep reporting first.
-            if let Some(v) = &d.vector
-                && d.id
-                    .as_deref()
-                    .is_none_or(|id| latentdb_storage::validate_id(id).is_ok())
-                && matches!(d.metadata, Value::Null | Value::Object(_))
-                && v.len() == coll.dim
-                && v.iter().all(|x| x.is_finite())
-                && let Some(defect) = latentdb_index::distance::vector_defect(coll.metric, v)
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "document {:?}: {defect}",
-                    bounded(d.id.as_deref().unwrap_or("<generated>"))
-                )));
-            }
-        }
+        check_indexable(&coll, &docs)?;
         let sync = durability.unwrap_or(self.storage.options().durability) == Durability::Sync;
         let out = {
             let mut w = coll.writer.lock();
@@ -328,7 +310,7 @@ impl Database {
                 self.check_model_unchanged(name, model)?;
             }
             // Written without the flush: it comes below, once the writer lock is released.
-            self.write_locked(&coll, &mut w, name, docs, None)?
+            self.write_locked(&coll, &mut w, name, docs, Alongside::Nothing)?
         };
         // Group commit: writers that queued behind this one flush concurrently, and one sled
         // flush makes all their batches durable. The batch is acknowledged only after it.
@@ -343,15 +325,14 @@ impl Database {
     }
 
     /// Writes `docs` to storage (buffered: the flush is the caller's) and to the index, with
-    /// the collection's writer lock `w` held. With `embedder`, the collection's embedder
-    /// settings become it in the same atomic storage write (a model switch).
-    fn write_locked(
+    /// the collection's writer lock `w` held, and `alongside` in the same atomic storage write.
+    pub(crate) fn write_locked(
         &self,
         coll: &Collection,
         w: &mut crate::collection::WriterState,
         name: &str,
         docs: Vec<Document>,
-        embedder: Option<Value>,
+        alongside: Alongside,
     ) -> Result<latentdb_storage::UpsertOutcome> {
         let metas: Vec<Map<String, Value>> = docs
             .iter()
@@ -367,24 +348,8 @@ impl Database {
         };
         let (out, staged) = {
             let _span = tracing::debug_span!("storage.write").entered();
-            match embedder {
-                // The new points are linked into the index, hidden, while storage commits
-                // them, and revealed by `apply` once committed.
-                None => match self.storage.upsert_overlapped(
-                    name,
-                    docs,
-                    Some(Durability::Buffered),
-                    |pending| coll.stage(&pending.inserted),
-                ) {
-                    (Ok(out), staged) => (out, staged),
-                    (Err(e), staged) => {
-                        if let Some(staged) = staged {
-                            coll.abandon(staged, &self.storage, w);
-                        }
-                        return Err(e.into());
-                    }
-                },
-                Some(embedder) => {
+            match alongside {
+                Alongside::Embedder(embedder) => {
                     let out = self.storage.replace_vectors_and_settings(
                         name,
                         docs,
@@ -392,6 +357,27 @@ impl Database {
                         Some(Durability::Buffered),
                     )?;
                     (out, None)
+                }
+                // The new points are linked into the index, hidden, while storage commits
+                // them, and revealed by `apply` once committed.
+                other => {
+                    let options = WriteOptions {
+                        durability: Some(Durability::Buffered),
+                        applied: other.applied(),
+                    };
+                    match self
+                        .storage
+                        .upsert_overlapped_with(name, docs, options, |pending| {
+                            coll.stage(&pending.inserted)
+                        }) {
+                        (Ok(out), staged) => (out, staged),
+                        (Err(e), staged) => {
+                            if let Some(staged) = staged {
+                                coll.abandon(staged, &self.storage, w);
+                            }
+                            return Err(e.into());
+                        }
+                    }
                 }
             }
         };
@@ -440,7 +426,13 @@ impl Database {
             let (docs, embedder) = prepare(&self.storage)?;
             // One storage transaction: a crash never leaves the new vectors under the old
             // settings (or the reverse).
-            self.write_locked(&coll, &mut w, collection, docs, Some(embedder))?;
+            self.write_locked(
+                &coll,
+                &mut w,
+                collection,
+                docs,
+                Alongside::Embedder(embedder),
+            )?;
         }
         self.flush()
     }
@@ -469,14 +461,26 @@ impl Database {
         if w.dropped {
             return Err(Error::collection_not_found(collection));
         }
+        self.delete_locked(&coll, &mut w, &ids, WriteOptions::default())
+    }
+
+    /// Deletes `ids` (no chunk expansion) from storage, with `options`, and from the index,
+    /// with the collection's writer lock `w` held; returns the ids that existed.
+    pub(crate) fn delete_locked(
+        &self,
+        coll: &Collection,
+        w: &mut crate::collection::WriterState,
+        ids: &[impl AsRef<str>],
+        options: WriteOptions,
+    ) -> Result<Vec<String>> {
         let DeleteOutcome {
             deleted, removed, ..
         } = {
             let _span = tracing::debug_span!("storage.write").entered();
-            self.storage.delete(collection, &ids, None)?
+            self.storage.delete_with(&coll.name, ids, options)?
         };
         coll.apply(&removed, &[], Vec::new(), &[], None);
-        coll.maintain(&self.storage, &mut w, removed.len() as u64);
+        coll.maintain(&self.storage, w, removed.len() as u64);
         Ok(deleted)
     }
 
@@ -527,10 +531,7 @@ impl Database {
         };
         let mut deleted = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(10_000) {
-            let out = self.storage.delete(&coll.name, chunk, None)?;
-            coll.apply(&out.removed, &[], Vec::new(), &[], None);
-            coll.maintain(&self.storage, &mut w, out.removed.len() as u64);
-            deleted.extend(out.deleted);
+            deleted.extend(self.delete_locked(coll, &mut w, chunk, WriteOptions::default())?);
         }
         Ok(deleted)
     }
@@ -828,6 +829,50 @@ impl Drop for Database {
             tracing::warn!(error = %e, "persisting indexes on close failed");
         }
     }
+}
+
+/// What a locked write ([`Database::write_locked`]) stores beside the documents, in the same
+/// atomic storage write.
+pub(crate) enum Alongside {
+    /// Nothing.
+    Nothing,
+    /// The collection's new embedder settings (a model switch).
+    Embedder(Value),
+    /// The sequence of the replicated log entry the write applies (see `crate::replication`).
+    Applied(u64),
+}
+
+impl Alongside {
+    /// The applied sequence to store, if any.
+    fn applied(&self) -> Option<u64> {
+        match self {
+            Alongside::Applied(seq) => Some(*seq),
+            Alongside::Nothing | Alongside::Embedder(_) => None,
+        }
+    }
+}
+
+/// Fails when the collection's index would refuse a vector of `docs` (a zero vector under the
+/// cosine metric, ...): such a batch must be refused before storage accepts it. A document
+/// storage would refuse anyway is left to storage, whose checks report first.
+pub(crate) fn check_indexable(coll: &Collection, docs: &[Document]) -> Result<()> {
+    for d in docs {
+        if let Some(v) = &d.vector
+            && d.id
+                .as_deref()
+                .is_none_or(|id| latentdb_storage::validate_id(id).is_ok())
+            && matches!(d.metadata, Value::Null | Value::Object(_))
+            && v.len() == coll.dim
+            && v.iter().all(|x| x.is_finite())
+            && let Some(defect) = latentdb_index::distance::vector_defect(coll.metric, v)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "document {:?}: {defect}",
+                bounded(d.id.as_deref().unwrap_or("<generated>"))
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The error for a writer bound to collection `uid` that was dropped.

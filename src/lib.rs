@@ -34,6 +34,7 @@ mod lexical;
 mod options;
 mod payload;
 mod recovery;
+mod replication;
 mod rescore_file;
 mod search;
 pub mod tune;
@@ -54,6 +55,7 @@ pub use latentdb_text::{AnalyzerConfig, Bm25Params, LexicalStats, Stopwords};
 pub use latentdb_types::ErrorKind;
 pub use lexical::{DEFAULT_DEPTH, DEFAULT_FUSION, LexicalOpen, LexicalSettings};
 pub use options::{DEFAULT_MAX_LOADED_MODELS, DatabaseOptions};
+pub use replication::{ReplicatedOp, ReplicatedOutcome};
 pub use search::{HitExplain, MAX_EF, MAX_K, SearchHit, SearchMode, SearchRequest};
 
 /// The built-in embedder, for callers that need its lower-level API.

@@ -15,6 +15,7 @@ mod models;
 mod quantization;
 mod quarantine;
 mod races;
+mod replicated;
 mod search;
 mod tune;
 mod validation;

@@ -32,6 +32,9 @@ pub const META_NEXT_POINT: &[u8] = b"mnext_point";
 pub const META_SEQ: &[u8] = b"mseq";
 /// Counter key: the number of live documents (u64 BE).
 pub const META_COUNT: &[u8] = b"mcount";
+/// Counter key: the sequence of the last entry of a replicated write log applied to the
+/// collection (u64 BE; absent: none), written in the same batch as that entry's writes.
+pub const META_APPLIED: &[u8] = b"mapplied";
 
 /// The sled tree name of the collection with numeric id `cid`.
 pub fn collection_tree(cid: u64) -> String {

@@ -22,6 +22,7 @@
 //!
 //! [sled]: https://docs.rs/sled/0.34
 
+mod applied;
 mod collection;
 mod document;
 mod error;
@@ -42,7 +43,7 @@ pub use collection::{
 pub use document::{Document, MAX_ID_BYTES, Record, json_kind, validate_id};
 pub use error::{Error, MAX_ECHO_CHARS, Result, truncate_echo};
 pub use import::ImportSpec;
-pub use options::{Durability, StorageOptions};
+pub use options::{Durability, StorageOptions, WriteOptions};
 pub use record::{Change, RecordMeta};
 pub use snapshot::{Snapshot, SnapshotCollection};
 pub use store::{

@@ -13,6 +13,33 @@ pub enum Durability {
     Buffered,
 }
 
+/// Options of one write ([`Storage::upsert_overlapped_with`], [`Storage::delete_with`]).
+///
+/// [`Storage::upsert_overlapped_with`]: crate::Storage::upsert_overlapped_with
+/// [`Storage::delete_with`]: crate::Storage::delete_with
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteOptions {
+    /// The durability of this write (`None`: the storage's default).
+    pub durability: Option<Durability>,
+    /// The sequence of the replicated log entry this write applies: stored as the
+    /// collection's applied sequence (see [`Storage::applied_seq`]) in the same atomic batch
+    /// as the write, even when the write changes nothing else. It must be past the stored one
+    /// (an invalid-argument error otherwise, with nothing written).
+    ///
+    /// [`Storage::applied_seq`]: crate::Storage::applied_seq
+    pub applied: Option<u64>,
+}
+
+impl From<Option<Durability>> for WriteOptions {
+    /// The options of a write with this durability (and nothing else).
+    fn from(durability: Option<Durability>) -> Self {
+        WriteOptions {
+            durability,
+            ..Default::default()
+        }
+    }
+}
+
 /// Options for opening a storage directory.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {

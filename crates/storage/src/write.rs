@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
+use crate::applied;
 use crate::document::{Document, validate, validate_id};
 use crate::error::{Error, Result};
 use crate::key;
-use crate::options::Durability;
+use crate::options::{Durability, WriteOptions};
 use crate::record::{self, Change};
 use crate::snapshot;
 use crate::store::{CollectionState, Counters, DeleteOutcome, Storage, UpsertOutcome, not_found};
@@ -30,7 +31,7 @@ impl Storage {
         docs: Vec<Document>,
         durability: Option<Durability>,
     ) -> Result<UpsertOutcome> {
-        self.upsert_inner(collection, docs, durability, false, |_| ())
+        self.upsert_inner(collection, docs, durability.into(), false, |_| ())
             .0
     }
 
@@ -53,14 +54,27 @@ impl Storage {
         durability: Option<Durability>,
         during: impl FnOnce(&UpsertOutcome) -> R,
     ) -> (Result<UpsertOutcome>, Option<R>) {
-        self.upsert_inner(collection, docs, durability, true, during)
+        self.upsert_inner(collection, docs, durability.into(), true, during)
+    }
+
+    /// [`Storage::upsert_overlapped`] with the write's `options`: with
+    /// [`WriteOptions::applied`], the applied sequence goes into the same atomic batch as the
+    /// documents (an empty batch then writes it alone; a batch refused writes neither).
+    pub fn upsert_overlapped_with<R>(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        options: WriteOptions,
+        during: impl FnOnce(&UpsertOutcome) -> R,
+    ) -> (Result<UpsertOutcome>, Option<R>) {
+        self.upsert_inner(collection, docs, options, true, during)
     }
 
     fn upsert_inner<R>(
         &self,
         collection: &str,
         docs: Vec<Document>,
-        durability: Option<Durability>,
+        options: WriteOptions,
         overlap: bool,
         during: impl FnOnce(&UpsertOutcome) -> R,
     ) -> (Result<UpsertOutcome>, Option<R>) {
@@ -72,7 +86,7 @@ impl Storage {
             Ok(encoded) => encoded,
             Err(e) => return (Err(e), None),
         };
-        if encoded.is_empty() {
+        if encoded.is_empty() && options.applied.is_none() {
             let out = UpsertOutcome {
                 seq: state.seq.load(Ordering::Acquire),
                 ..Default::default()
@@ -85,7 +99,7 @@ impl Storage {
         if counters.dropped {
             return (Err(not_found(collection)), None);
         }
-        let mut pending = match upsert_batch(&state, &counters, encoded) {
+        let mut pending = match upsert_batch(&state, &counters, encoded, options.applied) {
             Ok(pending) => pending,
             Err(e) => return (Err(e), None),
         };
@@ -114,7 +128,7 @@ impl Storage {
             Err(e) => return (Err(e.into()), Some(r)),
         };
         // The batch stands whether or not the flush succeeds (as for `upsert`).
-        match self.sync(durability) {
+        match self.sync(options.durability) {
             Ok(()) => (Ok(out), Some(r)),
             Err(e) => (Err(e), Some(r)),
         }
@@ -144,7 +158,7 @@ impl Storage {
         config.spec.embedder = embedder;
         let settings = serde_json::to_vec(&config)
             .map_err(|e| Error::Internal(format!("collection config does not serialise: {e}")))?;
-        let pending = upsert_batch(&state, &counters, encoded)?;
+        let pending = upsert_batch(&state, &counters, encoded, None)?;
         // The closure may run more than once (on a conflict): it only writes through the
         // transaction.
         (&self.registry, &state.tree).transaction(|(registry, tree)| {
@@ -159,7 +173,7 @@ impl Storage {
         Ok(out)
     }
 
-    fn sync(&self, durability: Option<Durability>) -> Result<()> {
+    pub(crate) fn sync(&self, durability: Option<Durability>) -> Result<()> {
         if durability.unwrap_or(self.options.durability) == Durability::Sync {
             self.flush()?;
         }
@@ -174,6 +188,18 @@ impl Storage {
         ids: &[impl AsRef<str>],
         durability: Option<Durability>,
     ) -> Result<DeleteOutcome> {
+        self.delete_with(collection, ids, durability.into())
+    }
+
+    /// [`Storage::delete`] with the write's `options`: with [`WriteOptions::applied`], the
+    /// applied sequence goes into the same atomic batch as the removals (when no id exists, it
+    /// is written alone; a delete refused writes neither).
+    pub fn delete_with(
+        &self,
+        collection: &str,
+        ids: &[impl AsRef<str>],
+        options: WriteOptions,
+    ) -> Result<DeleteOutcome> {
         let state = self.state(collection)?;
         for id in ids {
             validate_id(id.as_ref())?;
@@ -182,42 +208,14 @@ impl Storage {
         if counters.dropped {
             return Err(not_found(collection));
         }
-        let mut batch = sled::Batch::default();
-        let mut seq = counters.seq;
-        let mut count = state.count.load(Ordering::Acquire);
-        let mut out = DeleteOutcome::default();
-        let mut seen = HashSet::new();
-        for id in ids {
-            let id = id.as_ref();
-            if !seen.insert(id) {
-                continue;
-            }
-            let id_key = key::id_key(id);
-            if let Some(old) = state.tree.get(&id_key)? {
-                let old = key::be_u32(&old)?;
-                batch.remove(id_key);
-                seq += 1;
-                snapshot::remove_record(&state, counters.holds, &mut batch, old, seq)?;
-                let change = Change::Remove { seq, point: old };
-                batch.insert(&key::log_key(seq), &change.encode_value());
-                count = count.saturating_sub(1);
-                out.deleted.push(id.to_owned());
-                out.removed.push(old);
-            }
+        let mut pending = delete_batch(&state, &counters, ids, options.applied)?;
+        if pending.out.deleted.is_empty() && options.applied.is_none() {
+            return Ok(pending.out);
         }
-        if out.deleted.is_empty() {
-            out.seq = seq;
-            return Ok(out);
-        }
-        batch.insert(key::META_SEQ, &seq.to_be_bytes());
-        batch.insert(key::META_COUNT, &count.to_be_bytes());
-        state.tree.apply_batch(batch)?;
-        counters.seq = seq;
-        state.count.store(count, Ordering::Release);
-        state.seq.store(seq, Ordering::Release);
+        state.tree.apply_batch(std::mem::take(&mut pending.batch))?;
+        let out = pending.commit(&state, &mut counters);
         drop(counters);
-        out.seq = seq;
-        self.sync(durability)?;
+        self.sync(options.durability)?;
         Ok(out)
     }
 }
@@ -226,7 +224,11 @@ impl Storage {
 type Encoded = (String, Vec<f32>, Vec<u8>);
 
 /// Validates and encodes a batch (no two documents with one id).
-fn encode_batch(docs: Vec<Document>, dim: usize, max_text_bytes: usize) -> Result<Vec<Encoded>> {
+pub(crate) fn encode_batch(
+    docs: Vec<Document>,
+    dim: usize,
+    max_text_bytes: usize,
+) -> Result<Vec<Encoded>> {
     let mut seen = HashSet::with_capacity(docs.len());
     let mut encoded = Vec::with_capacity(docs.len());
     for doc in docs {
@@ -264,24 +266,28 @@ fn apply_beside<R>(
     })
 }
 
-/// An upsert's writes, built under the writer lock and not yet applied.
-struct PendingUpsert {
-    batch: sled::Batch,
+/// A write's batch, built under the writer lock and not yet applied, with the counters it
+/// leaves and its outcome `O`.
+pub(crate) struct Pending<O> {
+    pub(crate) batch: sled::Batch,
     next_point: u32,
     seq: u64,
     count: u64,
-    out: UpsertOutcome,
+    pub(crate) out: O,
 }
 
 /// Builds the writes of an upsert of `encoded` (points from the counters, one change-log
-/// entry per removed and inserted point, the counters' new values). Reads the id map, so the
-/// collection's writer lock must be held from here until the batch is applied.
-fn upsert_batch(
+/// entry per removed and inserted point, the counters' new values, and the applied sequence
+/// `applied` when given). Reads the id map, so the collection's writer lock must be held from
+/// here until the batch is applied.
+pub(crate) fn upsert_batch(
     state: &CollectionState,
     counters: &Counters,
     encoded: Vec<Encoded>,
-) -> Result<PendingUpsert> {
+    applied: Option<u64>,
+) -> Result<Pending<UpsertOutcome>> {
     let mut batch = sled::Batch::default();
+    applied::put(&state.tree, &mut batch, applied)?;
     let mut next_point = counters.next_point;
     let mut seq = counters.seq;
     let mut count = state.count.load(Ordering::Acquire);
@@ -323,7 +329,7 @@ fn upsert_batch(
         batch.insert(key::META_COUNT, &count.to_be_bytes());
     }
     out.seq = seq;
-    Ok(PendingUpsert {
+    Ok(Pending {
         batch,
         next_point,
         seq,
@@ -332,9 +338,57 @@ fn upsert_batch(
     })
 }
 
-impl PendingUpsert {
+/// Builds the writes of a delete of `ids` (one change-log entry per removed point, the
+/// counters' new values when a document was removed, and the applied sequence `applied` when
+/// given). Reads the id map, so the collection's writer lock must be held from here until the
+/// batch is applied.
+pub(crate) fn delete_batch(
+    state: &CollectionState,
+    counters: &Counters,
+    ids: &[impl AsRef<str>],
+    applied: Option<u64>,
+) -> Result<Pending<DeleteOutcome>> {
+    let mut batch = sled::Batch::default();
+    applied::put(&state.tree, &mut batch, applied)?;
+    let mut seq = counters.seq;
+    let mut count = state.count.load(Ordering::Acquire);
+    let mut out = DeleteOutcome::default();
+    let mut seen = HashSet::new();
+    for id in ids {
+        let id = id.as_ref();
+        if !seen.insert(id) {
+            continue;
+        }
+        let id_key = key::id_key(id);
+        if let Some(old) = state.tree.get(&id_key)? {
+            let old = key::be_u32(&old)?;
+            batch.remove(id_key);
+            seq += 1;
+            snapshot::remove_record(state, counters.holds, &mut batch, old, seq)?;
+            let change = Change::Remove { seq, point: old };
+            batch.insert(&key::log_key(seq), &change.encode_value());
+            count = count.saturating_sub(1);
+            out.deleted.push(id.to_owned());
+            out.removed.push(old);
+        }
+    }
+    if !out.deleted.is_empty() {
+        batch.insert(key::META_SEQ, &seq.to_be_bytes());
+        batch.insert(key::META_COUNT, &count.to_be_bytes());
+    }
+    out.seq = seq;
+    Ok(Pending {
+        batch,
+        next_point: counters.next_point,
+        seq,
+        count,
+        out,
+    })
+}
+
+impl<O> Pending<O> {
     /// Publishes the counters of an applied batch; the writer lock is still held.
-    fn commit(self, state: &CollectionState, counters: &mut Counters) -> UpsertOutcome {
+    fn commit(self, state: &CollectionState, counters: &mut Counters) -> O {
         counters.next_point = self.next_point;
         counters.seq = self.seq;
         state.count.store(self.count, Ordering::Release);
