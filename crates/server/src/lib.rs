@@ -22,7 +22,7 @@ mod bind;
 mod call;
 mod codec;
 mod config;
-mod convert;
+pub mod convert;
 mod error;
 pub mod metrics;
 mod search;
@@ -36,7 +36,7 @@ pub use metrics::{install_metrics_recorder, resident_memory_bytes};
 pub use server::{
     PreparedServer, install_crypto_provider, prepare, serve, serve_with_listener, shutdown_signal,
 };
-pub use service::LatentDbService;
+pub use service::{LatentDbService, instruction};
 
 /// Code generated from `proto/latentdb/v1/latentdb.proto`: messages, the server trait and
 /// the client.

@@ -61,6 +61,7 @@ pub struct PreparedServer {
     router: Router,
     incoming: TcpIncoming,
     drain_timeout: Duration,
+    auth_layer: ApiKeyAuth,
     auth: bool,
     tls: bool,
     metrics: Option<MetricsEndpoint>,
@@ -147,7 +148,7 @@ pub async fn prepare(
         .add_service(health)
         .add_service(InterceptedService::new(latentdb, auth.clone()))
         .add_service(InterceptedService::new(reflection, auth.clone()))
-        .add_service(InterceptedService::new(reflection_alpha, auth));
+        .add_service(InterceptedService::new(reflection_alpha, auth.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(PreparedServer {
         addr,
@@ -157,6 +158,7 @@ pub async fn prepare(
         router,
         incoming,
         drain_timeout: config.drain_timeout,
+        auth_layer: auth,
         auth: config.api_key.is_some(),
         tls: config.tls.is_some(),
         metrics,
@@ -193,6 +195,27 @@ impl PreparedServer {
         self.metrics.as_ref().and_then(MetricsEndpoint::local_addr)
     }
 
+    /// Adds another gRPC service on the same address, behind the same API key (the cluster's
+    /// data nodes serve their Node service beside latentdb.v1 this way).
+    pub fn with_service<S>(mut self, service: S) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.router = self
+            .router
+            .add_service(InterceptedService::new(service, self.auth_layer.clone()));
+        self
+    }
+
     /// Serves until `shutdown` completes. Then it stops accepting connections, refuses new
     /// upsert-stream batches (`UNAVAILABLE`), waits for the calls in flight (at most the drain
     /// timeout, then closes what is still open), and flushes the database.
@@ -208,6 +231,7 @@ impl PreparedServer {
             auth,
             tls,
             metrics,
+            ..
         } = self;
         tracing::info!(%addr, auth, tls, "latentdb gRPC server listening");
         // The metrics endpoint answers until the database is flushed, drain included.

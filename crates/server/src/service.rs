@@ -195,7 +195,9 @@ pub(crate) fn check_text(what: &str, text: &str, limits: &Limits) -> Result<(), 
 }
 
 /// The embedder instruction of a task name or an instruction sentence (not both).
-pub(crate) fn instruction(
+/// The instruction a text query asks for: a built-in task name or an instruction sentence
+/// (not both).
+pub fn instruction(
     task: Option<String>,
     instruction: Option<String>,
 ) -> Result<Option<Instruction>, ServiceError> {
@@ -406,7 +408,15 @@ impl LatentDb for LatentDbService {
         let collection = req.get_ref().name.clone();
         observe("CreateCollection", &collection, &call, async {
             let token = call.token();
-            let (spec, model) = convert::collection_spec(req.into_inner())?;
+            let req = req.into_inner();
+            if req.shards > 1 || req.replicas > 1 {
+                return Err(ServiceError::FailedPrecondition(
+                    "this server is a single node: create sharded or replicated collections \
+                     through a cluster router (`latentdb router`)"
+                        .into(),
+                ));
+            }
+            let (spec, model) = convert::collection_spec(req)?;
             let info = match model {
                 None => {
                     blocking(&token, &self.db, move |db| Ok(db.create_collection(spec)?)).await?

@@ -1,0 +1,4 @@
+//! The cluster's integration tests, against real servers on loopback (see `harness`).
+
+mod harness;
+mod sharded;
