@@ -80,6 +80,9 @@ pub enum Command {
     /// Serve the database over gRPC (latentdb.v1, with health and reflection) until
     /// SIGINT or SIGTERM.
     Serve(crate::commands::serve::ServeArgs),
+    /// Run a cluster router: latentdb.v1 in front of data nodes (`serve --cluster`), with
+    /// etcd for metadata and NATS JetStream as the write log, until SIGINT or SIGTERM.
+    Router(crate::commands::router::RouterArgs),
     /// Tune the collection's embedder on its own corpus (two-stage contrastive tuning with
     /// hard negatives mined from its index); the new version goes live only if better.
     Tune(crate::commands::tune::TuneArgs),

@@ -17,6 +17,9 @@ use futures_util::stream::{BoxStream, StreamExt};
 use crate::error::{Error, Result};
 use crate::shard::{shard_subject, stream_name};
 
+/// How long [`JetStreamLog::connect`] keeps trying to reach a NATS server.
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// The oldest NATS server with atomic batch publish.
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
@@ -92,12 +95,27 @@ impl JetStreamLog {
         if addrs.is_empty() {
             return Err(Error::InvalidArgument("no NATS url given".into()));
         }
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(3))
-            .request_timeout(Some(Duration::from_secs(10)))
-            .connect(addrs)
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to NATS at {urls}: {e}")))?;
+        // Servers started together with the node may not listen yet: retry for a while.
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let client = loop {
+            match async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(3))
+                .request_timeout(Some(Duration::from_secs(10)))
+                .connect(addrs.clone())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::Unavailable(format!(
+                        "cannot connect to NATS at {urls}: {e}"
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "NATS not reachable yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
         let info = client.server_info();
         match parse_version(&info.version) {
             Some(v) if v >= MIN_SERVER_VERSION => {}

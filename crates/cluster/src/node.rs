@@ -135,7 +135,16 @@ pub async fn run_node(
         node_id: config.node_id.clone(),
         addr: config.advertise.clone().unwrap_or_else(|| addr.to_string()),
     };
-    let lease = Arc::new(AtomicI64::new(register(&etcd, &info).await?));
+    // etcd started together with the node may not answer yet: retry for a while.
+    let deadline = tokio::time::Instant::now() + crate::log::CONNECT_PATIENCE;
+    let first = loop {
+        match register(&etcd, &info).await {
+            Ok(lease) => break lease,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(RETRY_AFTER).await,
+        }
+    };
+    let lease = Arc::new(AtomicI64::new(first));
     tracing::info!(node = %info.node_id, addr = %info.addr, "data node registered");
 
     let keeper = tokio::spawn(keep_registered(

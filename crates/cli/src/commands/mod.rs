@@ -11,6 +11,7 @@ pub mod eval;
 pub mod ingest;
 mod scratch;
 pub mod search;
+pub mod router;
 pub mod serve;
 pub mod tune;
 
@@ -98,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(a) => ingest::run(a, &open()?, &mut out),
         Command::Eval(a) => eval::run(a, &open()?, &mut out),
         Command::Serve(a) => serve::serve(a, global, &mut out),
+        Command::Router(a) => router::run(a, &mut out),
         Command::Tune(a) => tune::run(a, &open()?, &mut out),
         Command::Backup(c) => backup::run(c, global, &mut out),
     }

@@ -65,6 +65,24 @@ pub struct ServeArgs {
     /// picks a free port, printed at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Run as a data node of a cluster: hold the shard replicas the cluster assigns to this
+    /// node and apply their write log (needs --node-id, --etcd and --nats). Clients talk to a
+    /// router (`latentdb router`), not to data nodes.
+    #[arg(long, requires_all = ["node_id", "etcd", "nats"])]
+    pub cluster: bool,
+    /// This node's id in the cluster (with --cluster).
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    pub node_id: Option<String>,
+    /// etcd endpoints, comma-separated (with --cluster), e.g. http://127.0.0.1:2379.
+    #[arg(long, value_name = "URLS", requires = "cluster")]
+    pub etcd: Option<String>,
+    /// NATS urls, comma-separated (with --cluster), e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URLS", requires = "cluster")]
+    pub nats: Option<String>,
+    /// The address routers should use to reach this node (with --cluster; default: the bound
+    /// address).
+    #[arg(long, value_name = "HOST:PORT", requires = "cluster")]
+    pub advertise: Option<String>,
 }
 
 /// The API key of `--api-key` (or LATENTDB_API_KEY): an empty one is an error, where it used
@@ -133,6 +151,46 @@ pub fn serve(args: ServeArgs, global: &Global, out: &mut Out) -> anyhow::Result<
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if args.cluster {
+        let (Some(node_id), Some(etcd), Some(nats)) = (args.node_id, args.etcd, args.nats) else {
+            bail!("--cluster needs --node-id, --etcd and --nats");
+        };
+        let data_dir = global
+            .data
+            .clone()
+            .context("--cluster needs --data (the node's database directory)")?;
+        let node = latentdb_cluster::NodeConfig {
+            node_id,
+            etcd,
+            nats,
+            advertise: args.advertise,
+            data_dir,
+            server: config,
+        };
+        return runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(node.server.addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", node.server.addr))?;
+            let addr = listener.local_addr().context("listener address")?;
+            out.either(
+                &serde_json::json!({
+                    "listening": addr.to_string(),
+                    "node_id": node.node_id,
+                    "cluster": true,
+                }),
+                || format!("latentdb data node {} serving on {addr}", node.node_id),
+            )?;
+            latentdb_cluster::run_node(
+                Arc::new(db),
+                node,
+                listener,
+                latentdb_server::shutdown_signal(),
+            )
+            .await
+            .context("data node failed")?;
+            Ok(ExitCode::SUCCESS)
+        });
+    }
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
