@@ -20,6 +20,25 @@ use crate::shard::{shard_subject, stream_name};
 /// How long [`JetStreamLog::connect`] keeps trying to reach a NATS server.
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long an append keeps retrying a batch whose fate is unknown (a NATS server or the
+/// stream's leader failing: a new leader takes a few seconds).
+pub const APPEND_PATIENCE: Duration = Duration::from_secs(30);
+
+/// JetStream's error code for an atomic batch holding a message id it has stored already.
+const ERR_DUPLICATE_IN_BATCH: u64 = 10201;
+/// JetStream's error code for a stream that does not exist.
+const ERR_STREAM_NOT_FOUND: u64 = 10059;
+
+/// How one attempt at an append ended, when not stored.
+enum Attempt {
+    /// An earlier attempt of this batch committed (its ids are stored).
+    Committed,
+    /// The fate is unknown or the failure passing: send it again.
+    Retry(Error),
+    /// It cannot succeed.
+    Failed(Error),
+}
+
 /// The oldest NATS server with atomic batch publish.
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
@@ -177,6 +196,11 @@ impl JetStreamLog {
         Ok(())
     }
 
+    /// Appends with retries: a batch whose fate is unknown (the connection or the stream's
+    /// leader failed mid-way) is sent again whole, under the same batch and message ids, for
+    /// up to [`APPEND_PATIENCE`]. JetStream rejects a batch holding an id it has stored
+    /// (within the duplicate window), so a batch that had committed is never stored twice:
+    /// that rejection means the first attempt committed.
     async fn do_append(
         &self,
         uid: u64,
@@ -192,59 +216,115 @@ impl JetStreamLog {
                 "an atomic batch holds at most 1000 entries, got {n}"
             )));
         }
+        let entries: Vec<(u32, Bytes)> = entries
+            .into_iter()
+            .map(|(s, p)| (s, Bytes::from(p)))
+            .collect();
+        let deadline = tokio::time::Instant::now() + APPEND_PATIENCE;
+        loop {
+            match self.append_once(uid, &batch_id, &entries).await {
+                Ok(seqs) => return Ok(seqs),
+                Err(Attempt::Committed) => {
+                    // An earlier attempt committed; its sequences are at most each shard's
+                    // last one now (enough for read-your-writes).
+                    let mut seqs = Vec::with_capacity(n);
+                    for (shard, _) in &entries {
+                        seqs.push(self.do_last_seq(uid, *shard).await?);
+                    }
+                    return Ok(seqs);
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Retry(e)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, %batch_id, "append failed: sending the batch again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt at an atomic batch.
+    async fn append_once(
+        &self,
+        uid: u64,
+        batch_id: &str,
+        entries: &[(u32, Bytes)],
+    ) -> std::result::Result<Vec<u64>, Attempt> {
+        let n = entries.len();
         let mut ack = None;
-        for (i, (shard, payload)) in entries.into_iter().enumerate() {
+        for (i, (shard, payload)) in entries.iter().enumerate() {
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Id", batch_id);
             headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
             headers.insert("Nats-Msg-Id", format!("{batch_id}.{i}").as_str());
             let last = i + 1 == n;
             if last {
                 headers.insert("Nats-Batch-Commit", "1");
             }
-            let subject = shard_subject(uid, shard);
+            let subject = shard_subject(uid, *shard);
             if i == 0 || last {
                 // The first entry is acknowledged (the server says at once when the stream
                 // takes no batches); the commit's answer is the batch's acknowledgement.
                 let reply = self
                     .client
-                    .request_with_headers(subject, headers, payload.into())
+                    .request_with_headers(subject, headers, payload.clone())
                     .await
-                    .map_err(|e| Error::Unavailable(format!("append to the write log: {e}")))?;
+                    .map_err(|e| {
+                        Attempt::Retry(Error::Unavailable(format!("append to the write log: {e}")))
+                    })?;
                 if !last && reply.payload.is_empty() {
                     // The first entry's flow-control answer: taken, nothing to report.
                     continue;
                 }
-                let parsed: serde_json::Value = serde_json::from_slice(&reply.payload)
-                    .map_err(|e| Error::Nats(format!("append: an answer that is not JSON: {e}")))?;
+                let parsed: serde_json::Value =
+                    serde_json::from_slice(&reply.payload).map_err(|e| {
+                        Attempt::Retry(Error::Nats(format!(
+                            "append: an answer that is not JSON: {e}"
+                        )))
+                    })?;
                 if let Some(err) = parsed.get("error") {
-                    return Err(Error::Nats(format!("append refused: {err}")));
+                    let code = err.get("err_code").and_then(serde_json::Value::as_u64);
+                    let status = err.get("code").and_then(serde_json::Value::as_u64);
+                    return Err(match (code, status) {
+                        (Some(ERR_DUPLICATE_IN_BATCH), _) => Attempt::Committed,
+                        (Some(ERR_STREAM_NOT_FOUND), _) | (_, Some(404)) => Attempt::Failed(
+                            Error::NotFound(format!("the write log refused the batch: {err}")),
+                        ),
+                        _ => Attempt::Retry(Error::Nats(format!("append refused: {err}"))),
+                    });
                 }
                 if last {
                     ack = Some(parsed);
                 }
             } else {
                 self.client
-                    .publish_with_headers(subject, headers, payload.into())
+                    .publish_with_headers(subject, headers, payload.clone())
                     .await
-                    .map_err(|e| Error::Unavailable(format!("append to the write log: {e}")))?;
+                    .map_err(|e| {
+                        Attempt::Retry(Error::Unavailable(format!("append to the write log: {e}")))
+                    })?;
             }
         }
-        let ack = ack.ok_or_else(|| Error::Internal("a batch without a commit".into()))?;
+        let ack =
+            ack.ok_or_else(|| Attempt::Failed(Error::Internal("a batch without a commit".into())))?;
         let last_seq = ack
             .get("seq")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| {
-                Error::Nats(format!("append: acknowledgement without a sequence: {ack}"))
+                Attempt::Retry(Error::Nats(format!(
+                    "append: acknowledgement without a sequence: {ack}"
+                )))
             })?;
         let count = ack
             .get("count")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(1);
         if count != n as u64 {
-            return Err(Error::Nats(format!(
-                "append: the batch of {n} entries was stored as {count} (a duplicate batch id?)"
-            )));
+            return Err(Attempt::Failed(Error::Nats(format!(
+                "append: the batch of {n} entries was stored as {count}"
+            ))));
         }
         // A committed batch occupies consecutive sequences ending at the commit's.
         let first = last_seq + 1 - n as u64;

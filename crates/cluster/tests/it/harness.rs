@@ -101,9 +101,13 @@ impl NodeHandle {
 
 /// etcd, three NATS servers, data nodes and a router on loopback.
 pub struct Cluster {
-    _dir: TempDir,
+    dir: TempDir,
     pub etcd_url: String,
     pub nats_urls: String,
+    /// The NATS servers by name (`n0`, `n1`, `n2`), killable.
+    pub nats: Vec<(String, Proc)>,
+    /// Data nodes and routers running as child processes, by id.
+    pub children: Vec<(String, Proc)>,
     pub nodes: Vec<NodeHandle>,
     pub router_addr: SocketAddr,
     router_stop: Option<oneshot::Sender<()>>,
@@ -113,6 +117,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts everything with `nodes` data nodes; `None` when the servers are missing.
     pub async fn start(nodes: usize, model: Option<&str>) -> Option<Cluster> {
+        let mut cluster = Cluster::servers_only().await?;
+        for i in 0..nodes {
+            cluster.start_node(&format!("node{i}")).await;
+        }
+        cluster.start_router(model).await;
+        Some(cluster)
+    }
+
+    /// Starts etcd and the NATS servers only; `None` when the servers are missing.
+    pub async fn servers_only() -> Option<Cluster> {
         let (etcd_bin, nats_bin) = servers()?;
         // RUST_LOG=latentdb_cluster=debug shows what the nodes and the router do.
         let _ = tracing_subscriber::fmt()
@@ -139,6 +153,7 @@ impl Cluster {
         ));
 
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let mut nats = Vec::new();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
@@ -156,9 +171,12 @@ impl Cluster {
                 ),
             )
             .expect("nats config");
-            procs.push(spawn(
-                Command::new(&nats_bin).arg("-c").arg(&conf),
-                &dir.path().join(format!("nats{i}.log")),
+            nats.push((
+                format!("n{i}"),
+                spawn(
+                    Command::new(&nats_bin).arg("-c").arg(&conf),
+                    &dir.path().join(format!("nats{i}.log")),
+                ),
             ));
         }
         let nats_urls = ports
@@ -169,8 +187,10 @@ impl Cluster {
 
         wait_for_jetstream(&nats_urls).await;
 
-        let mut cluster = Cluster {
-            _dir: dir,
+        let cluster = Cluster {
+            dir,
+            nats,
+            children: Vec::new(),
             etcd_url,
             nats_urls,
             nodes: Vec::new(),
@@ -178,11 +198,66 @@ impl Cluster {
             router_stop: None,
             _procs: procs,
         };
-        for i in 0..nodes {
-            cluster.start_node(&format!("node{i}")).await;
-        }
-        cluster.start_router(model).await;
         Some(cluster)
+    }
+
+    /// Starts data node `id` as a child process (this test binary, re-executed into
+    /// [`cluster_child`]) on `port`, with its database under the cluster's directory (so that
+    /// a restart finds it again).
+    pub async fn spawn_node(&mut self, id: &str, port: u16) {
+        let data = self.node_dir(id);
+        let log = self.dir.path().join(format!("{id}.log"));
+        let proc = spawn(
+            child_command("node")
+                .env("LDB_NODE_ID", id)
+                .env("LDB_ADDR", format!("127.0.0.1:{port}"))
+                .env("LDB_DATA", &data)
+                .env("LDB_ETCD", &self.etcd_url)
+                .env("LDB_NATS", &self.nats_urls),
+            &log,
+        );
+        self.children.push((id.to_string(), proc));
+        self.wait_registered(id).await;
+    }
+
+    /// Starts a router as a child process on `port` (see [`Cluster::spawn_node`]).
+    pub fn spawn_router(&mut self, id: &str, port: u16) {
+        let log = self.dir.path().join(format!("{id}.log"));
+        let proc = spawn(
+            child_command("router")
+                .env("LDB_ADDR", format!("127.0.0.1:{port}"))
+                .env("LDB_ETCD", &self.etcd_url)
+                .env("LDB_NATS", &self.nats_urls),
+            &log,
+        );
+        self.router_addr = format!("127.0.0.1:{port}").parse().expect("addr");
+        self.children.push((id.to_string(), proc));
+    }
+
+    /// SIGKILLs the child process `id`.
+    pub fn kill_child(&mut self, id: &str) {
+        self.children.retain(|(name, _)| name != id);
+    }
+
+    /// The database directory of node `id` when it runs as a child process.
+    pub fn node_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}-data"))
+    }
+
+    /// Waits until node `id`'s record is in etcd.
+    pub async fn wait_registered(&self, id: &str) {
+        let etcd = latentdb_cluster::etcd::Etcd::connect(&self.etcd_url).expect("etcd");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while etcd
+            .get(&latentdb_cluster::metadata::node_key(id))
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "node {id} did not register");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts data node `id` in this process.
@@ -222,22 +297,10 @@ impl Cluster {
             task: Some(task),
             _dir: dir,
         });
-        // Registered when its key is in etcd.
-        let etcd = latentdb_cluster::etcd::Etcd::connect(&self.etcd_url).expect("etcd");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while etcd
-            .get(&latentdb_cluster::metadata::node_key(id))
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            assert!(Instant::now() < deadline, "node {id} did not register");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_registered(id).await;
     }
 
-    async fn start_router(&mut self, model: Option<&str>) {
+    pub async fn start_router(&mut self, model: Option<&str>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -307,4 +370,71 @@ async fn wait_for_jetstream(urls: &str) {
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// The command that re-executes this test binary into [`cluster_child`] as `role`.
+fn child_command(role: &str) -> Command {
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "harness::cluster_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("LDB_CHILD_ROLE", role);
+    cmd
+}
+
+/// Not a test: the entry of a data node or router child process of the fault tests (this
+/// binary re-executed with `LDB_CHILD_ROLE` set), so that they can be SIGKILLed.
+#[test]
+#[ignore = "the child process of the fault tests, started by the harness"]
+fn cluster_child() {
+    let Ok(role) = std::env::var("LDB_CHILD_ROLE") else {
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let addr: SocketAddr = var("LDB_ADDR").parse().expect("LDB_ADDR");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let forever = std::future::pending::<()>();
+        match role.as_str() {
+            "node" => {
+                let data = PathBuf::from(var("LDB_DATA"));
+                let db = Arc::new(latentdb::Database::open(&data).expect("node database"));
+                let config = NodeConfig {
+                    node_id: var("LDB_NODE_ID"),
+                    etcd: var("LDB_ETCD"),
+                    nats: var("LDB_NATS"),
+                    advertise: None,
+                    data_dir: data,
+                    server: ServerConfig {
+                        addr,
+                        ..ServerConfig::default()
+                    },
+                };
+                latentdb_cluster::run_node(db, config, listener, forever)
+                    .await
+                    .expect("node");
+            }
+            "router" => {
+                latentdb_cluster::run_router(
+                    &var("LDB_ETCD"),
+                    &var("LDB_NATS"),
+                    None,
+                    listener,
+                    forever,
+                )
+                .await
+                .expect("router");
+            }
+            other => panic!("unknown role {other}"),
+        }
+    });
 }

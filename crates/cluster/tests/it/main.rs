@@ -1,4 +1,5 @@
 //! The cluster's integration tests, against real servers on loopback (see `harness`).
 
+mod faults;
 mod harness;
 mod sharded;

@@ -10,26 +10,26 @@ use serde_json::json;
 use crate::harness::Cluster;
 
 /// A small deterministic generator (xorshift64*).
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn unit(&mut self) -> f32 {
+    pub fn unit(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     }
-    fn vector(&mut self, dim: usize) -> Vec<f32> {
+    pub fn vector(&mut self, dim: usize) -> Vec<f32> {
         (0..dim).map(|_| self.unit()).collect()
     }
 }
 
-const DIM: usize = 16;
+pub const DIM: usize = 16;
 
-fn pb_doc(id: &str, v: &[f32], g: u64) -> pb::Document {
+pub fn pb_doc(id: &str, v: &[f32], g: u64) -> pb::Document {
     let serde_json::Value::Object(m) = json!({"g": g}) else {
         unreachable!()
     };
