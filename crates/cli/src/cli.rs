@@ -221,6 +221,16 @@ pub struct CreateArgs {
     /// The default search candidate list `ef` [default: 128].
     #[arg(long)]
     pub ef_search: Option<usize>,
+    /// Create the collection in a cluster, through the router at ADDR (`host:port`, as given
+    /// to `latentdb router --addr`), instead of in the --data directory.
+    #[arg(long, value_name = "ADDR")]
+    pub router: Option<String>,
+    /// With --router: the number of shards, fixed at creation [default: 1].
+    #[arg(long, requires = "router")]
+    pub shards: Option<u32>,
+    /// With --router: the replicas of each shard (at most the live data nodes) [default: 1].
+    #[arg(long, requires = "router")]
+    pub replicas: Option<u32>,
 }
 
 /// An index quantization on the command line.

@@ -419,6 +419,8 @@ impl RouterService {
             lexical: c.spec.lexical.clone(),
         });
         info.format_version = 0;
+        info.shards = c.shards;
+        info.replicas = c.replicas;
         info
     }
 
@@ -456,8 +458,19 @@ impl RouterService {
                     "a dense search takes a vector or a text, not both".into(),
                 ));
             }
-            let instruction = latentdb_server::instruction(q.task.take(), q.instruction.take())
+            let mut instruction = latentdb_server::instruction(q.task.take(), q.instruction.take())
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            // As a single node does: NV-Embed queries without one get the default instruction.
+            if instruction.is_none()
+                && self
+                    .embedder
+                    .as_ref()
+                    .is_some_and(|e| e.identity().model_type == "nvembed")
+            {
+                instruction = Some(latentdb::embed::Instruction::parse(
+                    latentdb::DEFAULT_QUERY_INSTRUCTION,
+                ));
+            }
             let opts = EmbedOptions {
                 instruction,
                 ..EmbedOptions::default()

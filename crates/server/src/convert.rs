@@ -104,6 +104,8 @@ pub fn collection_info(info: latentdb::CollectionInfo) -> pb::CollectionInfo {
         index: settings_to_struct(info.index),
         embedder: settings_to_struct(info.embedder),
         lexical: settings_to_struct(info.lexical),
+        shards: 1,
+        replicas: 1,
     }
 }
 

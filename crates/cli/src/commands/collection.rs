@@ -11,6 +11,67 @@ use latentdb::{CollectionSpec, Database, LexicalSettings, Metric, Stopwords};
 use crate::cli::{CollectionCommand, CreateArgs, MetricArg};
 use crate::output::{Out, collection_json, collection_text};
 
+/// `collection create --router ADDR`: the collection is created in a cluster by its router.
+pub fn create_on_router(a: CreateArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    use latentdb_server::convert::json_to_struct;
+    use latentdb_server::pb;
+    let as_struct = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => Some(json_to_struct(m)),
+        _ => None,
+    };
+    let metric = match a.metric {
+        MetricArg::Cosine => pb::Metric::Cosine,
+        MetricArg::Dot => pb::Metric::Dot,
+        MetricArg::L2 => pb::Metric::L2,
+    };
+    let request = pb::CreateCollectionRequest {
+        name: a.name.clone(),
+        dimension: u32::try_from(a.dim.unwrap_or(0)).context("--dim is too large")?,
+        metric: metric as i32,
+        index: as_struct(index_settings(&a)),
+        model: a.model.clone().unwrap_or_default(),
+        lexical: as_struct(lexical_settings(&a)?),
+        shards: a.shards.unwrap_or(1),
+        replicas: a.replicas.unwrap_or(1),
+    };
+    let router = a.router.clone().unwrap_or_default();
+    let url = if router.contains("://") {
+        router.clone()
+    } else {
+        format!("http://{router}")
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let info = runtime.block_on(async {
+        let mut client = pb::latent_db_client::LatentDbClient::connect(url)
+            .await
+            .with_context(|| format!("cannot reach the router at {router}"))?;
+        client
+            .create_collection(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| anyhow::anyhow!("the router refused: {:?}: {}", s.code(), s.message()))
+    })?;
+    out.either(
+        &json!({
+            "name": info.name,
+            "dimension": info.dimension,
+            "shards": info.shards,
+            "replicas": info.replicas,
+            "router": router,
+        }),
+        || {
+            format!(
+                "created {} (dimension {}, {} shards x {} replicas) through the router at {router}",
+                info.name, info.dimension, info.shards, info.replicas
+            )
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(cmd: CollectionCommand, db: &Database, out: &mut Out) -> anyhow::Result<ExitCode> {
     match cmd {
         CollectionCommand::Create(a) => {

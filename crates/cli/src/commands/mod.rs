@@ -9,9 +9,9 @@ mod documents;
 mod embed;
 pub mod eval;
 pub mod ingest;
+pub mod router;
 mod scratch;
 pub mod search;
-pub mod router;
 pub mod serve;
 pub mod tune;
 
@@ -72,6 +72,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = &cli.global;
     let open = || open_database(global);
     match cli.command {
+        Command::Collection(crate::cli::CollectionCommand::Create(a)) if a.router.is_some() => {
+            collection::create_on_router(a, &mut out)
+        }
         Command::Collection(c) => collection::run(c, &open()?, &mut out),
         Command::Upsert(a) => documents::upsert(a, &open()?, &mut out),
         Command::Get(a) => documents::get(a, &open()?, &mut out),

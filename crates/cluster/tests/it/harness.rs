@@ -112,6 +112,10 @@ pub struct Cluster {
     pub router_addr: SocketAddr,
     router_stop: Option<oneshot::Sender<()>>,
     _procs: Vec<Proc>,
+    /// One cluster at a time in this process: on 2 cores, clusters side by side would make
+    /// each other's timings (failover within 3 s) meaningless. Last, so that it is released
+    /// after everything above is stopped.
+    _serial: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Cluster {
@@ -128,6 +132,9 @@ impl Cluster {
     /// Starts etcd and the NATS servers only; `None` when the servers are missing.
     pub async fn servers_only() -> Option<Cluster> {
         let (etcd_bin, nats_bin) = servers()?;
+        static SERIAL: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
+            std::sync::LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
+        let serial = Arc::clone(&SERIAL).lock_owned().await;
         // RUST_LOG=latentdb_cluster=debug shows what the nodes and the router do.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -191,6 +198,7 @@ impl Cluster {
             dir,
             nats,
             children: Vec::new(),
+            _serial: serial,
             etcd_url,
             nats_urls,
             nodes: Vec::new(),
