@@ -10,39 +10,14 @@ use latentdb_cluster::ShardLog;
 use latentdb_cluster::shard::{shard_collection, shard_of};
 use latentdb_server::pb::{self, latent_db_client::LatentDbClient};
 use parking_lot::Mutex;
-use tonic::transport::Channel;
 
-use crate::harness::{Cluster, free_port};
+use crate::harness::{Cluster, RecordBits, all_records, create, free_port};
 use crate::sharded::{DIM, Rng, pb_doc};
-
-async fn create(router: &mut LatentDbClient<Channel>, name: &str, shards: u32, replicas: u32) {
-    router
-        .create_collection(pb::CreateCollectionRequest {
-            name: name.into(),
-            dimension: DIM as u32,
-            metric: pb::Metric::Cosine as i32,
-            shards,
-            replicas,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-/// The collection record.
-async fn record(cluster: &Cluster, name: &str) -> latentdb_cluster::metadata::ClusterCollection {
-    let etcd = latentdb_cluster::etcd::Etcd::connect(&cluster.etcd_url).unwrap();
-    latentdb_cluster::metadata::collection(&etcd, name)
-        .await
-        .unwrap()
-        .unwrap()
-        .0
-}
 
 /// Waits until, for every shard, every replica reports the shard's last log sequence applied.
 async fn wait_caught_up(cluster: &Cluster, name: &str, within: Duration) -> Duration {
     let started = Instant::now();
-    let c = record(cluster, name).await;
+    let c = cluster.record(name).await;
     let log = latentdb_cluster::JetStreamLog::connect(&cluster.nats_urls, None)
         .await
         .unwrap();
@@ -75,7 +50,7 @@ async fn wait_caught_up(cluster: &Cluster, name: &str, within: Duration) -> Dura
 
 /// Every replica's records of `name`, read from the nodes' databases once they are stopped:
 /// `shard -> [(node, records)]`.
-type Copies = HashMap<u32, Vec<(String, Vec<(String, Vec<u32>, Option<String>, String)>)>>;
+type Copies = HashMap<u32, Vec<(String, Vec<RecordBits>)>>;
 
 fn replica_copies(cluster: &Cluster, c: &latentdb_cluster::metadata::ClusterCollection) -> Copies {
     let mut out: Copies = HashMap::new();
@@ -83,24 +58,7 @@ fn replica_copies(cluster: &Cluster, c: &latentdb_cluster::metadata::ClusterColl
         for node in nodes {
             let db = latentdb::Database::open(cluster.node_dir(node)).unwrap();
             let name = shard_collection(&c.spec.name, shard as u32);
-            let mut records = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let page = db.scroll(&name, after.as_deref(), 1000).unwrap();
-                for r in page.records {
-                    let bits = r.vector.iter().map(|x| x.to_bits()).collect();
-                    records.push((
-                        r.id,
-                        bits,
-                        r.text,
-                        serde_json::Value::Object(r.metadata).to_string(),
-                    ));
-                }
-                match page.next_cursor {
-                    Some(c) => after = Some(c),
-                    None => break,
-                }
-            }
+            let records = all_records(&db, &name);
             out.entry(shard as u32)
                 .or_default()
                 .push((node.clone(), records));
@@ -124,7 +82,7 @@ async fn a_killed_node_loses_nothing_and_catches_up() {
     }
     cluster.start_router(None).await;
     let mut router = cluster.router().await;
-    create(&mut router, "ha", 4, 2).await;
+    create(&mut router, "ha", DIM, 4, 2).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -236,7 +194,7 @@ async fn a_killed_node_loses_nothing_and_catches_up() {
     assert_eq!(count as usize, acked.len());
 
     // Both replicas of every shard identical (no entry applied twice or skipped).
-    let c = record(&cluster, "ha").await;
+    let c = cluster.record("ha").await;
     for i in 0..3 {
         cluster.kill_child(&format!("node{i}"));
     }
@@ -266,25 +224,10 @@ async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
     }
     cluster.start_router(None).await;
     let mut router = cluster.router().await;
-    create(&mut router, "nl", 2, 2).await;
-    let c = record(&cluster, "nl").await;
-    let log = latentdb_cluster::JetStreamLog::connect(&cluster.nats_urls, None)
-        .await
-        .unwrap();
-    let info = log
-        .client()
-        .request(
-            format!(
-                "$JS.API.STREAM.INFO.{}",
-                latentdb_cluster::shard::stream_name(c.uid)
-            ),
-            "".into(),
-        )
-        .await
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    create(&mut router, "nl", DIM, 2, 2).await;
+    let c = cluster.record("nl").await;
+    let info = cluster.stream_info(c.uid).await;
     let leader = info["cluster"]["leader"].as_str().unwrap().to_string();
-    drop(log);
 
     let mut rng = Rng(17);
     let mut retried = 0;
@@ -330,21 +273,7 @@ async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
     assert_eq!(got.missing_ids.len(), 0, "acknowledged writes lost");
     // One log entry per write: nothing stored twice (a client retry of a write that had
     // committed would add one; the router's own retries never do).
-    let log = latentdb_cluster::JetStreamLog::connect(&cluster.nats_urls, None)
-        .await
-        .unwrap();
-    let info = log
-        .client()
-        .request(
-            format!(
-                "$JS.API.STREAM.INFO.{}",
-                latentdb_cluster::shard::stream_name(c.uid)
-            ),
-            "".into(),
-        )
-        .await
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    let info = cluster.stream_info(c.uid).await;
     let messages = info["state"]["messages"].as_u64().unwrap();
     assert_eq!(retried, 0, "every write was acknowledged at its first call");
     assert_eq!(messages, 3000, "entries in the log");
@@ -364,7 +293,7 @@ async fn a_killed_router_leaves_no_partial_batch() {
     let port = free_port();
     cluster.spawn_router("router", port);
     let mut router = cluster.router().await;
-    create(&mut router, "atom", 4, 2).await;
+    create(&mut router, "atom", DIM, 4, 2).await;
 
     // Batch b: 8 documents, 2 on each of the 4 shards.
     let batches: Vec<Vec<String>> = (0..200)

@@ -446,3 +446,74 @@ fn cluster_child() {
         }
     });
 }
+
+/// One stored record as the convergence checks compare it: id, vector bits, text, metadata.
+pub type RecordBits = (String, Vec<u32>, Option<String>, String);
+
+/// Every record of collection `name` in `db`, in id order.
+pub fn all_records(db: &latentdb::Database, name: &str) -> Vec<RecordBits> {
+    let mut records = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = db.scroll(name, after.as_deref(), 1000).expect("scroll");
+        for r in page.records {
+            let bits = r.vector.iter().map(|x| x.to_bits()).collect();
+            let metadata = serde_json::Value::Object(r.metadata).to_string();
+            records.push((r.id, bits, r.text, metadata));
+        }
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => return records,
+        }
+    }
+}
+
+/// Creates collection `name` (dimension `dim`, cosine) through `router`.
+pub async fn create(
+    router: &mut LatentDbClient<Channel>,
+    name: &str,
+    dim: usize,
+    shards: u32,
+    replicas: u32,
+) {
+    router
+        .create_collection(latentdb_server::pb::CreateCollectionRequest {
+            name: name.into(),
+            dimension: dim as u32,
+            metric: latentdb_server::pb::Metric::Cosine as i32,
+            shards,
+            replicas,
+            ..Default::default()
+        })
+        .await
+        .expect("create the collection");
+}
+
+impl Cluster {
+    /// The record of collection `name` in etcd.
+    pub async fn record(&self, name: &str) -> latentdb_cluster::metadata::ClusterCollection {
+        let etcd = latentdb_cluster::etcd::Etcd::connect(&self.etcd_url).expect("etcd");
+        latentdb_cluster::metadata::collection(&etcd, name)
+            .await
+            .expect("etcd")
+            .expect("the collection's record")
+            .0
+    }
+
+    /// JetStream's information on the stream of the collection whose uid is `uid`.
+    pub async fn stream_info(&self, uid: u64) -> serde_json::Value {
+        let log = JetStreamLog::connect(&self.nats_urls, None)
+            .await
+            .expect("NATS");
+        let subject = format!(
+            "$JS.API.STREAM.INFO.{}",
+            latentdb_cluster::shard::stream_name(uid)
+        );
+        let reply = log
+            .client()
+            .request(subject, "".into())
+            .await
+            .expect("stream info");
+        serde_json::from_slice(&reply.payload).expect("stream info JSON")
+    }
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use latentdb_server::pb;
 use serde_json::json;
 
-use crate::harness::Cluster;
+use crate::harness::{Cluster, all_records, create};
 
 /// A small deterministic generator (xorshift64*).
 pub struct Rng(pub u64);
@@ -207,17 +207,7 @@ async fn a_search_after_a_write_sees_it() {
         return;
     };
     let mut router = cluster.router().await;
-    router
-        .create_collection(pb::CreateCollectionRequest {
-            name: "ryw".into(),
-            dimension: DIM as u32,
-            metric: pb::Metric::Cosine as i32,
-            shards: 4,
-            replicas: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create(&mut router, "ryw", DIM, 4, 2).await;
     let mut rng = Rng(7);
     let mut found = 0;
     for i in 0..500 {
@@ -255,17 +245,7 @@ async fn replicas_converge() {
         return;
     };
     let mut router = cluster.router().await;
-    router
-        .create_collection(pb::CreateCollectionRequest {
-            name: "conv".into(),
-            dimension: DIM as u32,
-            metric: pb::Metric::Cosine as i32,
-            shards: 4,
-            replicas: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create(&mut router, "conv", DIM, 4, 2).await;
     let mut rng = Rng(11);
     let started = Instant::now();
     for start in (0..20_000).step_by(500) {
@@ -348,24 +328,7 @@ async fn replicas_converge() {
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let mut records = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let page = node.db.scroll(&name, after.as_deref(), 1000).unwrap();
-                for r in page.records {
-                    let bits: Vec<u32> = r.vector.iter().map(|x| x.to_bits()).collect();
-                    records.push((
-                        r.id,
-                        bits,
-                        r.text,
-                        serde_json::Value::Object(r.metadata).to_string(),
-                    ));
-                }
-                match page.next_cursor {
-                    Some(c) => after = Some(c),
-                    None => break,
-                }
-            }
+            let records = all_records(&node.db, &name);
             copies.push(records);
         }
         assert_eq!(copies.len(), 2, "shard {shard} has two replicas");
