@@ -236,6 +236,12 @@ fn write_replicas_file(dir: &std::path::Path, map: &HashMap<String, u64>) -> Res
         .map_err(|e| Error::Internal(format!("cannot write {REPLICAS_FILE}: {e}")))
 }
 
+/// The collection and shard of a local shard collection name (`{collection}.s{shard}`).
+fn split_shard_name(name: &str) -> Option<(String, u32)> {
+    let (coll, shard) = name.rsplit_once(".s")?;
+    Some((coll.to_string(), shard.parse().ok()?))
+}
+
 /// Is `name` a local shard collection name (`….s{digits}`)?
 fn is_shard_name(name: &str) -> bool {
     name.rsplit_once(".s").is_some_and(|(base, n)| {
@@ -276,15 +282,29 @@ async fn reconcile_forever(
                 )
             })
             .collect();
-        reported.retain(|name, _| statuses.iter().any(|(n, _)| n == name));
+        // Replicas stopped since (a dropped collection): their statuses go too, so that a
+        // collection created again under the name never looks served before it is.
+        let gone: Vec<String> = reported
+            .keys()
+            .filter(|name| !statuses.iter().any(|(n, _)| n == *name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some((coll, shard)) = split_shard_name(&name)
+                && etcd
+                    .delete(&metadata::replica_key(&coll, shard, &config.node_id))
+                    .await
+                    .is_err()
+            {
+                continue;
+            }
+            reported.remove(&name);
+        }
         for (name, status) in statuses {
             if reported.get(&name) == Some(&status) {
                 continue;
             }
-            let Some((coll, shard)) = name
-                .rsplit_once(".s")
-                .and_then(|(c, s)| Some((c.to_string(), s.parse::<u32>().ok()?)))
-            else {
+            let Some((coll, shard)) = split_shard_name(&name) else {
                 continue;
             };
             let key = metadata::replica_key(&coll, shard, &config.node_id);

@@ -603,6 +603,11 @@ impl LatentDb for RouterService {
             .delete(&metadata::collection_key(&name))
             .await?;
         self.log.remove(c.uid).await?;
+        // The replicas' statuses (their nodes also delete them as they drop the replicas).
+        self.view
+            .etcd()
+            .delete_prefix(&metadata::replicas_prefix(&name))
+            .await?;
         self.view.refresh().await?;
         Ok(Response::new(pb::DeleteCollectionResponse {}))
     }

@@ -165,13 +165,15 @@ async fn sharded_search_equals_a_single_node() {
                     continue;
                 }
                 // HNSW through the router against HNSW on the single node, both against
-                // the exact top 10.
+                // the exact top 10, at the smallest search breadth (ef = k) so that recall
+                // is below 1 and the comparison means something.
                 let truth: HashSet<String> = want.iter().map(|h| h.id.clone()).collect();
                 let approx = router
                     .search(pb::SearchRequest {
                         collection: name.into(),
                         vector: query.clone(),
                         k: 10,
+                        ef: Some(10),
                         ..Default::default()
                     })
                     .await
@@ -181,6 +183,7 @@ async fn sharded_search_equals_a_single_node() {
                 recall_router += approx.iter().filter(|h| truth.contains(&h.id)).count();
                 let mut lib_approx = latentdb::SearchRequest::vector(query.clone());
                 lib_approx.k = 10;
+                lib_approx.ef = Some(10);
                 recall_single += reference
                     .search(name, &lib_approx)
                     .unwrap()
@@ -338,5 +341,77 @@ async fn replicas_converge() {
             "the replicas of shard {shard} differ"
         );
     }
+    cluster.shutdown().await;
+}
+
+/// A collection dropped and created again under its name through the router starts empty,
+/// on its own log, and serves at once (no replica of the old one is taken for the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_collection_comes_back_empty() {
+    let Some(cluster) = Cluster::start(3, None).await else {
+        return;
+    };
+    let mut router = cluster.router().await;
+    let mut rng = Rng(31);
+    create(&mut router, "again", DIM, 4, 2).await;
+    let docs = (0..100)
+        .map(|i| pb_doc(&format!("old{i}"), &rng.vector(DIM), 0))
+        .collect();
+    router
+        .upsert(pb::UpsertRequest {
+            collection: "again".into(),
+            documents: docs,
+        })
+        .await
+        .unwrap();
+    let first = cluster.record("again").await.uid;
+    router
+        .delete_collection(pb::DeleteCollectionRequest {
+            name: "again".into(),
+        })
+        .await
+        .unwrap();
+    let gone = router
+        .count(pb::CountRequest {
+            collection: "again".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+
+    create(&mut router, "again", DIM, 4, 2).await;
+    assert_ne!(cluster.record("again").await.uid, first);
+    let count = |mut r: latentdb_server::pb::latent_db_client::LatentDbClient<_>| async move {
+        r.count(pb::CountRequest {
+            collection: "again".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .count
+    };
+    assert_eq!(count(router.clone()).await, 0);
+    let v = rng.vector(DIM);
+    router
+        .upsert(pb::UpsertRequest {
+            collection: "again".into(),
+            documents: vec![pb_doc("new", &v, 0)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(count(router.clone()).await, 1);
+    let hits = router
+        .search(pb::SearchRequest {
+            collection: "again".into(),
+            vector: v,
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].id, "new");
     cluster.shutdown().await;
 }
