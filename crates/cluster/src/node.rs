@@ -124,7 +124,15 @@ pub async fn run_node(
         db: Arc::clone(&db),
         replicas: Mutex::new(HashMap::new()),
     });
-    let server = latentdb_server::prepare(Arc::clone(&db), config.server.clone(), listener)
+    // Replicas change only through the log: a client writing to a node directly would make
+    // its copy differ from the others.
+    let mut server_config = config.server.clone();
+    server_config.read_only = Some(format!(
+        "{} is a cluster data node: its collections change only through the write log; \
+         write through a router (latentdb router)",
+        config.node_id
+    ));
+    let server = latentdb_server::prepare(Arc::clone(&db), server_config, listener)
         .await
         .map_err(|e| Error::Internal(format!("cannot start the server: {e}")))?
         .with_service(NodeServer::new(NodeService {

@@ -63,6 +63,10 @@ pub struct ServerConfig {
     /// the server installs latentdb's `metrics` recorder for the whole process
     /// ([`crate::install_metrics_recorder`]).
     pub metrics_addr: Option<SocketAddr>,
+    /// Refuse every call that changes data (CreateCollection, DeleteCollection, Upsert,
+    /// UpsertStream, Delete) with `FAILED_PRECONDITION` and this reason (none: writable). A
+    /// cluster data node serves this way: its collections change only through the write log.
+    pub read_only: Option<String>,
 }
 
 /// The default [`ServerConfig::drain_timeout`].
@@ -122,6 +126,7 @@ impl Default for ServerConfig {
             allow_model_paths: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             metrics_addr: None,
+            read_only: None,
         }
     }
 }

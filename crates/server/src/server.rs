@@ -115,7 +115,8 @@ pub async fn prepare(
     let auth = ApiKeyAuth::new(config.api_key.as_deref());
 
     let service = LatentDbService::new(Arc::clone(&db), limits.clone(), config.embedder.clone())
-        .allow_model_paths(config.allow_model_paths);
+        .allow_model_paths(config.allow_model_paths)
+        .read_only(config.read_only.clone());
     let latentdb = LatentDbServer::new(service.clone())
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);

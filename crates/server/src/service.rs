@@ -39,6 +39,8 @@ pub struct LatentDbService {
     /// Whether clients may name model directories anywhere (else only under the models
     /// root).
     pub(crate) allow_model_paths: bool,
+    /// Why calls that change data are refused, when they are (a cluster data node).
+    read_only: Option<String>,
     /// True once shutdown has begun.
     shutting_down: watch::Receiver<bool>,
     shutdown_tx: Arc<watch::Sender<bool>>,
@@ -67,6 +69,7 @@ impl LatentDbService {
             embedder,
             embed_permits: Arc::new(Semaphore::new(permits)),
             allow_model_paths: false,
+            read_only: None,
             shutting_down,
             shutdown_tx: Arc::new(shutdown_tx),
         }
@@ -77,6 +80,21 @@ impl LatentDbService {
     pub fn allow_model_paths(mut self, allow: bool) -> Self {
         self.allow_model_paths = allow;
         self
+    }
+
+    /// Refuses every call that changes data with `FAILED_PRECONDITION` and `reason` (none:
+    /// writable).
+    pub fn read_only(mut self, reason: Option<String>) -> Self {
+        self.read_only = reason;
+        self
+    }
+
+    /// `FAILED_PRECONDITION` when this service takes no writes.
+    fn check_writable(&self) -> Result<(), Status> {
+        match &self.read_only {
+            Some(why) => Err(Status::failed_precondition(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Starts shutdown: open upsert streams take no new batches (`UNAVAILABLE`, with the
@@ -404,6 +422,7 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
+        self.check_writable()?;
         let call = Call::of(&req);
         let collection = req.get_ref().name.clone();
         observe("CreateCollection", &collection, &call, async {
@@ -471,6 +490,7 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        self.check_writable()?;
         let call = Call::of(&req);
         let collection = req.get_ref().name.clone();
         observe("DeleteCollection", &collection, &call, async {
@@ -488,6 +508,7 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
+        self.check_writable()?;
         let call = Call::of(&req);
         let collection = req.get_ref().collection.clone();
         observe("Upsert", &collection, &call, async {
@@ -504,6 +525,7 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<Streaming<pb::UpsertRequest>>,
     ) -> Result<Response<pb::UpsertStreamResponse>, Status> {
+        self.check_writable()?;
         let call = Call::of(&req);
         // The collection is known at the first message: the stream's span records it then.
         let span = rpc_span("UpsertStream", "");
@@ -551,6 +573,7 @@ impl LatentDb for LatentDbService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.check_writable()?;
         let call = Call::of(&req);
         let collection = req.get_ref().collection.clone();
         observe("Delete", &collection, &call, async {

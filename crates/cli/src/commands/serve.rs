@@ -146,6 +146,7 @@ pub fn serve(args: ServeArgs, global: &Global, out: &mut Out) -> anyhow::Result<
         allow_model_paths: args.allow_model_paths,
         drain_timeout,
         metrics_addr: args.metrics_addr,
+        read_only: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -81,6 +81,7 @@ fn spawn(cmd: &mut Command, log: &Path) -> Proc {
 /// A data node running in this process.
 pub struct NodeHandle {
     pub id: String,
+    pub addr: SocketAddr,
     pub db: Arc<latentdb::Database>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -300,6 +301,7 @@ impl Cluster {
         });
         self.nodes.push(NodeHandle {
             id: id.to_string(),
+            addr,
             db,
             stop: Some(stop),
             task: Some(task),

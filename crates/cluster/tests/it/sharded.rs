@@ -413,5 +413,29 @@ async fn a_dropped_collection_comes_back_empty() {
         .hits;
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].id, "new");
+
+    // A data node takes no writes from clients: its copy would differ from the others.
+    let mut node = latentdb_server::pb::latent_db_client::LatentDbClient::connect(format!(
+        "http://{}",
+        cluster.nodes[0].addr
+    ))
+    .await
+    .unwrap();
+    let c = cluster.record("again").await;
+    let shard = c
+        .assignment
+        .iter()
+        .position(|nodes| nodes.contains(&cluster.nodes[0].id))
+        .unwrap() as u32;
+    let refused = node
+        .upsert(pb::UpsertRequest {
+            collection: latentdb_cluster::shard::shard_collection("again", shard),
+            documents: vec![pb_doc("direct", &rng.vector(DIM), 0)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("write through a router"));
+    assert_eq!(count(router.clone()).await, 1);
     cluster.shutdown().await;
 }

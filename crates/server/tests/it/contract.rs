@@ -789,3 +789,79 @@ async fn a_passed_deadline_starts_no_work() {
     assert_eq!(got.missing_ids, ["late"], "work ran after its deadline");
     server.stop().await.expect("clean stop");
 }
+
+/// A read-only server (a cluster data node) refuses every call that changes data with
+/// FAILED_PRECONDITION and its reason, and still serves reads; nothing changes.
+#[tokio::test]
+async fn a_read_only_server_refuses_writes_and_serves_reads() {
+    let reason = "node7 is a cluster data node: write through a router";
+    let ro = TestServer::start(ServerConfig {
+        read_only: Some(reason.into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    // Seeded through the library: the server itself takes no writes.
+    ro.db
+        .create_collection(latentdb::CollectionSpec::new(
+            COLL,
+            DIM,
+            latentdb::Metric::Cosine,
+        ))
+        .unwrap();
+    let docs = (0..DOCS)
+        .map(|i| latentdb::Document::new(format!("d{i}"), vector(i, DIM)))
+        .collect();
+    ro.db.upsert(COLL, docs).unwrap();
+    let mut c = ro.client().await;
+    let r = c
+        .upsert(pb::UpsertRequest {
+            collection: COLL.into(),
+            documents: vec![doc("x", 99)],
+        })
+        .await;
+    assert!(
+        refused(&mut c, "upsert", r, Code::FailedPrecondition)
+            .await
+            .message()
+            .contains(reason)
+    );
+    let r = c
+        .delete(pb::DeleteRequest {
+            collection: COLL.into(),
+            ids: vec!["d1".into()],
+            ..Default::default()
+        })
+        .await;
+    refused(&mut c, "delete", r, Code::FailedPrecondition).await;
+    let r = c
+        .delete_collection(pb::DeleteCollectionRequest { name: COLL.into() })
+        .await;
+    refused(&mut c, "drop", r, Code::FailedPrecondition).await;
+    let r = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "other".into(),
+            dimension: 4,
+            ..Default::default()
+        })
+        .await;
+    refused(&mut c, "create", r, Code::FailedPrecondition).await;
+    let r = c
+        .upsert_stream(tokio_stream::iter(vec![pb::UpsertRequest {
+            collection: COLL.into(),
+            documents: vec![doc("y", 98)],
+        }]))
+        .await;
+    refused(&mut c, "upsert stream", r, Code::FailedPrecondition).await;
+    let hits = c
+        .search(pb::SearchRequest {
+            collection: COLL.into(),
+            vector: vector(3, DIM),
+            k: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits[0].id, "d3");
+}
