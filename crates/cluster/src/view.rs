@@ -25,8 +25,9 @@ pub struct Snapshot {
     pub nodes: HashMap<String, String>,
     /// Collections by name, with their record's modification revision.
     pub collections: HashMap<String, (ClusterCollection, i64)>,
-    /// `(collection, shard, node)` → status.
-    pub replicas: HashMap<(String, u32, String), ReplicaStatus>,
+    /// collection → shard → node → status (looked up by `&str` on every read: no key is
+    /// built per call).
+    pub replicas: HashMap<String, HashMap<u32, HashMap<String, ReplicaStatus>>>,
 }
 
 impl Snapshot {
@@ -36,11 +37,15 @@ impl Snapshot {
         let Some(nodes) = c.assignment.get(shard as usize) else {
             return Vec::new();
         };
+        let statuses = self
+            .replicas
+            .get(&c.spec.name)
+            .and_then(|shards| shards.get(&shard));
         nodes
             .iter()
             .filter(|n| {
-                self.replicas
-                    .get(&(c.spec.name.clone(), shard, (*n).clone()))
+                statuses
+                    .and_then(|st| st.get(n.as_str()))
                     .is_some_and(|s| s.ready)
             })
             .filter_map(|n| self.nodes.get(n).map(|a| (n.clone(), a.clone())))
@@ -115,7 +120,11 @@ impl View {
                 continue;
             };
             snap.replicas
-                .insert((c.to_string(), shard, n.to_string()), status);
+                .entry(c.to_string())
+                .or_default()
+                .entry(shard)
+                .or_default()
+                .insert(n.to_string(), status);
         }
         *self.snapshot.write() = Arc::new(snap);
         Ok(())

@@ -189,11 +189,7 @@ async fn texts_are_embedded_once_by_the_router() {
     let log = latentdb_cluster::JetStreamLog::connect(&cluster.nats_urls, None)
         .await
         .unwrap();
-    let etcd = latentdb_cluster::etcd::Etcd::connect(&cluster.etcd_url).unwrap();
-    let (c, _) = latentdb_cluster::metadata::collection(&etcd, "emb")
-        .await
-        .unwrap()
-        .unwrap();
+    let c = cluster.record("emb").await;
     assert_eq!(c.model.as_deref(), Some("default"));
     assert_eq!(c.spec.dimension, DIM);
     let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); SHARDS as usize];
@@ -215,15 +211,8 @@ async fn texts_are_embedded_once_by_the_router() {
                 continue;
             }
             replicas += 1;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while node.db.applied_seq(&name).unwrap() < last {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} stuck on shard {shard}",
-                    node.id
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            node.wait_applied(&name, last, Duration::from_secs(60))
+                .await;
             // The data node has no model: its shard stores vectors only.
             assert!(
                 node.db.embedder(&name).unwrap().is_none(),

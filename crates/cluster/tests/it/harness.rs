@@ -89,6 +89,15 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// Waits until this node's replica `name` has applied the log up to `last`.
+    pub async fn wait_applied(&self, name: &str, last: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.db.applied_seq(name).expect("applied_seq") < last {
+            assert!(Instant::now() < deadline, "{} stuck on {name}", self.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the node (as a SIGTERM would: lease revoked, calls drained).
     pub async fn stop(&mut self) {
         if let Some(s) = self.stop.take() {

@@ -307,11 +307,7 @@ async fn replicas_converge() {
     let log = latentdb_cluster::JetStreamLog::connect(&cluster.nats_urls, None)
         .await
         .unwrap();
-    let etcd = latentdb_cluster::etcd::Etcd::connect(&cluster.etcd_url).unwrap();
-    let (c, _) = latentdb_cluster::metadata::collection(&etcd, "conv")
-        .await
-        .unwrap()
-        .unwrap();
+    let c = cluster.record("conv").await;
     for shard in 0..4u32 {
         let last = latentdb_cluster::ShardLog::last_seq(&log, c.uid, shard)
             .await
@@ -322,15 +318,8 @@ async fn replicas_converge() {
             if !c.assignment[shard as usize].contains(&node.id) {
                 continue;
             }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while node.db.applied_seq(&name).unwrap() < last {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} stuck on shard {shard}",
-                    node.id
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            node.wait_applied(&name, last, Duration::from_secs(30))
+                .await;
             let records = all_records(&node.db, &name);
             copies.push(records);
         }
