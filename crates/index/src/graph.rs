@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::metric::MetricExt;
 use crate::params::{IndexParams, Quantization};
+use crate::prefetch::prefetch_ptr;
 use crate::quant::{CALIBRATION_POINTS, Quantizer};
 use crate::synth::mix64;
 use crate::visited::Visited;
@@ -34,25 +35,6 @@ pub(crate) const MAX_LEVEL: u8 = 15;
 
 /// Most points one graph holds: slots are `u32`, and `u32::MAX` is never a slot.
 pub(crate) const MAX_POINTS: usize = u32::MAX as usize;
-
-/// Asks the CPU to start loading the cache line at `p`, so that the distance computations of
-/// a node's neighbours overlap their memory latency instead of paying it one after another
-/// (on an index larger than the caches the walk is bound by these misses; hnswlib does the
-/// same). A hint only: results never depend on it. Measured with
-/// `NPY=DIR cargo bench -p latentdb-index --bench ann` on 100k x 384 (cosine, 2 threads):
-/// build 3,690 -> 4,225 vectors/s, one-thread QPS at ef 32 10,410 -> 12,291 (recall 0.99).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetch` never faults and reads no memory into the program: any address is
-    // allowed, and SSE (its target feature) is part of the x86-64 baseline.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// A slot with its distance to the current query; ordered by distance, then slot.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -231,13 +213,13 @@ impl Nodes {
         }
     }
 
-    /// Starts loading the layer-0 neighbour list of `slot` (a hint: see [`prefetch`]).
+    /// Starts loading the layer-0 neighbour list of `slot` (a hint: see [`crate::prefetch`]).
     #[inline(always)]
     fn prefetch_links(&self, slot: u32) {
         let start = slot as usize * (self.m0 + 1);
         if let Some(links) = self.links0.get(start..start + self.m0 + 1) {
             for line in links.chunks(16) {
-                prefetch(line.as_ptr());
+                prefetch_ptr(line.as_ptr());
             }
         }
     }
@@ -251,7 +233,7 @@ impl Nodes {
             // Every line of the codes (6 for 384 dimensions): the first miss alone leaves the
             // others to stall the distance one after another.
             for line in self.codes[start..start + self.dim].chunks(64) {
-                prefetch(line.as_ptr());
+                prefetch_ptr(line.as_ptr());
             }
         } else {
             // All lines of a short vector (50-d: four; A/B on 50k real 50-d vectors, one
@@ -259,10 +241,10 @@ impl Nodes {
             // or all 24 lines of a 384-d vector measured slower).
             if self.dim <= 96 {
                 for line in self.vectors[start..start + self.dim].chunks(16) {
-                    prefetch(line.as_ptr());
+                    prefetch_ptr(line.as_ptr());
                 }
             } else {
-                prefetch(self.vectors[start..].as_ptr());
+                prefetch_ptr(self.vectors[start..].as_ptr());
             }
         }
     }

@@ -25,6 +25,7 @@ pub mod npy;
 mod params;
 mod parse;
 mod persist;
+mod prefetch;
 mod quant;
 pub mod synth;
 mod value_set;
@@ -42,3 +43,4 @@ pub use params::{
     MAX_M, MAX_OVERSAMPLING, MIN_M, Quantization,
 };
 pub use persist::{FORMAT_VERSION, QUANTIZED_FORMAT_VERSION};
+pub use prefetch::{prefetch, prefetch_ptr};

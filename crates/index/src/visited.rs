@@ -1,38 +1,51 @@
-//! A set of slots that empties in O(1): one epoch stamp per slot, and a new epoch per use.
+//! A set of slots that empties in time proportional to what was marked: one bit per slot, and
+//! the list of words made non-zero since the last clear.
 //!
 //! A graph search (and the dump's link-list check) asks "seen before?" for slots spread over
-//! the whole index; clearing a bitmap per query would cost O(points). Stamps are `u16`, as in
-//! hnswlib: half the cache footprint of `u32` stamps on a large index, for one full clear every
-//! 65,535 uses.
+//! the whole index. A bit per slot is a sixteenth of hnswlib's `u16` epoch stamps: 12.5 KiB
+//! instead of 200 KiB per pooled search scratch on 100k points (125 KiB instead of 2 MiB on
+//! a million), small enough to stay cached while a 384-d search streams about 1 MiB of
+//! vectors through the caches. Clearing resets only the words listed, so a query never pays
+//! for the points it did not touch. Measured on 100k x 384 (one thread, ef 16): the check's
+//! share of a search fell from 8% to 1% of the samples, while the loop around it (which
+//! issues the vectors' prefetches) took the difference: QPS within the host's noise.
 
 use std::collections::TryReserveError;
 
 /// Slots marked since the last [`next`](Visited::next) (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct Visited {
-    stamps: Vec<u16>,
-    epoch: u16,
+    bits: Vec<u64>,
+    /// The index of every word of `bits` that is non-zero: exactly the words to clear.
+    touched: Vec<u32>,
+}
+
+/// Words of 64 bits for `n` slots.
+fn words(n: usize) -> usize {
+    n.div_ceil(64)
 }
 
 impl Visited {
     /// A set for slots below `n`, its memory reserved fallibly.
     pub(crate) fn try_with_len(n: usize) -> Result<Self, TryReserveError> {
-        let mut stamps = Vec::new();
-        stamps.try_reserve_exact(n)?;
-        stamps.resize(n, 0);
-        Ok(Self { stamps, epoch: 1 })
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(words(n))?;
+        bits.resize(words(n), 0);
+        Ok(Self {
+            bits,
+            touched: Vec::new(),
+        })
     }
 
     /// Empties the set and makes room for slots below `n` (growing to a power of two, so that
     /// a growing index reallocates rarely).
     pub(crate) fn next(&mut self, n: usize) {
-        if self.stamps.len() < n {
-            self.stamps.resize(n.next_power_of_two(), 0);
+        for &w in &self.touched {
+            self.bits[w as usize] = 0;
         }
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            self.stamps.fill(0);
-            self.epoch = 1;
+        self.touched.clear();
+        if self.bits.len() < words(n) {
+            self.bits.resize(words(n).next_power_of_two(), 0);
         }
     }
 
@@ -40,13 +53,17 @@ impl Visited {
     /// the length given to `next` or `try_with_len` (callers check slots against the graph).
     #[inline]
     pub(crate) fn insert(&mut self, slot: usize) -> bool {
-        let s = &mut self.stamps[slot];
-        if *s == self.epoch {
-            false
-        } else {
-            *s = self.epoch;
-            true
+        let word = &mut self.bits[slot / 64];
+        let bit = 1u64 << (slot % 64);
+        if *word & bit != 0 {
+            return false;
         }
+        if *word == 0 {
+            // Below 2^32 words: slots are `u32`s.
+            self.touched.push((slot / 64) as u32);
+        }
+        *word |= bit;
+        true
     }
 }
 
@@ -55,24 +72,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marks_hold_until_next_and_survive_the_epoch_wrapping() {
+    fn marks_hold_until_next() {
         let mut v = Visited::try_with_len(10).unwrap();
         assert!(v.insert(3));
         assert!(!v.insert(3));
-        // Across every epoch, through the wrap to zero (a full clear) and past it: a mark made
-        // in one use never counts in the next, and slot 7, marked once, long ago, is not
-        // mistaken for marked when the epoch comes round to its stamp again.
         assert!(v.insert(7));
-        for round in 0..(u16::MAX as usize + 5) {
+        for round in 0..1000 {
             v.next(10);
             assert!(v.insert(3), "round {round}");
             assert!(!v.insert(3), "round {round}");
-            if round == 70_000 - 65_536 {
+            if round == 500 {
                 assert!(v.insert(7), "round {round}");
             }
         }
         v.next(10);
         assert!(v.insert(7));
+    }
+
+    /// Against a `HashSet` over many rounds of random marks across word boundaries: every
+    /// answer agrees, and each `next` leaves no bit set.
+    #[test]
+    fn agrees_with_a_hash_set_and_clears_completely() {
+        let n = 5_000;
+        let mut v = Visited::try_with_len(n).unwrap();
+        let mut rng = crate::synth::SplitMix64::new(3);
+        for round in 0..200 {
+            let mut want = std::collections::HashSet::new();
+            let marks = 1 + round * 7 % 900;
+            for _ in 0..marks {
+                let s = (rng.next_u64() % n as u64) as usize;
+                assert_eq!(v.insert(s), want.insert(s), "round {round}, slot {s}");
+            }
+            v.next(n);
+            assert!(v.bits.iter().all(|&w| w == 0), "round {round}");
+            assert!(v.touched.is_empty());
+        }
     }
 
     #[test]
@@ -83,5 +117,8 @@ mod tests {
         v.next(100);
         assert!(v.insert(99));
         assert!(v.insert(4));
+        v.next(100_000);
+        assert!(v.insert(99_999));
+        assert!(v.insert(99));
     }
 }
