@@ -336,13 +336,14 @@ fn check_vector(coll: &Collection, v: &[f32]) -> Result<()> {
             coll.dim
         )));
     }
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::InvalidArgument(format!(
-            "query vector component {i} is not a finite number"
-        )));
-    }
     match latentdb_index::distance::vector_defect(coll.metric, v) {
         None => Ok(()),
+        Some(VectorDefect::NonFinite) => {
+            let i = v.iter().position(|x| !x.is_finite()).unwrap_or_default();
+            Err(Error::InvalidArgument(format!(
+                "query vector component {i} is not a finite number"
+            )))
+        }
         // Finite but huge components: every score would be inf or NaN.
         Some(VectorDefect::Overflow) => {
             Err(latentdb_index::Error::VectorOverflow { id: u32::MAX }.into())
@@ -445,15 +446,20 @@ pub(crate) fn search_one(
     let mut out = {
         let payload = coll.payload.read();
         let hits = rank(storage, coll, &payload, req, &plan)?;
-        // Resolve ids and metadata from memory; a point removed meanwhile is skipped.
-        let mut out = Vec::with_capacity(hits.len());
+        // Resolve ids and metadata from memory; a point removed meanwhile is skipped. Every
+        // hit's entry is looked up, and its id's bytes start loading, before any id is
+        // copied: the cache misses of the hits overlap instead of following one another.
+        let mut entries = Vec::with_capacity(hits.len());
+        entries.extend(hits.into_iter().filter_map(|h| {
+            let e = payload.get(h.point)?;
+            latentdb_index::prefetch(e.id.as_bytes());
+            Some((h, e))
+        }));
+        let mut out = Vec::with_capacity(entries.len());
         if with_records {
-            points.reserve_exact(hits.len());
+            points.reserve_exact(entries.len());
         }
-        for h in hits {
-            let Some(e) = payload.get(h.point) else {
-                continue;
-            };
+        for (h, e) in entries {
             let metadata = if req.with_metadata {
                 payload.metadata(e)
             } else {

@@ -140,7 +140,9 @@ impl Index {
                 got: v.len(),
             });
         }
-        match distance::vector_defect(self.metric, v) {
+        // One pass for the norm, which both the checks and the normalisation use.
+        let sq = distance::squared_norm(v);
+        match distance::norm_defect(self.metric, sq) {
             Some(VectorDefect::NonFinite) => return Err(Error::NonFiniteVector { id }),
             Some(VectorDefect::Zero) => return Err(Error::ZeroVector { id }),
             Some(VectorDefect::Overflow) => return Err(Error::VectorOverflow { id }),
@@ -148,9 +150,9 @@ impl Index {
         }
         let start = out.len();
         out.extend_from_slice(v);
-        if self.metric.normalizes() && !distance::normalize(&mut out[start..]) {
-            out.truncate(start);
-            return Err(Error::ZeroVector { id });
+        if self.metric.normalizes() {
+            // Not zero: `norm_defect` refuses a zero vector under a normalising metric.
+            distance::scale_to_unit(&mut out[start..], sq);
         }
         Ok(())
     }
