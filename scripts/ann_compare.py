@@ -20,7 +20,10 @@ two ef rows, in ef order, whose recalls bracket the target; it is null, with the
 even the largest ef stays below the target or the smallest is already above it (then add a
 smaller ef). With `--rounds R` the libraries run R times, in alternating order (forwards,
 then backwards, ...), and every figure is the median over rounds (recall and QPS per ef, then
-interpolated). The machine's load average before and after, and the CPU count, are recorded:
+interpolated). With `--passes P` each run times every ef P times, cycling through the ef list,
+and keeps each ef's median QPS (latentdb through `bench ann --passes`, hnswlib and faiss in
+the same way): the host's speed drifts within seconds, and one slow second then moves no
+single ef's row. The machine's load average before and after, and the CPU count, are recorded:
 figures from a loaded or shared machine are not results.
 
 With `--graph-baseline`, each latentdb run first builds its HNSW graph alone (in memory, no
@@ -58,6 +61,7 @@ def run_latentdb(a, efs):
         cmd += ["--oversampling", str(a.oversampling)]
     if a.threads is not None:
         cmd += ["--threads", str(a.threads)]
+    cmd += ["--passes", str(a.passes)]
     if a.graph_baseline:
         cmd += ["--graph-baseline"]
     try:
@@ -161,6 +165,9 @@ def main():
                     help="the metric of gt.npy (default cosine)")
     ap.add_argument("--rounds", type=int, default=1, help="runs per library, alternating order; medians")
     ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--passes", type=int, default=1,
+                    help="timed passes per ef within each run, cycling through the ef list; each "
+                         "ef's QPS is the median of its passes (then of the rounds)")
     ap.add_argument("--quantization", choices=("none", "int8"), default="none", help="latentdb only")
     ap.add_argument("--oversampling", type=int, default=None, help="latentdb with int8 only")
     ap.add_argument("--threads", type=int, default=None, help="build threads for all (default: all cores)")
@@ -170,8 +177,8 @@ def main():
                          "(`bench ann --graph-baseline`): reports that rate and the database's "
                          "against it (vs_graph, median of the per-run ratios)")
     a = ap.parse_args()
-    if a.k <= 0 or a.m <= 0 or a.ef_construction <= 0 or a.rounds <= 0:
-        sys.exit("--k, --m, --ef-construction and --rounds must be positive")
+    if a.k <= 0 or a.m <= 0 or a.ef_construction <= 0 or a.rounds <= 0 or a.passes <= 0:
+        sys.exit("--k, --m, --ef-construction, --rounds and --passes must be positive")
     if a.threads is not None and a.threads <= 0:
         sys.exit("--threads must be positive")
     if not 0 < a.target_recall <= 1:
@@ -200,9 +207,11 @@ def main():
             if lib == "latentdb":
                 r = run_latentdb(a, efs)
             elif lib == "hnswlib":
-                r = ref.run_hnswlib(base, queries, truth, a.k, a.m, a.ef_construction, efs, ref_threads, a.metric)
+                r = ref.run_hnswlib(base, queries, truth, a.k, a.m, a.ef_construction, efs, ref_threads, a.metric,
+                                    passes=a.passes)
             else:
-                r = ref.run_faiss(base, queries, truth, a.k, a.m, a.ef_construction, efs, ref_threads, a.metric)
+                r = ref.run_faiss(base, queries, truth, a.k, a.m, a.ef_construction, efs, ref_threads, a.metric,
+                                    passes=a.passes)
             r["round"] = rnd + 1
             r["load_before"] = load
             per_round[lib].append(r)
@@ -297,7 +306,8 @@ def main():
         "data": {"dir": os.path.abspath(a.dir), "n": n, "dim": dim, "queries": len(queries)},
         "params": {"k": a.k, "m": a.m, "ef_construction": a.ef_construction, "ef": efs, "metric": a.metric,
                    "rounds": a.rounds, "target_recall": target, "quantization": a.quantization,
-                   "oversampling": a.oversampling, "build_threads": a.threads, "search_threads": 1},
+                   "oversampling": a.oversampling, "build_threads": a.threads, "search_threads": 1,
+                   "passes": a.passes},
         "versions": {"latentdb": latentdb_version, "hnswlib": ref.lib_version("hnswlib"),
                      "faiss": ref.lib_version("faiss-cpu"), "numpy": np.__version__,
                      "python": sys.version.split()[0]},

@@ -19,6 +19,7 @@ the timed calls), l2 (squared L2 in both) or dot (inner product, not normalised)
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -81,8 +82,12 @@ def recall(found, truth, k):
     return hit / (len(truth) * k)
 
 
+def percentile(sorted_values, p):
+    return sorted_values[round((len(sorted_values) - 1) * p)]
+
+
 def timed_queries(search_one, queries):
-    """One query per call: (results, QPS, p50 ms, p99 ms)."""
+    """One query per call: (results, QPS, latencies in seconds)."""
     lat = []
     found = []
     t0 = time.perf_counter()
@@ -91,10 +96,7 @@ def timed_queries(search_one, queries):
         found.append(search_one(q))
         lat.append(time.perf_counter() - t)
     total = time.perf_counter() - t0
-    lat.sort()
-    p50 = lat[round((len(lat) - 1) * 0.5)] * 1e3
-    p99 = lat[round((len(lat) - 1) * 0.99)] * 1e3
-    return found, len(queries) / total, p50, p99
+    return found, len(queries) / total, lat
 
 
 def timed_batch(search_all, queries):
@@ -104,27 +106,40 @@ def timed_batch(search_all, queries):
     return found, len(queries) / (time.perf_counter() - t)
 
 
-def measure(lib, search_one, search_all, queries, truth, k, efs, set_ef):
+def measure(lib, search_one, search_all, queries, truth, k, efs, set_ef, passes=1):
+    """Per ef: recall and QPS one query per call and all in one call. With `passes` > 1 every
+    ef is timed that many times, cycling through the list, and its row has the median QPS of
+    each kind (latency percentiles over all passes), as `latentdb bench ann --passes` does:
+    a host whose speed drifts within seconds then skews no single ef."""
     # One untimed pass first, as `latentdb bench ann` does, so that the first ef measured does
     # not pay for warming the caches.
     set_ef(max(efs[0], k))
     for q in queries:
         search_one(q)
+    timed = [{"qps": [], "batch_qps": [], "lat": []} for _ in efs]
+    for _ in range(passes):
+        for ef, t in zip(efs, timed):
+            set_ef(max(ef, k))
+            found, qps, lat = timed_queries(search_one, queries)
+            # All queries in one call on one thread: the library's speed without Python's
+            # per-call overhead (the figure to beat).
+            bfound, batch_qps = timed_batch(search_all, queries)
+            t["qps"].append(qps)
+            t["batch_qps"].append(batch_qps)
+            t["lat"].extend(lat)
+            t["found"], t["bfound"] = found, bfound
     rows = []
-    for ef in efs:
-        ef = max(ef, k)
-        set_ef(ef)
-        found, qps, p50, p99 = timed_queries(search_one, queries)
-        # All queries in one call on one thread: the library's speed without Python's
-        # per-call overhead (the figure to beat).
-        bfound, batch_qps = timed_batch(search_all, queries)
-        rows.append({"lib": lib, "ef": ef, "k": k, "recall": recall(found, truth, k), "qps": qps,
-                     "p50_ms": p50, "p99_ms": p99, "batch_qps": batch_qps,
-                     "batch_recall": recall(bfound, truth, k)})
+    for ef, t in zip(efs, timed):
+        lat = sorted(t["lat"])
+        rows.append({"lib": lib, "ef": max(ef, k), "k": k, "recall": recall(t["found"], truth, k),
+                     "qps": statistics.median(t["qps"]), "passes": passes,
+                     "p50_ms": percentile(lat, 0.5) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
+                     "batch_qps": statistics.median(t["batch_qps"]),
+                     "batch_recall": recall(t["bfound"], truth, k)})
     return rows
 
 
-def run_hnswlib(base, queries, truth, k, m, ef_construction, efs, threads, metric, seed=42):
+def run_hnswlib(base, queries, truth, k, m, ef_construction, efs, threads, metric, seed=42, passes=1):
     """Build with `threads` threads, search on one: {"build": {...}, "rows": [...]}."""
     hnswlib = import_hnswlib()
     n, dim = base.shape
@@ -143,11 +158,11 @@ def run_hnswlib(base, queries, truth, k, m, ef_construction, efs, threads, metri
         "hnswlib",
         lambda q: idx.knn_query(q, k=k, num_threads=1)[0][0],
         lambda qs: idx.knn_query(qs, k=k, num_threads=1)[0],
-        queries, truth, k, efs, idx.set_ef)
+        queries, truth, k, efs, idx.set_ef, passes)
     return {"build": build, "rows": rows}
 
 
-def run_faiss(base, queries, truth, k, m, ef_construction, efs, threads, metric):
+def run_faiss(base, queries, truth, k, m, ef_construction, efs, threads, metric, passes=1):
     """faiss IndexHNSWFlat, same M and efConstruction: {"build": {...}, "rows": [...]}."""
     faiss = import_faiss()
     n, dim = base.shape
@@ -175,7 +190,7 @@ def run_faiss(base, queries, truth, k, m, ef_construction, efs, threads, metric)
         "faiss",
         lambda q: fi.search(q[None, :], k)[1][0],
         lambda qs: fi.search(qs, k)[1],
-        queries, truth, k, efs, set_ef)
+        queries, truth, k, efs, set_ef, passes)
     return {"build": build, "rows": rows}
 
 
@@ -207,16 +222,18 @@ def main():
     ap.add_argument("--metric", choices=METRICS, default="cosine",
                     help="the metric of gt.npy (default cosine)")
     ap.add_argument("--faiss", action="store_true", help="also faiss IndexHNSWFlat")
+    ap.add_argument("--passes", type=int, default=1, help="timed passes per ef (median QPS)")
     a = ap.parse_args()
-    if a.k <= 0 or a.m <= 0 or a.ef_construction <= 0 or a.threads <= 0:
-        sys.exit("--k, --m, --ef-construction and --threads must be positive")
+    if a.k <= 0 or a.m <= 0 or a.ef_construction <= 0 or a.threads <= 0 or a.passes <= 0:
+        sys.exit("--k, --m, --ef-construction, --threads and --passes must be positive")
     efs = parse_efs(a.ef)
     base, queries, truth = load_dir(a.dir, a.k)
     runs = [run_hnswlib]
     if a.faiss:
         runs.append(run_faiss)
     for run in runs:
-        r = run(base, queries, truth, a.k, a.m, a.ef_construction, efs, a.threads, a.metric)
+        r = run(base, queries, truth, a.k, a.m, a.ef_construction, efs, a.threads, a.metric,
+                passes=a.passes)
         print(json.dumps(r["build"]), flush=True)
         for row in r["rows"]:
             print(json.dumps(row), flush=True)

@@ -73,6 +73,11 @@ pub struct BenchAnnArgs {
     /// `graph_build` row, and report the database's build rate against it (`vs_graph`).
     #[arg(long)]
     pub graph_baseline: bool,
+    /// Time every ef this many times, cycling through the `--ef` list, and report each ef's
+    /// median QPS (latency percentiles over all passes): a host whose speed drifts within
+    /// seconds then skews no single ef's row. 1 = one timed pass per ef.
+    #[arg(long, default_value_t = 1)]
+    pub passes: usize,
 }
 
 /// Arguments of `bench open`.
@@ -192,8 +197,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    if a.k == 0 || a.ef.is_empty() || a.batch_size == 0 {
-        bail!("-k, --ef and --batch-size must be positive");
+    if a.k == 0 || a.ef.is_empty() || a.batch_size == 0 || a.passes == 0 {
+        bail!("-k, --ef, --batch-size and --passes must be positive");
     }
     if let Some(d) = &a.db
         && std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some())
@@ -338,38 +343,68 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         )
     })?;
 
-    // One untimed pass first, so that the first measured ef does not pay for warming the
-    // caches (storage pages that rescoring reads, the graph's pages, the allocator).
-    let request = |i: usize, ef: usize| SearchRequest {
-        k: a.k,
-        ef: Some(ef),
-        with_text: false,
-        with_metadata: false,
-        ..SearchRequest::vector(queries.row(i).to_vec())
+    // The requests are built before any timing (a caller holds its query already; copying
+    // each query out of the matrix is not the database's work), and one untimed pass runs
+    // first, so that the first measured ef does not pay for warming the caches (storage
+    // pages that rescoring reads, the graph's pages, the allocator).
+    let mut requests: Vec<SearchRequest> = (0..queries.rows)
+        .map(|i| SearchRequest {
+            k: a.k,
+            with_text: false,
+            with_metadata: false,
+            ..SearchRequest::vector(queries.row(i).to_vec())
+        })
+        .collect();
+    let set_ef = |requests: &mut [SearchRequest], ef: usize| {
+        for r in requests {
+            r.ef = Some(ef.max(a.k));
+        }
     };
     if let Some(&ef) = a.ef.first() {
-        for i in 0..queries.rows {
-            db.search("bench", &request(i, ef.max(a.k)))?;
+        set_ef(&mut requests, ef);
+        for req in &requests {
+            db.search("bench", req)?;
         }
     }
-    for &ef in &a.ef {
-        let ef = ef.max(a.k);
-        let mut results = Vec::with_capacity(queries.rows);
-        let mut lat = Vec::with_capacity(queries.rows);
-        let total = Instant::now();
-        for i in 0..queries.rows {
-            let req = request(i, ef);
-            let t = Instant::now();
-            let hits = db.search("bench", &req)?;
-            lat.push(t.elapsed().as_secs_f64());
-            let mut found = Vec::with_capacity(hits.len());
-            found.extend(hits.iter().filter_map(|h| h.id.parse::<u32>().ok()));
-            results.push(found);
+    // Per ef: the QPS of each pass, every latency, and the results of the last pass (the
+    // search is deterministic, so every pass finds the same).
+    #[derive(Clone, Default)]
+    struct Timed {
+        qps: Vec<f64>,
+        lat: Vec<f64>,
+        results: Vec<Vec<u32>>,
+    }
+    let mut timed = vec![Timed::default(); a.ef.len()];
+    for _ in 0..a.passes {
+        for (&ef, Timed { qps, lat, results }) in a.ef.iter().zip(&mut timed) {
+            set_ef(&mut requests, ef);
+            results.clear();
+            let total = Instant::now();
+            for req in &requests {
+                let t = Instant::now();
+                let hits = db.search("bench", req)?;
+                lat.push(t.elapsed().as_secs_f64());
+                let mut found = Vec::with_capacity(hits.len());
+                found.extend(hits.iter().filter_map(|h| h.id.parse::<u32>().ok()));
+                results.push(found);
+            }
+            qps.push(queries.rows as f64 / total.elapsed().as_secs_f64());
         }
-        let secs = total.elapsed().as_secs_f64();
+    }
+    for (
+        &ef,
+        Timed {
+            mut qps,
+            mut lat,
+            results,
+        },
+    ) in a.ef.iter().zip(timed)
+    {
+        let ef = ef.max(a.k);
         lat.sort_by(f64::total_cmp);
+        qps.sort_by(f64::total_cmp);
         let recall = bench::recall(&results, &truth, a.k);
-        let qps = queries.rows as f64 / secs;
+        let qps = percentile(&qps, 0.5);
         let (p50, p99) = (percentile(&lat, 0.5) * 1e3, percentile(&lat, 0.99) * 1e3);
         let row = json!({
             "phase": "search",
@@ -379,6 +414,7 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             "oversampling": oversampling,
             "recall": recall,
             "qps": qps,
+            "passes": a.passes,
             "p50_ms": p50,
             "p99_ms": p99,
             "peak_rss_bytes": peak_rss(),

@@ -179,6 +179,38 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
     assert!(rows[2]["qps"].as_f64().unwrap() > 0.0);
     assert!(rows[2]["p99_ms"].as_f64().unwrap() >= rows[2]["p50_ms"].as_f64().unwrap());
     assert!(rows[0]["vs_graph"].is_null(), "{}", rows[0]);
+    assert_eq!(rows[2]["passes"], 1);
+
+    // Several timed passes: still one row per ef, in --ef order.
+    let passes = ann(&["--ef", "64,10", "--passes", "3"]);
+    assert_eq!(passes.len(), 3);
+    assert_eq!(
+        (&passes[1]["ef"], &passes[2]["ef"]),
+        (&64.into(), &10.into())
+    );
+    assert_eq!(passes[1]["passes"], 3);
+    assert!(
+        passes[1]["recall"].as_f64().unwrap() >= 0.95,
+        "{}",
+        passes[1]
+    );
+    assert!(passes[2]["qps"].as_f64().unwrap() > 0.0);
+    let zero = run(
+        d,
+        &[
+            "bench",
+            "ann",
+            "--base",
+            base.to_str().unwrap(),
+            "--queries",
+            queries.to_str().unwrap(),
+            "--passes",
+            "0",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&zero.stderr);
+    assert!(!zero.status.success() && err.contains("--passes"), "{err}");
 
     // With the graph alone first: its row, then the database's rate against it.
     let rows = ann(&["--ef", "64", "--batch-size", "500", "--graph-baseline"]);
