@@ -364,12 +364,26 @@ impl Index {
         filter: Option<&(dyn Fn(u32) -> bool + Sync)>,
     ) -> Result<Vec<Hit>> {
         Self::check_k(k)?;
-        let q = self.prepare_query(query)?;
-        let graph = self.graph();
-        // Sized by what the graph can return, not by the caller's k.
-        let mut out = Vec::with_capacity(k.min(graph.nodes.read().len()));
-        graph.search(&q, k, ef.unwrap_or(self.params.ef_search), filter, &mut out);
-        Ok(self.hits(&graph, &out))
+        thread_local! {
+            /// The prepared query of this thread's last search: a 384-d query is 1.5 KiB, past
+            /// the allocator's per-thread cache, so a fresh buffer per query is a slow
+            /// allocation on the hot path.
+            static QUERY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let search = |q: &mut Vec<f32>| -> Result<Vec<Hit>> {
+            q.clear();
+            self.prepare(u32::MAX, query, q)?;
+            let graph = self.graph();
+            // Sized by what the graph can return, not by the caller's k.
+            let mut out = Vec::with_capacity(k.min(graph.nodes.read().len()));
+            graph.search(q, k, ef.unwrap_or(self.params.ef_search), filter, &mut out);
+            Ok(self.hits(&graph, &out))
+        };
+        // A filter that searches again on this thread finds the buffer taken, and gets its own.
+        QUERY.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut q) => search(&mut q),
+            Err(_) => search(&mut Vec::with_capacity(self.dim)),
+        })
     }
 
     /// Searches among an explicit allow-list of ids (as a payload index yields them), picking
@@ -680,6 +694,34 @@ mod tests {
             ..IndexParams::default()
         };
         assert!(Index::new(Metric::L2, 4, bad).is_err());
+    }
+
+    /// The prepared query lives in a per-thread buffer: a filter that searches the index
+    /// again on the same thread gets a buffer of its own, and both searches answer as alone.
+    #[test]
+    fn a_filter_may_search_again_on_the_same_thread() {
+        let idx = index(Metric::L2);
+        let points: Vec<[f32; 3]> = (0..50).map(|i| [i as f32, 0.0, 1.0]).collect();
+        let batch: Vec<(u32, &[f32])> = points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32, &p[..]))
+            .collect();
+        idx.insert_batch(&batch).unwrap();
+        let nearest = |q: &[f32]| idx.search(q, 1, None).unwrap()[0].id;
+        let inner = std::sync::atomic::AtomicUsize::new(0);
+        let even = |id: u32| {
+            inner.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(nearest(&[30.2, 0.0, 1.0]), 30);
+            id.is_multiple_of(2)
+        };
+        let hits = idx
+            .search_filtered(&[10.9, 0.0, 1.0], 3, None, &even)
+            .unwrap();
+        let ids: Vec<u32> = hits.iter().map(|h| h.id).collect();
+        assert_eq!(ids, [10, 12, 8]);
+        assert!(inner.into_inner() > 0);
+        assert_eq!(nearest(&[7.1, 0.0, 1.0]), 7, "the buffer is free again");
     }
 
     #[test]
