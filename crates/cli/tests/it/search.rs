@@ -154,7 +154,7 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
     let base = data.join("base.npy");
     let queries = data.join("queries.npy");
     let gt = data.join("gt.npy");
-    let ann = |extra: &[&str]| {
+    let ann_run = |extra: &[&str]| {
         let mut args = vec![
             "bench",
             "ann",
@@ -167,8 +167,9 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
             "--json",
         ];
         args.extend_from_slice(extra);
-        lines(&run(d, &args, None))
+        run(d, &args, None)
     };
+    let ann = |extra: &[&str]| lines(&ann_run(extra));
     let rows = ann(&["--ef", "10,64"]);
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["phase"], "build");
@@ -195,20 +196,7 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
         passes[1]
     );
     assert!(passes[2]["qps"].as_f64().unwrap() > 0.0);
-    let zero = run(
-        d,
-        &[
-            "bench",
-            "ann",
-            "--base",
-            base.to_str().unwrap(),
-            "--queries",
-            queries.to_str().unwrap(),
-            "--passes",
-            "0",
-        ],
-        None,
-    );
+    let zero = ann_run(&["--passes", "0"]);
     let err = String::from_utf8_lossy(&zero.stderr);
     assert!(!zero.status.success() && err.contains("--passes"), "{err}");
 
