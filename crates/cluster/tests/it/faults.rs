@@ -261,15 +261,35 @@ async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
         started.elapsed()
     );
     let ids: Vec<String> = (0..3000).map(|i| format!("x{i}")).collect();
-    let got = router
-        .get(pb::GetRequest {
-            collection: "nl".into(),
-            ids,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // The read waits for a replica of every shard to reach the router's last write. The
+    // replicas' log consumers may still be recovering from the leader's death (an ordered
+    // consumer notices a dead server by missed heartbeats, then is made again), longer than
+    // the router's 5 s wait: the router then answers UNAVAILABLE, and a client retries, as
+    // this one does, for up to a minute.
+    let read_started = Instant::now();
+    let got = loop {
+        match router
+            .get(pb::GetRequest {
+                collection: "nl".into(),
+                ids: ids.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && read_started.elapsed() < Duration::from_secs(60) =>
+            {
+                eprintln!("read after the writes: {e}; retrying");
+            }
+            Err(e) => panic!("read after the writes: {e}"),
+        }
+    };
+    eprintln!(
+        "every shard readable at the last write {:?} after it",
+        read_started.elapsed()
+    );
     assert_eq!(got.missing_ids.len(), 0, "acknowledged writes lost");
     // One log entry per write: nothing stored twice (a client retry of a write that had
     // committed would add one; the router's own retries never do).
