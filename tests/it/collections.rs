@@ -13,7 +13,7 @@ fn collection_lifecycle() {
         .unwrap();
     assert_eq!(
         (a.count, a.dimension, a.metric, a.format_version),
-        (0, 4, Metric::Cosine, 1)
+        (0, 4, Metric::Cosine, 2)
     );
     assert!(a.created_ms > 1_600_000_000_000);
     db.create_collection(CollectionSpec::new("beta.v2", 3, Metric::L2))

@@ -148,11 +148,15 @@ pub enum Error {
         path: PathBuf,
     },
     /// The database was written by an incompatible version of latentdb.
-    #[error("unsupported storage format version {found} (this build reads version {supported})")]
+    #[error(
+        "unsupported storage format version {found} (this build reads versions {} to \
+         {supported})",
+        crate::store::OLDEST_READABLE_FORMAT
+    )]
     UnsupportedFormat {
         /// The version found on disk.
         found: u32,
-        /// The version this build supports.
+        /// The newest version this build reads (and the one it writes).
         supported: u32,
     },
     /// Stored bytes could not be decoded.
@@ -343,8 +347,8 @@ mod tests {
             ),
             (
                 Error::UnsupportedFormat {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                 },
                 K::Internal,
             ),

@@ -7,7 +7,7 @@ use crate::collection::{CollectionConfig, CollectionInfo};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::record::{self, Change};
-use crate::store::{FORMAT_VERSION, Storage};
+use crate::store::{FORMAT_VERSION, Storage, readable_format};
 
 /// Records written per atomic batch while importing.
 const IMPORT_BATCH: usize = 2_000;
@@ -40,7 +40,7 @@ impl Storage {
         records: impl IntoIterator<Item = Result<(u32, Vec<u8>)>>,
     ) -> Result<CollectionInfo> {
         let name = spec.config.spec.name.clone();
-        if spec.config.format_version != FORMAT_VERSION {
+        if !readable_format(spec.config.format_version) {
             return Err(Error::UnsupportedFormat {
                 found: spec.config.format_version,
                 supported: FORMAT_VERSION,

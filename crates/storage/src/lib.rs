@@ -44,11 +44,11 @@ pub use document::{Document, MAX_ID_BYTES, Record, json_kind, validate_id};
 pub use error::{Error, MAX_ECHO_CHARS, Result, truncate_echo};
 pub use import::ImportSpec;
 pub use options::{Durability, StorageOptions, WriteOptions};
-pub use record::{Change, RecordMeta};
+pub use record::{Change, MAX_INSERT_RUN, RecordMeta};
 pub use snapshot::{Snapshot, SnapshotCollection};
 pub use store::{
-    DeleteOutcome, FORMAT_VERSION, LOCK_FILE, MAX_SCROLL_PAGE, SLED_DIR, ScrollPage, Storage,
-    UpsertOutcome,
+    DeleteOutcome, FORMAT_VERSION, LOCK_FILE, MAX_SCROLL_PAGE, OLDEST_READABLE_FORMAT, SLED_DIR,
+    ScrollPage, Storage, UpsertOutcome,
 };
 pub use watermark::{DataLossReport, WATERMARK_FILE, WATERMARK_VERSION};
 pub use write::OVERLAP_MIN_DOCS;

@@ -136,17 +136,23 @@ impl Storage {
     pub fn changes_since(&self, collection: &str, after: u64) -> Result<(Vec<Change>, bool)> {
         self.read(collection, |state| {
             let complete = match state.tree.scan_prefix([key::LOG_PREFIX]).next() {
-                Some(first) => key::parse_log_key(&first?.0)? <= after.saturating_add(1),
+                // The oldest entry ends at its key; an insert run there may begin earlier.
+                Some(first) => {
+                    let (k, v) = first?;
+                    let last = key::parse_log_key(&k)?;
+                    let mut oldest = Vec::new();
+                    last <= after.saturating_add(1)
+                        || (Change::decode_entry(last, &v, &mut oldest).is_ok()
+                            && oldest
+                                .first()
+                                .is_some_and(|c| c.seq() <= after.saturating_add(1)))
+                }
                 // Empty log: complete only if nothing happened after `after`.
                 None => state.seq.load(Ordering::Acquire) <= after,
             };
-            let mut out = Vec::new();
-            let start = key::log_key(after.saturating_add(1));
-            let end = [key::LOG_PREFIX + 1];
-            for item in state.tree.range(start.as_slice()..end.as_slice()) {
-                let (k, v) = item?;
-                out.push(Change::decode(key::parse_log_key(&k)?, &v)?);
-            }
+            // An entry is keyed by the sequence of its last change (an insert run stands for
+            // several): the first entry at or after `after + 1` may begin before it.
+            let out = read_log(&state.tree, after, u64::MAX)?;
             Ok((out, complete))
         })
     }
@@ -235,4 +241,35 @@ fn get_one(state: &CollectionState, id: &str) -> Result<Option<Record>> {
         }
     }
     Ok(None)
+}
+
+/// The changes of a collection's log with sequences in `(after, upto]`, oldest first (insert
+/// runs expanded). An entry is keyed by the sequence of its last change, so the scan starts
+/// at the first key after `after` (an insert run there may begin at or before `after`: its
+/// earlier changes are left out) and stops at the first entry that begins past `upto`.
+pub(crate) fn read_log(tree: &sled::Tree, after: u64, upto: u64) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    if after >= upto {
+        return Ok(out);
+    }
+    let start = key::log_key(after.saturating_add(1));
+    let end = [key::LOG_PREFIX + 1];
+    for item in tree.range(start.as_slice()..end.as_slice()) {
+        let (k, v) = item?;
+        let from = out.len();
+        Change::decode_entry(key::parse_log_key(&k)?, &v, &mut out)?;
+        let entry = &out[from..];
+        let early = entry.iter().take_while(|c| c.seq() <= after).count();
+        let kept = entry[early..]
+            .iter()
+            .take_while(|c| c.seq() <= upto)
+            .count();
+        let past = early + kept < entry.len();
+        out.truncate(from + early + kept);
+        out.drain(from..from + early);
+        if past {
+            break;
+        }
+    }
+    Ok(out)
 }

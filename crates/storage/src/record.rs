@@ -215,6 +215,10 @@ fn check_version(v: u8) -> Result<()> {
     }
 }
 
+/// The most inserts one change-log entry stands for: a longer run of inserts is written as
+/// several entries, so that a damaged count can never make a reader expand billions of changes.
+pub const MAX_INSERT_RUN: u32 = 1 << 16;
+
 /// One entry of a collection's change log, replayed by the index after a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -252,7 +256,8 @@ impl Change {
         [op, p[0], p[1], p[2], p[3]]
     }
 
-    /// Decodes a change from its log value and sequence.
+    /// Decodes a change from its log value and sequence (a single change: op 1 or 2; an
+    /// insert run, op 3, is refused here: see [`Change::decode_entry`]).
     pub fn decode(seq: u64, value: &[u8]) -> Result<Change> {
         match value {
             [op, a, b, c, d] => {
@@ -265,6 +270,43 @@ impl Change {
             }
             _ => Err(Error::Corrupt("bad change-log entry".into())),
         }
+    }
+
+    /// The value bytes of an insert run in the log: op 3 + first point `u32` BE + count
+    /// `u32` BE. The entry's key is the sequence of the run's last change; the run stands for
+    /// `count` inserts of the points `first_point..first_point + count` at the consecutive
+    /// sequences that end there (format version 2).
+    pub(crate) fn encode_insert_run(first_point: u32, count: u32) -> [u8; 9] {
+        let p = first_point.to_be_bytes();
+        let c = count.to_be_bytes();
+        [3, p[0], p[1], p[2], p[3], c[0], c[1], c[2], c[3]]
+    }
+
+    /// Decodes the change-log entry stored under sequence `seq` and appends the changes it
+    /// stands for, oldest first, to `out`: one for a single change (op 1 or 2), `count` for an
+    /// insert run (op 3; see [`Change::encode_insert_run`]). Fails, appending nothing, on an
+    /// unknown op, a wrong length, an empty run, or a run whose sequences or points would
+    /// leave their ranges, or one longer than [`MAX_INSERT_RUN`].
+    pub fn decode_entry(seq: u64, value: &[u8], out: &mut Vec<Change>) -> Result<()> {
+        let [3, a, b, c, d, e, f, g, h] = *value else {
+            out.push(Change::decode(seq, value)?);
+            return Ok(());
+        };
+        let first_point = u32::from_be_bytes([a, b, c, d]);
+        let count = u32::from_be_bytes([e, f, g, h]);
+        let last_point = first_point.checked_add(count.wrapping_sub(1));
+        if count == 0 || count > MAX_INSERT_RUN || u64::from(count) > seq || last_point.is_none() {
+            return Err(Error::Corrupt(format!(
+                "bad insert run in the change log: {count} points from {first_point} ending at \
+                 sequence {seq}"
+            )));
+        }
+        let first_seq = seq - u64::from(count) + 1;
+        out.extend((0..count).map(|i| Change::Insert {
+            seq: first_seq + u64::from(i),
+            point: first_point + i,
+        }));
+        Ok(())
     }
 }
 
@@ -321,6 +363,48 @@ mod tests {
             assert_eq!(Change::decode(c.seq(), &c.encode_value()).unwrap(), c);
         }
         assert!(Change::decode(1, &[7, 0, 0, 0, 0]).is_err());
+        // Insert runs expand to one change per sequence; single entries decode as they did.
+        let mut out = Vec::new();
+        Change::decode_entry(12, &Change::encode_insert_run(40, 3), &mut out).unwrap();
+        Change::decode_entry(
+            13,
+            &Change::Remove { seq: 13, point: 41 }.encode_value(),
+            &mut out,
+        )
+        .unwrap();
+        let expect = [
+            Change::Insert { seq: 10, point: 40 },
+            Change::Insert { seq: 11, point: 41 },
+            Change::Insert { seq: 12, point: 42 },
+            Change::Remove { seq: 13, point: 41 },
+        ];
+        assert_eq!(out, expect);
+        assert!(Change::decode(12, &Change::encode_insert_run(40, 3)).is_err());
+        // Empty runs, runs reaching before sequence 1 or past the last point id are refused.
+        let too_long = MAX_INSERT_RUN + 1;
+        for (seq, first, count) in [
+            (5, 1, 0),
+            (2, 1, 3),
+            (9, u32::MAX, 2),
+            (1 << 20, 0, too_long),
+        ] {
+            let mut out = Vec::new();
+            let bytes = Change::encode_insert_run(first, count);
+            assert!(
+                Change::decode_entry(seq, &bytes, &mut out).is_err(),
+                "{seq} {first} {count}"
+            );
+            assert!(out.is_empty());
+        }
+        let mut out = Vec::new();
+        Change::decode_entry(1, &Change::encode_insert_run(u32::MAX, 1), &mut out).unwrap();
+        assert_eq!(
+            out,
+            [Change::Insert {
+                seq: 1,
+                point: u32::MAX
+            }]
+        );
     }
 
     /// `decode_record` as it was before it was split into `split_record` and

@@ -189,13 +189,7 @@ impl Snapshot {
         if after >= c.seq {
             return Ok(Some(Vec::new()));
         }
-        let start = key::log_key(after + 1);
-        let end = key::log_key(c.seq.saturating_add(1));
-        let mut out = Vec::new();
-        for item in state.tree.range(start.as_slice()..end.as_slice()) {
-            let (k, v) = item?;
-            out.push(Change::decode(key::parse_log_key(&k)?, &v)?);
-        }
+        let out = crate::read::read_log(&state.tree, after, c.seq)?;
         let complete =
             out.len() as u64 == c.seq - after && out.first().map(Change::seq) == Some(after + 1);
         Ok(complete.then_some(out))

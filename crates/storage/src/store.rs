@@ -19,8 +19,19 @@ use crate::key;
 use crate::options::StorageOptions;
 use crate::watermark::{self, DataLossReport, Mark, Watermark};
 
-/// The storage format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The storage format version this build writes. Version 2 added insert runs to the change
+/// log (one entry for a batch's consecutive inserts); a version-1 database is read as it is
+/// and marked version 2 on open (its entries are valid version-2 entries), so that an older
+/// build refuses it from then on instead of misreading a run.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest storage format version this build reads.
+pub const OLDEST_READABLE_FORMAT: u32 = 1;
+
+/// Whether this build reads storage format version `v`.
+pub(crate) fn readable_format(v: u32) -> bool {
+    (OLDEST_READABLE_FORMAT..=FORMAT_VERSION).contains(&v)
+}
 
 /// The name of the lock file inside a database directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -225,15 +236,17 @@ impl Storage {
         }
         let marks = watermark::read(&path);
         let db = open_sled(&path, &options)?;
-        let format = db.get(key::FORMAT_VERSION_KEY)?;
-        if let Some(v) = &format {
-            let found = key::be_u32(v)?;
-            if found != FORMAT_VERSION {
-                return Err(Error::UnsupportedFormat {
-                    found,
-                    supported: FORMAT_VERSION,
-                });
-            }
+        let format = match db.get(key::FORMAT_VERSION_KEY)? {
+            Some(v) => Some(key::be_u32(&v)?),
+            None => None,
+        };
+        if let Some(found) = format
+            && !readable_format(found)
+        {
+            return Err(Error::UnsupportedFormat {
+                found,
+                supported: FORMAT_VERSION,
+            });
         }
         let registry = db.open_tree(key::REGISTRY_TREE)?;
         let map = load_collections(&db, &registry)?;
@@ -258,7 +271,9 @@ impl Storage {
             );
         }
         drop_orphans(&db, &map)?;
-        if format.is_none() {
+        // A new database, or an older format this build upgrades by writing (see
+        // `FORMAT_VERSION`).
+        if format != Some(FORMAT_VERSION) {
             db.insert(key::FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
         }
         db.flush()?;
@@ -547,7 +562,7 @@ fn load_collections(
                 crate::error::truncate_echo(&String::from_utf8_lossy(&name), 128)
             ))
         })?;
-        if config.format_version != FORMAT_VERSION {
+        if !readable_format(config.format_version) {
             return Err(Error::UnsupportedFormat {
                 found: config.format_version,
                 supported: FORMAT_VERSION,
@@ -639,4 +654,88 @@ fn open_state(db: &sled::Db, config: CollectionConfig) -> Result<CollectionState
         seq: AtomicU64::new(seq),
         dropped: AtomicBool::new(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Change;
+    use crate::{CollectionSpec, Document, Metric};
+
+    fn raw(dir: &Path) -> sled::Db {
+        sled::Config::new().path(dir.join(SLED_DIR)).open().unwrap()
+    }
+
+    fn version(db: &sled::Db) -> u32 {
+        key::be_u32(&db.get(key::FORMAT_VERSION_KEY).unwrap().unwrap()).unwrap()
+    }
+
+    /// A version-1 database (one log entry per change, configurations saying 1) opens, reads
+    /// as it did, and is marked version 2; a newer version is refused with nothing changed.
+    #[test]
+    fn version_1_is_read_and_upgraded_and_newer_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
+        s.create_collection(CollectionSpec::new("c", 2, Metric::L2))
+            .unwrap();
+        let docs = ["a", "b", "c"].map(|i| Document::new(i, vec![1.0, 0.0]));
+        s.upsert("c", docs.to_vec(), None).unwrap();
+        let cid = s.state("c").unwrap().cid;
+        drop(s);
+        {
+            // Rewritten as version 1 wrote it.
+            let db = raw(dir.path());
+            assert_eq!(version(&db), FORMAT_VERSION);
+            db.insert(key::FORMAT_VERSION_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            let tree = db.open_tree(key::collection_tree(cid)).unwrap();
+            assert_eq!(tree.scan_prefix([key::LOG_PREFIX]).count(), 1, "one run");
+            tree.remove(key::log_key(3)).unwrap();
+            for p in 0..3u32 {
+                let seq = u64::from(p) + 1;
+                let c = Change::Insert { seq, point: p };
+                tree.insert(key::log_key(seq), &c.encode_value()).unwrap();
+            }
+            let registry = db.open_tree(key::REGISTRY_TREE).unwrap();
+            let mut config: serde_json::Value =
+                serde_json::from_slice(&registry.get("c").unwrap().unwrap()).unwrap();
+            config["format_version"] = 1.into();
+            registry
+                .insert("c", serde_json::to_vec(&config).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
+        let expect: Vec<Change> = (0..3u32)
+            .map(|p| Change::Insert {
+                seq: u64::from(p) + 1,
+                point: p,
+            })
+            .collect();
+        assert_eq!(s.changes_since("c", 0).unwrap(), (expect, true));
+        assert_eq!(s.collection_info("c").unwrap().format_version, 1);
+        // New writes go on as version 2 (an insert run).
+        s.upsert("c", vec![Document::new("d", vec![0.0, 1.0])], None)
+            .unwrap();
+        drop(s);
+        let db = raw(dir.path());
+        assert_eq!(version(&db), 2, "upgraded on open");
+        db.insert(key::FORMAT_VERSION_KEY, &3u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let e = Storage::open(dir.path(), StorageOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::UnsupportedFormat {
+                    found: 3,
+                    supported: 2
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("reads versions 1 to 2"), "{e}");
+        assert_eq!(version(&raw(dir.path())), 3, "refused without a write");
+    }
 }

@@ -14,7 +14,7 @@ use crate::document::{Document, validate, validate_id};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::options::{Durability, WriteOptions};
-use crate::record::{self, Change};
+use crate::record::{self, Change, MAX_INSERT_RUN};
 use crate::snapshot;
 use crate::store::{CollectionState, Counters, DeleteOutcome, Storage, UpsertOutcome, not_found};
 
@@ -276,10 +276,12 @@ pub(crate) struct Pending<O> {
     pub(crate) out: O,
 }
 
-/// Builds the writes of an upsert of `encoded` (points from the counters, one change-log
-/// entry per removed and inserted point, the counters' new values, and the applied sequence
-/// `applied` when given). Reads the id map, so the collection's writer lock must be held from
-/// here until the batch is applied.
+/// Builds the writes of an upsert of `encoded` (points from the counters, the counters' new
+/// values, the applied sequence `applied` when given, and the change log: one entry per
+/// removed point, then the inserted points, whose ids and sequences are both consecutive, as
+/// insert runs of up to [`MAX_INSERT_RUN`] points each, one entry per run instead of one per
+/// point). Reads the id map, so the collection's writer lock must be held from here until the
+/// batch is applied.
 pub(crate) fn upsert_batch(
     state: &CollectionState,
     counters: &Counters,
@@ -317,11 +319,25 @@ pub(crate) fn upsert_batch(
         }
         batch.insert(id_key, &point.to_be_bytes());
         batch.insert(&key::point_key(point), bytes);
-        seq += 1;
-        let change = Change::Insert { seq, point };
-        batch.insert(&key::log_key(seq), &change.encode_value());
         out.ids.push(id);
         out.inserted.push((point, vector));
+    }
+    // The inserts follow the removes (an atomic batch: no reader sees the order), at
+    // consecutive sequences, as their points are consecutive.
+    for run in out.inserted.chunks(MAX_INSERT_RUN as usize) {
+        let first_point = run[0].0;
+        let n = run.len() as u32;
+        seq += u64::from(n);
+        let value = match n {
+            1 => Change::Insert {
+                seq,
+                point: first_point,
+            }
+            .encode_value()
+            .to_vec(),
+            _ => Change::encode_insert_run(first_point, n).to_vec(),
+        };
+        batch.insert(&key::log_key(seq), value);
     }
     if any {
         batch.insert(key::META_NEXT_POINT, &next_point.to_be_bytes());

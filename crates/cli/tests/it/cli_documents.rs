@@ -82,7 +82,7 @@ fn collection_and_document_commands() {
     assert_eq!(created[0]["name"], "docs");
     assert_eq!(created[0]["dimension"], 3);
     assert_eq!(created[0]["metric"], "dot");
-    assert_eq!(created[0]["format_version"], 1);
+    assert_eq!(created[0]["format_version"], 2);
     succeeds(&latentdb(
         Path::new("/nonexistent-unused"),
         &[

@@ -1,5 +1,6 @@
 //! Integration tests of the storage engine (one binary; one module per concern).
 
+mod change_log;
 mod chunks;
 mod data_loss;
 mod model;

@@ -12,7 +12,7 @@ fn docs(range: std::ops::Range<usize>) -> Vec<Document> {
 }
 
 /// A fresh storage with one 2-dimensional collection "c".
-fn storage() -> (tempfile::TempDir, Storage) {
+pub(crate) fn storage() -> (tempfile::TempDir, Storage) {
     let dir = tempfile::tempdir().unwrap();
     let s = Storage::open(dir.path(), StorageOptions::default()).unwrap();
     s.create_collection(CollectionSpec::new("c", 2, Metric::L2))

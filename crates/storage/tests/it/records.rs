@@ -76,6 +76,8 @@ proptest! {
         let mut out = Vec::new();
         let _ = decode_record_vector(&bytes, &mut out);
         let _ = Change::decode(7, &bytes);
+        let mut changes = Vec::new();
+        let _ = Change::decode_entry(7, &bytes, &mut changes);
         let _ = key::parse_id_key(&bytes);
         let _ = key::parse_point_key(&bytes);
         let _ = key::parse_log_key(&bytes);
@@ -107,10 +109,43 @@ proptest! {
         prop_assert_eq!(bits(&out[1..]), bits(&vector));
     }
 
+    /// Any 9-byte value with op 3 under any sequence decodes to a run or fails, without
+    /// panicking or expanding past `MAX_INSERT_RUN`; a run is consecutive sequences ending at
+    /// the key and consecutive points from the first.
+    #[test]
+    fn insert_runs_decode_or_fail(
+        seq in prop_oneof![0u64..200_000, any::<u64>()],
+        first in prop_oneof![0u32..1_000, any::<u32>()],
+        count in prop_oneof![0u32..70_000, any::<u32>()],
+    ) {
+        let mut bytes = vec![3u8];
+        bytes.extend(first.to_be_bytes());
+        bytes.extend(count.to_be_bytes());
+        let mut out = vec![Change::Remove { seq: 0, point: 0 }];
+        match Change::decode_entry(seq, &bytes, &mut out) {
+            Ok(()) => {
+                prop_assert!((1..=latentdb_storage::MAX_INSERT_RUN).contains(&count));
+                prop_assert_eq!(out.len() as u64, 1 + u64::from(count));
+                prop_assert_eq!(out.last().map(Change::seq), Some(seq));
+                for (i, c) in out[1..].iter().enumerate() {
+                    let want = Change::Insert {
+                        seq: seq - u64::from(count) + 1 + i as u64,
+                        point: first + i as u32,
+                    };
+                    prop_assert_eq!(*c, want);
+                }
+            }
+            Err(_) => prop_assert_eq!(out.len(), 1),
+        }
+    }
+
     #[test]
     fn changes_and_keys_round_trip(seq in any::<u64>(), point in any::<u32>(), insert in any::<bool>()) {
         let c = if insert { Change::Insert { seq, point } } else { Change::Remove { seq, point } };
         prop_assert_eq!(Change::decode(seq, &c.encode_value()).unwrap(), c);
+        let mut out = Vec::new();
+        Change::decode_entry(seq, &c.encode_value(), &mut out).unwrap();
+        prop_assert_eq!(out, vec![c]);
         prop_assert_eq!(key::parse_log_key(&key::log_key(seq)).unwrap(), seq);
         prop_assert_eq!(key::parse_point_key(&key::point_key(point)).unwrap(), point);
     }
