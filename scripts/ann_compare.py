@@ -26,9 +26,10 @@ the same way): the host's speed drifts within seconds, and one slow second then 
 single ef's row. The machine's load average before and after, and the CPU count, are recorded:
 figures from a loaded or shared machine are not results.
 
-With `--graph-baseline`, each latentdb run first builds its HNSW graph alone (in memory, no
-storage, the same batches: `bench ann --graph-baseline`), so the summary also has the graph's
-build rate, the database's rate against it (`vs_graph`) and the graph's against the others.
+With `--graph-baseline`, each latentdb run also builds its HNSW graph alone (in memory, no
+storage, the same batches, batch by batch in turn with the database: `bench ann
+--graph-baseline`), so the summary also has the graph's build rate, the database's rate against
+it (`vs_graph`) and the graph's against the others.
 
 The last line printed is one JSON object with everything (`"summary": "ann_compare"`).
 `--quantization int8` applies to latentdb only; hnswlib and faiss keep f32 vectors.
@@ -173,9 +174,10 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="build threads for all (default: all cores)")
     ap.add_argument("--libs", default=",".join(LIBS), help="which of latentdb,hnswlib,faiss to run")
     ap.add_argument("--graph-baseline", action="store_true",
-                    help="latentdb also builds its graph alone (no storage) first in each run "
-                         "(`bench ann --graph-baseline`): reports that rate and the database's "
-                         "against it (vs_graph, median of the per-run ratios)")
+                    help="latentdb also builds its graph alone (no storage) in each run, batch "
+                         "by batch in turn with the database (`bench ann --graph-baseline`): "
+                         "reports that rate and the database's against it (vs_graph, median of "
+                         "the per-run ratios)")
     a = ap.parse_args()
     if a.k <= 0 or a.m <= 0 or a.ef_construction <= 0 or a.rounds <= 0 or a.passes <= 0:
         sys.exit("--k, --m, --ef-construction, --rounds and --passes must be positive")
