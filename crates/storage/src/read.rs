@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::document::{Record, validate_id};
 use crate::error::{Error, Result};
 use crate::key;
-use crate::record::{self, Change, RecordMeta};
+use crate::record::{self, Change, LogEntry, RecordMeta};
 use crate::store::{CollectionState, MAX_SCROLL_PAGE, ScrollPage, Storage};
 
 impl Storage {
@@ -140,12 +140,9 @@ impl Storage {
                 Some(first) => {
                     let (k, v) = first?;
                     let last = key::parse_log_key(&k)?;
-                    let mut oldest = Vec::new();
                     last <= after.saturating_add(1)
-                        || (Change::decode_entry(last, &v, &mut oldest).is_ok()
-                            && oldest
-                                .first()
-                                .is_some_and(|c| c.seq() <= after.saturating_add(1)))
+                        || LogEntry::parse(last, &v)
+                            .is_ok_and(|e| e.first_seq() <= after.saturating_add(1))
                 }
                 // Empty log: complete only if nothing happened after `after`.
                 None => state.seq.load(Ordering::Acquire) <= after,
@@ -256,20 +253,15 @@ pub(crate) fn read_log(tree: &sled::Tree, after: u64, upto: u64) -> Result<Vec<C
     let end = [key::LOG_PREFIX + 1];
     for item in tree.range(start.as_slice()..end.as_slice()) {
         let (k, v) = item?;
-        let from = out.len();
-        Change::decode_entry(key::parse_log_key(&k)?, &v, &mut out)?;
-        let entry = &out[from..];
-        let early = entry.iter().take_while(|c| c.seq() <= after).count();
-        let kept = entry[early..]
-            .iter()
-            .take_while(|c| c.seq() <= upto)
-            .count();
-        let past = early + kept < entry.len();
-        out.truncate(from + early + kept);
-        out.drain(from..from + early);
-        if past {
+        let entry = LogEntry::parse(key::parse_log_key(&k)?, &v)?;
+        if entry.first_seq() > upto {
             break;
         }
+        out.extend(
+            entry
+                .changes()
+                .filter(|c| c.seq() > after && c.seq() <= upto),
+        );
     }
     Ok(out)
 }

@@ -288,9 +288,31 @@ impl Change {
     /// unknown op, a wrong length, an empty run, or a run whose sequences or points would
     /// leave their ranges, or one longer than [`MAX_INSERT_RUN`].
     pub fn decode_entry(seq: u64, value: &[u8], out: &mut Vec<Change>) -> Result<()> {
+        out.extend(LogEntry::parse(seq, value)?.changes());
+        Ok(())
+    }
+}
+
+/// One change-log entry as stored: a single change, or an insert run (format version 2),
+/// checked but not expanded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LogEntry {
+    /// A single insert or remove (op 1 or 2).
+    One(Change),
+    /// `count` inserts of the points `first_point..` at the sequences ending at `last_seq`.
+    Run {
+        last_seq: u64,
+        first_point: u32,
+        count: u32,
+    },
+}
+
+impl LogEntry {
+    /// Parses the entry stored under sequence `seq` (see [`Change::decode_entry`] for what is
+    /// refused).
+    pub(crate) fn parse(seq: u64, value: &[u8]) -> Result<LogEntry> {
         let [3, a, b, c, d, e, f, g, h] = *value else {
-            out.push(Change::decode(seq, value)?);
-            return Ok(());
+            return Ok(LogEntry::One(Change::decode(seq, value)?));
         };
         let first_point = u32::from_be_bytes([a, b, c, d]);
         let count = u32::from_be_bytes([e, f, g, h]);
@@ -301,12 +323,38 @@ impl Change {
                  sequence {seq}"
             )));
         }
-        let first_seq = seq - u64::from(count) + 1;
-        out.extend((0..count).map(|i| Change::Insert {
-            seq: first_seq + u64::from(i),
-            point: first_point + i,
-        }));
-        Ok(())
+        Ok(LogEntry::Run {
+            last_seq: seq,
+            first_point,
+            count,
+        })
+    }
+
+    /// The sequence of the entry's first change.
+    pub(crate) fn first_seq(&self) -> u64 {
+        match *self {
+            LogEntry::One(c) => c.seq(),
+            LogEntry::Run {
+                last_seq, count, ..
+            } => last_seq - u64::from(count) + 1,
+        }
+    }
+
+    /// The changes the entry stands for, oldest first.
+    pub(crate) fn changes(self) -> impl Iterator<Item = Change> {
+        let first_seq = self.first_seq();
+        let (single, first_point, count) = match self {
+            LogEntry::One(c) => (Some(c), 0, 0),
+            LogEntry::Run {
+                first_point, count, ..
+            } => (None, first_point, count),
+        };
+        single
+            .into_iter()
+            .chain((0..count).map(move |i| Change::Insert {
+                seq: first_seq + u64::from(i),
+                point: first_point + i,
+            }))
     }
 }
 

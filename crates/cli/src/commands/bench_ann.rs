@@ -303,7 +303,7 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             g.insert(&base, start..end)?;
         }
     }
-    let graph_rate = match graph.take() {
+    let graph_rate = match graph {
         Some(g) => {
             let rate = base.rows as f64 / g.secs;
             drop(g);
