@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Cand, Graph};
 use crate::metric::MetricExt;
 use crate::params::IndexParams;
+use crate::persist::DumpedVectors;
 use latentdb_types::Metric;
 
 /// One search result: a point id and its score (see [`MetricExt`] for the unit; a larger
@@ -85,6 +86,9 @@ pub struct Index {
     params: IndexParams,
     graph: RwLock<Arc<Graph>>,
     writer: Mutex<()>,
+    /// The vectors file of the last dump this index wrote or was loaded from, which the next
+    /// [`persist`](Index::persist) into the same directory extends instead of rewriting.
+    dumped: Mutex<Option<DumpedVectors>>,
 }
 
 impl Index {
@@ -106,6 +110,7 @@ impl Index {
             params: graph.params,
             graph: RwLock::new(Arc::new(graph)),
             writer: Mutex::new(()),
+            dumped: Mutex::new(None),
         }
     }
 
@@ -130,6 +135,11 @@ impl Index {
 
     pub(crate) fn writer_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.writer.lock()
+    }
+
+    /// The vectors file of the last dump (see [`DumpedVectors`]).
+    pub(crate) fn dumped(&self) -> parking_lot::MutexGuard<'_, Option<DumpedVectors>> {
+        self.dumped.lock()
     }
 
     /// Checks a vector and returns it prepared for the metric (normalised for cosine).

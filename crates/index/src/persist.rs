@@ -15,6 +15,16 @@
 //! then the manifest the same way (its rename is the commit point); then deletes older
 //! generations. A crash at any point leaves either the old or the new dump complete.
 //!
+//! One exception keeps a bulk load's dumps from rewriting every vector each time: while the
+//! index keeps the graph and the representation of its last dump in the same directory, the
+//! vectors file of that dump holds a prefix of the vectors now, so the persist appends the new
+//! ones to it in place (fsynced before the manifest is written) and the new manifest names the
+//! same file with its new length and CRC-32 (see [`DumpedVectors`]). The old manifest still
+//! describes the file's first bytes, so a crash before the new manifest's rename leaves the old
+//! dump complete; a vectors file is therefore read up to the length its manifest records, and
+//! bytes past it are ignored (the next append drops them). A file with another hard link (a
+//! backup in progress) is never appended to: it is written anew under the new generation.
+//!
 //! Loading reads the manifest, checks each file's length and CRC-32, then parses every field
 //! and checks every structural invariant of the graph (see `parse.rs`) before building it: a
 //! damaged dump, even one whose checksums match, is an [`Error::CorruptDump`], never a panic
@@ -26,6 +36,7 @@ use std::io::Read;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +59,7 @@ pub const QUANTIZED_FORMAT_VERSION: u32 = 2;
 const MANIFEST: &str = "manifest.json";
 pub(crate) const MAGIC: &[u8; 8] = b"LDBGRAPH";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct FileEntry {
     name: String,
     bytes: u64,
@@ -78,6 +89,46 @@ pub(crate) struct Manifest {
     pub(crate) quantizer: Option<[f32; 2]>,
     vectors: FileEntry,
     graph: FileEntry,
+}
+
+/// The vectors file of the dump an [`Index`] last wrote or was loaded from. The vectors of a
+/// graph's slots never change and new slots are appended, so while the index keeps the same
+/// graph (no [`Index::rebuild`]) and the same representation (no calibration to codes since),
+/// that file holds a prefix of the vectors now: the next persist into the same directory
+/// appends the rest to it in place ([`dump::append_file`]) instead of rewriting every vector.
+/// A bulk load's dumps then cost the new vectors and the graph, not every vector each time.
+#[derive(Debug)]
+pub(crate) struct DumpedVectors {
+    dir: PathBuf,
+    graph: Weak<Graph>,
+    quantized: bool,
+    file: FileEntry,
+}
+
+impl DumpedVectors {
+    /// The record to extend when `dir`'s dump still names this file and `graph` (the graph
+    /// being persisted, quantized or not) still holds its content as a prefix of its `bytes`
+    /// bytes of vectors (or codes); `None` when the file must be written anew. A file someone
+    /// else links (a backup being taken) is never changed in place.
+    fn extendable(
+        &self,
+        dir: &Path,
+        on_disk: Option<&Manifest>,
+        graph: &Arc<Graph>,
+        quantized: bool,
+        bytes: u64,
+    ) -> Option<FileRecord> {
+        let same = self.dir == dir
+            && Weak::ptr_eq(&self.graph, &Arc::downgrade(graph))
+            && self.quantized == quantized
+            && self.file.bytes <= bytes
+            && on_disk.is_some_and(|m| m.vectors == self.file)
+            && dump::is_sole_link(&dir.join(&self.file.name));
+        same.then_some(FileRecord {
+            bytes: self.file.bytes,
+            crc32: self.file.crc32,
+        })
+    }
 }
 
 /// Writes `name` in `dir` through a temporary file, fsynced and renamed into place.
@@ -135,11 +186,11 @@ impl Index {
     /// `seq` is idempotent.
     pub fn persist(&self, dir: &Path, seq: u64) -> Result<()> {
         let _w = self.writer_lock();
+        // Taken: a persist that fails part way writes the next one's vectors anew.
+        let dumped = self.dumped().take();
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let generation = match read_manifest(dir) {
-            Ok(Some(m)) => m.generation + 1,
-            _ => 1,
-        };
+        let on_disk = read_manifest(dir).ok().flatten();
+        let generation = on_disk.as_ref().map_or(1, |m| m.generation + 1);
         let graph = self.graph();
         let nodes = graph.nodes.read();
         let entry = *graph.entry.read();
@@ -153,12 +204,42 @@ impl Index {
         } else {
             FORMAT_VERSION
         };
-        let vectors = write_file(dir, &format!("vectors-{generation}.bin"), |w| {
-            if quantizer.is_some() {
-                w.write_all(&nodes.codes)?;
+        // The file's content: the codes of a quantized index, the f32 vectors of another (the
+        // other is empty).
+        let content_bytes = (nodes.codes.len() + nodes.vectors.len() * 4) as u64;
+        let extend = dumped.as_ref().and_then(|d| {
+            d.extendable(
+                dir,
+                on_disk.as_ref(),
+                &graph,
+                quantizer.is_some(),
+                content_bytes,
+            )
+        });
+        // From byte `from` of the content on (a multiple of 4 when it is f32 vectors: it ends
+        // a dump of whole vectors).
+        let write_from = |w: &mut HashingWriter<BufWriter<File>>, from: u64| {
+            let from = from as usize;
+            w.write_all(nodes.codes.get(from..).unwrap_or_default())?;
+            let floats = from.saturating_sub(nodes.codes.len()) / 4;
+            let rest = nodes.vectors.get(floats..).unwrap_or_default();
+            write_words(w, rest.iter().map(|x| x.to_le_bytes()))
+        };
+        let vectors = match (extend, &dumped) {
+            (Some(from), Some(d)) => {
+                let name = &d.file.name;
+                let rec = dump::append_file(dir, name, from, |w| write_from(w, from.bytes))
+                    .map_err(|e| Error::io(e.path, e.source))?;
+                FileEntry {
+                    name: name.clone(),
+                    bytes: rec.bytes,
+                    crc32: rec.crc32,
+                }
             }
-            write_words(w, nodes.vectors.iter().map(|x| x.to_le_bytes()))
-        })?;
+            _ => write_file(dir, &format!("vectors-{generation}.bin"), |w| {
+                write_from(w, 0)
+            })?,
+        };
         let mut deleted = 0usize;
         let graph_file = write_file(dir, &format!("graph-{generation}.bin"), |w| {
             w.write_all(MAGIC)?;
@@ -215,6 +296,12 @@ impl Index {
                 && (name.ends_with(".bin") || name.ends_with(".tmp"));
             ours && !keep.iter().any(|k| k == name)
         });
+        *self.dumped() = Some(DumpedVectors {
+            dir: dir.to_path_buf(),
+            graph: Arc::downgrade(&graph),
+            quantized: manifest.quantizer.is_some(),
+            file: manifest.vectors,
+        });
         tracing::debug!(dir = %dir.display(), points = n, seq, "index persisted");
         Ok(())
     }
@@ -253,7 +340,7 @@ impl Index {
             ));
         }
         let vectors = if m.quantizer.is_some() {
-            parse::Vectors::Codes(read_checked(dir, &m.vectors)?)
+            parse::Vectors::Codes(read_vectors_prefix(dir, &m.vectors)?)
         } else {
             read_floats(dir, &m.vectors)?
         };
@@ -268,8 +355,15 @@ impl Index {
             loaded.entry,
             loaded.deleted,
         );
+        let index = Index::from_graph(graph);
+        *index.dumped() = Some(DumpedVectors {
+            dir: dir.to_path_buf(),
+            graph: Arc::downgrade(&index.graph()),
+            quantized: m.quantizer.is_some(),
+            file: m.vectors,
+        });
         tracing::debug!(dir = %dir.display(), points = m.points, seq = m.seq, "index loaded");
-        Ok(Some((Index::from_graph(graph), m.seq)))
+        Ok(Some((index, m.seq)))
     }
 }
 
@@ -292,12 +386,27 @@ fn data_path(dir: &Path, f: &FileEntry) -> Result<PathBuf> {
 }
 
 fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
+    read_with(dir, f, dump::read_checked)
+}
+
+/// [`read_checked`] for a vectors file, which may be longer than recorded: an append of a
+/// persist that failed before its manifest was committed ([`DumpedVectors`]) leaves bytes past
+/// the recorded length, which are not part of the dump.
+fn read_vectors_prefix(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
+    read_with(dir, f, dump::read_prefix_checked)
+}
+
+fn read_with(
+    dir: &Path,
+    f: &FileEntry,
+    read: impl FnOnce(&Path, &str, FileRecord) -> Result<Vec<u8>, ReadError>,
+) -> Result<Vec<u8>> {
     let path = data_path(dir, f)?;
     let expected = FileRecord {
         bytes: f.bytes,
         crc32: f.crc32,
     };
-    dump::read_checked(&path, &f.name, expected).map_err(|e| match e {
+    read(&path, &f.name, expected).map_err(|e| match e {
         ReadError::Corrupt(reason) => corrupt(dir, reason),
         ReadError::Exhausted(message) => Error::ResourceExhausted(message),
         ReadError::Io(e) => Error::io(&path, e),
@@ -309,8 +418,8 @@ fn read_checked(dir: &Path, f: &FileEntry) -> Result<Vec<u8>> {
 const FLOAT_CHUNK: usize = 256 * 1024;
 
 /// Reads the vectors file of an `f32` dump straight into the floats it holds, with the checks
-/// and errors of [`read_checked`] (a missing file, a length other than the manifest's or a
-/// checksum mismatch is corrupt; memory is reserved fallibly, after the length matched), but
+/// and errors of [`read_vectors_prefix`] (a missing file, one shorter than the manifest says or
+/// a checksum mismatch is corrupt; bytes past the manifest's length are not read; memory is reserved fallibly, after the length matched), but
 /// without holding the file's bytes in memory: each chunk is checksummed and converted as it
 /// is read. A length that is not a multiple of 4 leaves its last bytes out of the floats (they
 /// count in the checksum); the parser then reports the length.
@@ -321,7 +430,8 @@ fn read_floats(dir: &Path, f: &FileEntry) -> Result<parse::Vectors> {
         std::io::ErrorKind::NotFound => corrupt(dir, format!("{name} is missing")),
         _ => Error::io(&path, e),
     })?;
-    if meta.len() != f.bytes {
+    // Longer is fine: see `read_vectors_prefix`.
+    if meta.len() < f.bytes {
         return Err(corrupt(
             dir,
             format!("{name} has {} bytes, manifest says {}", meta.len(), f.bytes),
@@ -506,5 +616,166 @@ mod tests {
         let (dir, _) = persisted(0);
         let (loaded, seq) = Index::load(dir.path()).unwrap().unwrap();
         assert_eq!((seq, loaded.len()), (3, 0));
+    }
+
+    /// Inserts `n` more points (ids after `from`) of `dim`-d embedding-like vectors.
+    fn grow(idx: &Index, from: u32, n: usize, seed: u64) {
+        let data = crate::synth::embedding_like(n, idx.dim(), seed);
+        let points: Vec<(u32, &[f32])> = data
+            .chunks_exact(idx.dim())
+            .enumerate()
+            .map(|(i, v)| (from + i as u32, v))
+            .collect();
+        idx.insert_batch(&points).unwrap();
+    }
+
+    /// The file's bytes as the loaded index's vectors (or codes) say they are.
+    fn content(idx: &Index) -> Vec<u8> {
+        let graph = idx.graph();
+        let nodes = graph.nodes.read();
+        let mut bytes = nodes.codes.clone();
+        bytes.extend(nodes.vectors.iter().flat_map(|x| x.to_le_bytes()));
+        bytes
+    }
+
+    fn same_answers(a: &Index, b: &Index) {
+        let queries = crate::synth::embedding_like(20, a.dim(), 99);
+        for q in queries.chunks_exact(a.dim()) {
+            let ids = |i: &Index| -> Vec<u32> {
+                i.search(q, 10, Some(64))
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.id)
+                    .collect()
+            };
+            assert_eq!(ids(a), ids(b));
+        }
+    }
+
+    #[test]
+    fn a_persist_appends_the_new_vectors_to_the_dumped_file() {
+        let (dir, idx) = persisted(300);
+        let first = manifest(dir.path());
+        grow(&idx, 10_000, 200, 6);
+        idx.persist(dir.path(), 5).unwrap();
+        let second = manifest(dir.path());
+        // The same file, longer; its checksum covers all of it; a new graph file.
+        assert_eq!(second.vectors.name, first.vectors.name);
+        assert_eq!(second.vectors.bytes, (500 * DIM * 4) as u64);
+        let on_disk = fs::read(dir.path().join(&second.vectors.name)).unwrap();
+        assert_eq!(on_disk, content(&idx));
+        assert_eq!(crc32fast::hash(&on_disk), second.vectors.crc32);
+        assert_ne!(second.graph.name, first.graph.name);
+        assert!(!dir.path().join(&first.graph.name).exists());
+        let (loaded, seq) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!((seq, loaded.len()), (5, 500));
+        same_answers(&idx, &loaded);
+        // A loaded index appends to the file it was loaded from, too.
+        grow(&loaded, 20_000, 100, 7);
+        loaded.persist(dir.path(), 6).unwrap();
+        let third = manifest(dir.path());
+        assert_eq!(third.vectors.name, first.vectors.name);
+        assert_eq!(third.vectors.bytes, (600 * DIM * 4) as u64);
+        let (again, _) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!(content(&again), content(&loaded));
+        same_answers(&loaded, &again);
+    }
+
+    #[test]
+    fn an_append_whose_manifest_was_not_committed_leaves_the_old_dump_whole() {
+        let (dir, idx) = persisted(300);
+        let old_manifest = fs::read(dir.path().join(MANIFEST)).unwrap();
+        let old_graph = manifest(dir.path()).graph.name;
+        let graph_bytes = fs::read(dir.path().join(&old_graph)).unwrap();
+        grow(&idx, 10_000, 200, 6);
+        idx.persist(dir.path(), 5).unwrap();
+        // A crash after the append, before the new manifest's rename: the old manifest and its
+        // graph file, with the longer vectors file.
+        fs::write(dir.path().join(MANIFEST), &old_manifest).unwrap();
+        fs::write(dir.path().join(&old_graph), &graph_bytes).unwrap();
+        let m = manifest(dir.path());
+        let len = fs::metadata(dir.path().join(&m.vectors.name))
+            .unwrap()
+            .len();
+        assert!(len > m.vectors.bytes, "{len} <= {}", m.vectors.bytes);
+        let (loaded, seq) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!((seq, loaded.len()), (3, 300));
+        // The next append drops the uncommitted tail first.
+        grow(&loaded, 20_000, 50, 8);
+        loaded.persist(dir.path(), 7).unwrap();
+        let m = manifest(dir.path());
+        let on_disk = fs::read(dir.path().join(&m.vectors.name)).unwrap();
+        assert_eq!(on_disk.len() as u64, m.vectors.bytes);
+        assert_eq!(on_disk, content(&loaded));
+        let (again, seq) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!((seq, again.len()), (7, 350));
+        same_answers(&loaded, &again);
+    }
+
+    #[test]
+    fn the_vectors_are_written_anew_when_the_file_cannot_be_extended() {
+        // A rebuild replaces the graph: its slots (and so the file's order) are new.
+        let (dir, idx) = persisted(300);
+        let first = manifest(dir.path()).vectors;
+        assert!(idx.delete(0));
+        idx.rebuild();
+        idx.persist(dir.path(), 4).unwrap();
+        let rebuilt = manifest(dir.path()).vectors;
+        assert_ne!(rebuilt.name, first.name);
+        assert!(!dir.path().join(&first.name).exists());
+        assert_eq!(rebuilt.bytes, (299 * DIM * 4) as u64);
+        // A file another link shares (a backup taking it) is never changed in place.
+        let backup = tempfile::tempdir().unwrap();
+        let linked = backup.path().join(&rebuilt.name);
+        fs::hard_link(dir.path().join(&rebuilt.name), &linked).unwrap();
+        grow(&idx, 10_000, 10, 6);
+        idx.persist(dir.path(), 5).unwrap();
+        let after = manifest(dir.path()).vectors;
+        #[cfg(unix)]
+        assert_ne!(after.name, rebuilt.name);
+        assert_eq!(fs::metadata(&linked).unwrap().len(), rebuilt.bytes);
+        assert_eq!(crc32fast::hash(&fs::read(&linked).unwrap()), rebuilt.crc32);
+        // A dump into another directory, or a directory whose dump another index wrote.
+        let other = tempfile::tempdir().unwrap();
+        idx.persist(other.path(), 5).unwrap();
+        let (_, stranger) = persisted(50);
+        stranger.persist(dir.path(), 9).unwrap();
+        grow(&idx, 20_000, 10, 7);
+        idx.persist(dir.path(), 10).unwrap();
+        assert_eq!(manifest(dir.path()).vectors.bytes, (319 * DIM * 4) as u64);
+        let (loaded, seq) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!((seq, loaded.len()), (10, 319));
+        same_answers(&idx, &loaded);
+    }
+
+    #[test]
+    fn a_quantized_index_appends_codes_once_calibrated() {
+        let params = IndexParams {
+            quantization: crate::params::Quantization::Int8,
+            ..IndexParams::default()
+        };
+        let idx = Index::new(Metric::Cosine, DIM, params).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Below the calibration size the file holds f32 vectors; calibrating switches to codes
+        // (a new file); from then on codes are appended.
+        grow(&idx, 0, 500, 1);
+        idx.persist(dir.path(), 1).unwrap();
+        let floats = manifest(dir.path());
+        assert!(floats.quantizer.is_none());
+        grow(&idx, 1_000, 1_000, 2);
+        idx.persist(dir.path(), 2).unwrap();
+        let codes = manifest(dir.path());
+        assert!(codes.quantizer.is_some());
+        assert_ne!(codes.vectors.name, floats.vectors.name);
+        assert_eq!(codes.vectors.bytes, (1_500 * DIM) as u64);
+        grow(&idx, 5_000, 300, 3);
+        idx.persist(dir.path(), 3).unwrap();
+        let more = manifest(dir.path());
+        assert_eq!(more.vectors.name, codes.vectors.name);
+        assert_eq!(more.vectors.bytes, (1_800 * DIM) as u64);
+        let (loaded, seq) = Index::load(dir.path()).unwrap().unwrap();
+        assert_eq!((seq, loaded.len()), (3, 1_800));
+        assert_eq!(content(&loaded), content(&idx));
+        same_answers(&idx, &loaded);
     }
 }

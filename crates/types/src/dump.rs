@@ -18,8 +18,8 @@
 //! ```
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The length and CRC-32 (IEEE) of a file as written.
@@ -45,6 +45,17 @@ impl<W: Write> HashingWriter<W> {
             inner,
             hasher: crc32fast::Hasher::new(),
             bytes: 0,
+        }
+    }
+
+    /// Wraps `inner`, which continues a file whose first `from.bytes` bytes have the CRC-32
+    /// `from.crc32`: the length and checksum then cover that content and what is written
+    /// through.
+    pub fn resume(inner: W, from: FileRecord) -> Self {
+        Self {
+            inner,
+            hasher: crc32fast::Hasher::new_with_initial_len(from.crc32, from.bytes),
+            bytes: from.bytes,
         }
     }
 
@@ -124,6 +135,61 @@ pub fn write_file(
     Ok(record)
 }
 
+/// Extends `name` in `dir` in place: keeps its first `from.bytes` bytes (whose CRC-32 the
+/// caller recorded as `from.crc32`), drops anything after them (what an append that crashed
+/// before it was committed left), appends what `body` writes, and fsyncs, returning the new
+/// length and the CRC-32 of the whole content. The checksum of the kept bytes is not read
+/// back: if they were damaged since, the new checksum fails when the file is read.
+///
+/// Readers of a file appended this way must read only the length they recorded
+/// ([`read_prefix_checked`]): a crash between this append and the caller's commit of the new
+/// length leaves bytes past the old one. A file shorter than `from.bytes` is an error
+/// ([`std::io::ErrorKind::InvalidData`]), with nothing changed.
+pub fn append_file(
+    dir: &Path,
+    name: &str,
+    from: FileRecord,
+    body: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> std::io::Result<()>,
+) -> Result<FileRecord, IoAt> {
+    let path = dir.join(name);
+    let at = |e| IoAt::new(&path, e);
+    let mut file = OpenOptions::new().write(true).open(&path).map_err(at)?;
+    let len = file.metadata().map_err(at)?.len();
+    if len < from.bytes {
+        return Err(at(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{name} has {len} bytes, fewer than the {} to keep",
+                from.bytes
+            ),
+        )));
+    }
+    file.set_len(from.bytes).map_err(at)?;
+    file.seek(SeekFrom::Start(from.bytes)).map_err(at)?;
+    let mut w = HashingWriter::resume(BufWriter::with_capacity(1 << 20, file), from);
+    body(&mut w).map_err(at)?;
+    let (inner, record) = w.into_parts();
+    let file = inner.into_inner().map_err(|e| at(e.into_error()))?;
+    file.sync_all().map_err(at)?;
+    Ok(record)
+}
+
+/// True when `path` is a file with no other hard link to it, so that changing it in place
+/// ([`append_file`]) cannot change a copy someone linked (a backup in progress). False when
+/// it cannot be told (an error, or a platform without link counts).
+pub fn is_sole_link(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 /// Flushes a directory's entries (creations, renames, removals in it) to stable storage.
 ///
 /// On platforms where a directory cannot be opened for syncing (Windows), this is a no-op.
@@ -193,11 +259,33 @@ impl std::error::Error for ReadError {
 /// `expected`'s. Memory is reserved fallibly, and only after the file's length matched: a file
 /// too large for memory is [`ReadError::Exhausted`], not an abort.
 pub fn read_checked(path: &Path, name: &str, expected: FileRecord) -> Result<Vec<u8>, ReadError> {
+    read_recorded(path, name, expected, true)
+}
+
+/// Like [`read_checked`] for a file that may be longer than recorded (one extended with
+/// [`append_file`], whose append was not committed): reads its first `expected.bytes` bytes and
+/// checks their CRC-32; bytes past them are ignored. Shorter than recorded is corrupt.
+pub fn read_prefix_checked(
+    path: &Path,
+    name: &str,
+    expected: FileRecord,
+) -> Result<Vec<u8>, ReadError> {
+    read_recorded(path, name, expected, false)
+}
+
+/// The first `expected.bytes` bytes of `path`, checked; with `exact`, the file must have no
+/// more.
+fn read_recorded(
+    path: &Path,
+    name: &str,
+    expected: FileRecord,
+    exact: bool,
+) -> Result<Vec<u8>, ReadError> {
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ReadError::Corrupt(format!("{name} is missing")),
         _ => ReadError::Io(e),
     })?;
-    if meta.len() != expected.bytes {
+    if meta.len() < expected.bytes || (exact && meta.len() != expected.bytes) {
         return Err(ReadError::Corrupt(format!(
             "{name} has {} bytes, manifest says {}",
             meta.len(),
@@ -351,6 +439,88 @@ mod tests {
         );
         fs::write(&path, b"abcdef").expect("restore");
         assert_eq!(read_checked(&path, "f", rec).expect("read"), b"abcdef");
+    }
+
+    #[test]
+    fn an_append_checksums_the_whole_file_and_drops_an_uncommitted_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.bin");
+        let first = write_file(dir.path(), "v.bin", |w| w.write_all(b"abcd")).expect("write");
+        // An append that crashed before its new length was committed left a tail: readers of
+        // the recorded length still read the file, and the next append drops the tail.
+        fs::write(&path, b"abcdGARBAGE").expect("tail");
+        match read_checked(&path, "v.bin", first) {
+            Err(ReadError::Corrupt(m)) => assert_eq!(m, "v.bin has 11 bytes, manifest says 4"),
+            other => panic!("an exact read of a longer file: {other:?}"),
+        }
+        assert_eq!(
+            read_prefix_checked(&path, "v.bin", first).expect("read"),
+            b"abcd"
+        );
+        let second =
+            append_file(dir.path(), "v.bin", first, |w| w.write_all(b"efgh")).expect("append");
+        assert_eq!(
+            second,
+            FileRecord {
+                bytes: 8,
+                crc32: crc32fast::hash(b"abcdefgh")
+            }
+        );
+        assert_eq!(fs::read(&path).expect("read"), b"abcdefgh");
+        assert_eq!(
+            read_checked(&path, "v.bin", second).expect("read"),
+            b"abcdefgh"
+        );
+        assert_eq!(
+            read_prefix_checked(&path, "v.bin", first).expect("read"),
+            b"abcd"
+        );
+        // A damaged kept byte is not read back by the append, and fails the next read.
+        fs::write(&path, b"Xbcdefgh").expect("flip");
+        let third =
+            append_file(dir.path(), "v.bin", second, |w| w.write_all(b"ij")).expect("append");
+        let reason = match read_prefix_checked(&path, "v.bin", third) {
+            Err(ReadError::Corrupt(m)) => m,
+            other => panic!("expected corrupt, got {other:?}"),
+        };
+        assert_eq!(reason, "v.bin fails its checksum");
+        // Shorter than the length to keep: refused, the file unchanged.
+        let err = append_file(
+            dir.path(),
+            "v.bin",
+            FileRecord {
+                bytes: 99,
+                crc32: 0,
+            },
+            |w| w.write_all(b"zz"),
+        )
+        .expect_err("too short");
+        assert_eq!(err.source.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(fs::read(&path).expect("read"), b"Xbcdefghij");
+        let short = FileRecord {
+            bytes: 11,
+            crc32: 0,
+        };
+        let reason = match read_prefix_checked(&path, "v.bin", short) {
+            Err(ReadError::Corrupt(m)) => m,
+            other => panic!("expected corrupt, got {other:?}"),
+        };
+        assert_eq!(reason, "v.bin has 10 bytes, manifest says 11");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_hard_linked_file_is_not_a_sole_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        assert!(!is_sole_link(&path), "missing");
+        fs::write(&path, b"x").expect("write");
+        assert!(is_sole_link(&path));
+        fs::hard_link(&path, dir.path().join("g")).expect("link");
+        assert!(!is_sole_link(&path));
+        fs::remove_file(dir.path().join("g")).expect("unlink");
+        assert!(is_sole_link(&path));
+        assert!(!is_sole_link(dir.path()), "a directory");
     }
 
     #[test]
