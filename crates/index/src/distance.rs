@@ -1,8 +1,8 @@
 //! The f32 distance kernels: inner product and squared L2 for any dimension.
 //!
 //! The kernels run on the widest SIMD the CPU offers, chosen once at run time through `pulp`
-//! (AVX2 + FMA on x86-64 v3, AVX-512 when enabled, NEON on aarch64, a scalar fallback
-//! elsewhere), with four independent accumulators so that the loop is bound by loads, not by
+//! (AVX-512 on x86-64 v4 CPUs, as the workspace enables pulp's `x86-v4`; AVX2 + FMA on v3;
+//! NEON on aarch64; a scalar fallback elsewhere), with four independent accumulators so that the loop is bound by loads, not by
 //! the latency of one add chain. The plain scalar versions ([`dot_scalar`], [`l2_sq_scalar`])
 //! are the reference the tests compare against.
 
