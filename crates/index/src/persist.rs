@@ -106,10 +106,10 @@ pub(crate) struct DumpedVectors {
 }
 
 impl DumpedVectors {
-    /// The record to extend when `dir`'s dump still names this file and `graph` (the graph
-    /// being persisted, quantized or not) still holds its content as a prefix of its `bytes`
-    /// bytes of vectors (or codes); `None` when the file must be written anew. A file someone
-    /// else links (a backup being taken) is never changed in place.
+    /// The file to extend, with what it holds, when `dir`'s dump still names this file and
+    /// `graph` (the graph being persisted, quantized or not) still holds its content as a
+    /// prefix of its `bytes` bytes of vectors (or codes); `None` when the file must be written
+    /// anew. A file someone else links (a backup being taken) is never changed in place.
     fn extendable(
         &self,
         dir: &Path,
@@ -117,17 +117,18 @@ impl DumpedVectors {
         graph: &Arc<Graph>,
         quantized: bool,
         bytes: u64,
-    ) -> Option<FileRecord> {
+    ) -> Option<(&str, FileRecord)> {
         let same = self.dir == dir
-            && Weak::ptr_eq(&self.graph, &Arc::downgrade(graph))
+            && std::ptr::eq(self.graph.as_ptr(), Arc::as_ptr(graph))
             && self.quantized == quantized
             && self.file.bytes <= bytes
             && on_disk.is_some_and(|m| m.vectors == self.file)
             && dump::is_sole_link(&dir.join(&self.file.name));
-        same.then_some(FileRecord {
+        let kept = FileRecord {
             bytes: self.file.bytes,
             crc32: self.file.crc32,
-        })
+        };
+        same.then_some((self.file.name.as_str(), kept))
     }
 }
 
@@ -225,18 +226,17 @@ impl Index {
             let rest = nodes.vectors.get(floats..).unwrap_or_default();
             write_words(w, rest.iter().map(|x| x.to_le_bytes()))
         };
-        let vectors = match (extend, &dumped) {
-            (Some(from), Some(d)) => {
-                let name = &d.file.name;
+        let vectors = match extend {
+            Some((name, from)) => {
                 let rec = dump::append_file(dir, name, from, |w| write_from(w, from.bytes))
                     .map_err(|e| Error::io(e.path, e.source))?;
                 FileEntry {
-                    name: name.clone(),
+                    name: name.to_string(),
                     bytes: rec.bytes,
                     crc32: rec.crc32,
                 }
             }
-            _ => write_file(dir, &format!("vectors-{generation}.bin"), |w| {
+            None => write_file(dir, &format!("vectors-{generation}.bin"), |w| {
                 write_from(w, 0)
             })?,
         };

@@ -22,8 +22,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// The length and CRC-32 (IEEE) of a file as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The length and CRC-32 (IEEE) of a file as written (the default: an empty file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FileRecord {
     /// Its length in bytes.
     pub bytes: u64,
@@ -41,11 +41,7 @@ pub struct HashingWriter<W: Write> {
 impl<W: Write> HashingWriter<W> {
     /// Wraps `inner`, with nothing counted yet.
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: crc32fast::Hasher::new(),
-            bytes: 0,
-        }
+        Self::resume(inner, FileRecord::default())
     }
 
     /// Wraps `inner`, which continues a file whose first `from.bytes` bytes have the CRC-32
@@ -124,14 +120,23 @@ pub fn write_file(
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let file = File::create(&tmp).map_err(|e| IoAt::new(&tmp, e))?;
-    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    body(&mut w).map_err(|e| IoAt::new(&tmp, e))?;
-    let (inner, record) = w.into_parts();
-    let file = inner
-        .into_inner()
-        .map_err(|e| IoAt::new(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| IoAt::new(&tmp, e))?;
+    let record = write_synced(file, FileRecord::default(), body).map_err(|e| IoAt::new(&tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| IoAt::new(&path, e))?;
+    Ok(record)
+}
+
+/// Writes what `body` writes to `file` (at its position, which follows the `from.bytes` bytes
+/// whose CRC-32 is `from.crc32`), buffered, then fsyncs it; returns the length and CRC-32 of
+/// the whole content.
+fn write_synced(
+    file: File,
+    from: FileRecord,
+    body: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> std::io::Result<()>,
+) -> std::io::Result<FileRecord> {
+    let mut w = HashingWriter::resume(BufWriter::with_capacity(1 << 20, file), from);
+    body(&mut w)?;
+    let (inner, record) = w.into_parts();
+    inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(record)
 }
 
@@ -166,12 +171,7 @@ pub fn append_file(
     }
     file.set_len(from.bytes).map_err(at)?;
     file.seek(SeekFrom::Start(from.bytes)).map_err(at)?;
-    let mut w = HashingWriter::resume(BufWriter::with_capacity(1 << 20, file), from);
-    body(&mut w).map_err(at)?;
-    let (inner, record) = w.into_parts();
-    let file = inner.into_inner().map_err(|e| at(e.into_error()))?;
-    file.sync_all().map_err(at)?;
-    Ok(record)
+    write_synced(file, from, body).map_err(at)
 }
 
 /// True when `path` is a file with no other hard link to it, so that changing it in place
