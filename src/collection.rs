@@ -1064,7 +1064,8 @@ mod tests {
         assert_eq!(info.live, 300);
         check(&reopened);
         drop(reopened);
-        // A vectors file one byte too long (its manifest still says the old length).
+        // A vectors file one byte too long (its manifest still says the old length) is what an
+        // append whose manifest was never committed leaves: the dump loads, the tail ignored.
         let dump = dump_dir(dir.path(), config.cid);
         let vectors = std::fs::read_dir(&dump)
             .unwrap()
@@ -1073,6 +1074,14 @@ mod tests {
             .unwrap();
         let mut bytes = std::fs::read(&vectors).unwrap();
         bytes.push(0);
+        std::fs::write(&vectors, &bytes).unwrap();
+        let longer = open();
+        let info = longer.info(0);
+        assert!(info.loaded_from_dump && !info.rebuilt_on_open, "{info:?}");
+        check(&longer);
+        drop(longer);
+        // One byte too short is damage: rebuilt from storage.
+        bytes.truncate(bytes.len() - 2);
         std::fs::write(&vectors, bytes).unwrap();
         let rebuilt = open();
         let info = rebuilt.info(0);
