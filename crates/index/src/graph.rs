@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::metric::MetricExt;
 use crate::params::{IndexParams, Quantization};
+use crate::pool::Pool;
 use crate::prefetch::prefetch_ptr;
 use crate::quant::{CALIBRATION_POINTS, Quantizer};
 use crate::synth::mix64;
@@ -418,6 +419,8 @@ pub(crate) struct Scratch {
     visited: Visited,
     candidates: BinaryHeap<Reverse<Cand>>,
     results: BinaryHeap<Cand>,
+    /// The candidates and results of an unfiltered layer search.
+    pool: Pool,
     nbuf: Vec<u32>,
     sorted: Vec<Cand>,
     selected: Vec<Cand>,
@@ -686,6 +689,47 @@ impl Graph {
         scratch.nbuf = nbuf;
     }
 
+    /// [`search_layer`](Graph::search_layer) when every node may be returned: the candidates
+    /// and results share one sorted [`Pool`], which is left in `scratch.pool`. Visits the
+    /// same nodes in the same order (ties of equal distance aside).
+    fn search_layer_all(
+        &self,
+        nodes: &Nodes,
+        scratch: &mut Scratch,
+        q: View<'_>,
+        start: Cand,
+        ef: usize,
+        layer: u8,
+    ) {
+        scratch.visited.next(nodes.len());
+        scratch.pool.reset(ef);
+        scratch.visit(start.slot);
+        scratch.pool.insert(start);
+        let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        while let Some(c) = scratch.pool.next() {
+            nodes.neighbors(c.slot, layer, &mut nbuf);
+            nbuf.retain(|&n| {
+                let fresh = scratch.visit(n);
+                if fresh {
+                    nodes.prefetch(n);
+                }
+                fresh
+            });
+            if layer == 0
+                && let Some(next) = scratch.pool.peek()
+            {
+                nodes.prefetch_links(next.slot);
+            }
+            for &n in &nbuf {
+                let d = self.dist(nodes, q, n);
+                if scratch.pool.admits(d) {
+                    scratch.pool.insert(Cand { d, slot: n });
+                }
+            }
+        }
+        scratch.nbuf = nbuf;
+    }
+
     /// hnswlib's neighbour-selection heuristic: keep a candidate only when it is closer to the
     /// base than to every neighbour kept so far. `sorted` is ascending by distance to the base.
     fn select(&self, nodes: &Nodes, sorted: &[Cand], m: usize, out: &mut Vec<Cand>) {
@@ -723,19 +767,10 @@ impl Graph {
         scratch.nbuf = nbuf;
         let top = level.min(ep.level);
         for layer in (0..=top).rev() {
-            self.search_layer(
-                nodes,
-                scratch,
-                vq,
-                cur,
-                self.params.ef_construction,
-                layer,
-                |_| true,
-            );
+            self.search_layer_all(nodes, scratch, vq, cur, self.params.ef_construction, layer);
             let mut sorted = std::mem::take(&mut scratch.sorted);
             sorted.clear();
-            sorted.extend(scratch.results.drain().filter(|c| c.slot != q));
-            sorted.sort_unstable();
+            sorted.extend(scratch.pool.sorted().filter(|c| c.slot != q));
             if let Some(best) = sorted.iter().find(|c| linked(c.slot)) {
                 cur = *best;
             }
@@ -886,7 +921,13 @@ impl Graph {
         let ef = ef.max(k);
         let has_deleted = self.deleted_count.load(Relaxed) > 0;
         match (filter, has_deleted) {
-            (None, false) => self.search_layer(nodes, &mut scratch, q, cur, ef, 0, |_| true),
+            (None, false) => {
+                self.search_layer_all(nodes, &mut scratch, q, cur, ef, 0);
+                out.extend(scratch.pool.sorted().take(k));
+                scratch.qcodes = qcodes;
+                self.put_scratch(scratch);
+                return;
+            }
             (None, true) => {
                 self.search_layer(nodes, &mut scratch, q, cur, ef, 0, |s| !nodes.is_deleted(s))
             }

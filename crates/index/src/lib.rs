@@ -25,6 +25,7 @@ pub mod npy;
 mod params;
 mod parse;
 mod persist;
+mod pool;
 mod prefetch;
 mod quant;
 pub mod synth;

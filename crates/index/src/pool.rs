@@ -1,0 +1,189 @@
+//! The candidate pool of an unfiltered graph search: the best `ef` points found so far, kept
+//! sorted, each marked once expanded.
+//!
+//! A best-first layer search (HNSW's `SEARCH-LAYER`) keeps two heaps: the candidates still
+//! to expand and the best `ef` results. When every visited point may be returned, a
+//! candidate worse than the `ef`-th result is never expanded (the search stops when the best
+//! candidate left is), so the candidates that matter are exactly the unexpanded results: one
+//! sorted array of at most `ef` entries holds both. An insert is a binary search and a short
+//! move (`ef` entries of 12 bytes); taking the next candidate is a forward scan from a cursor.
+//! Filtered searches, where traversed points need not be results, keep the two heaps.
+
+use crate::graph::Cand;
+
+/// One pool entry: a candidate and whether its neighbours were visited.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    cand: Cand,
+    expanded: bool,
+}
+
+/// The best `cap` candidates seen, ascending (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    entries: Vec<Entry>,
+    cap: usize,
+    /// No unexpanded entry lies before this index.
+    cursor: usize,
+}
+
+impl Pool {
+    /// Empties the pool and sets its capacity (at least 1). Memory grows with what is
+    /// inserted, not with `cap` (a search may ask for any `ef`), and is kept for the next
+    /// search.
+    pub(crate) fn reset(&mut self, cap: usize) {
+        self.entries.clear();
+        self.cap = cap.max(1);
+        self.cursor = 0;
+    }
+
+    /// True when a point at distance `d` would enter: the pool is not full, or `d` is below
+    /// the worst distance held (a tie with the worst does not enter, as in hnswlib).
+    #[inline]
+    pub(crate) fn admits(&self, d: f32) -> bool {
+        self.entries.len() < self.cap || self.entries.last().is_some_and(|w| d < w.cand.d)
+    }
+
+    /// Inserts `cand` in order, dropping the worst entry when the pool overflows. The caller
+    /// checks [`admits`](Pool::admits) first.
+    #[inline]
+    pub(crate) fn insert(&mut self, cand: Cand) {
+        let pos = self.entries.partition_point(|e| e.cand < cand);
+        self.entries.insert(
+            pos,
+            Entry {
+                cand,
+                expanded: false,
+            },
+        );
+        if self.entries.len() > self.cap {
+            self.entries.pop();
+        }
+        if pos < self.cursor {
+            self.cursor = pos;
+        }
+    }
+
+    /// The best unexpanded candidate, now marked expanded; `None` once every entry is.
+    #[inline]
+    pub(crate) fn next(&mut self) -> Option<Cand> {
+        while let Some(e) = self.entries.get_mut(self.cursor) {
+            self.cursor += 1;
+            if !e.expanded {
+                e.expanded = true;
+                return Some(e.cand);
+            }
+        }
+        None
+    }
+
+    /// The best unexpanded candidate, without taking it.
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<Cand> {
+        self.entries[self.cursor.min(self.entries.len())..]
+            .iter()
+            .find(|e| !e.expanded)
+            .map(|e| e.cand)
+    }
+
+    /// Every candidate held, ascending.
+    pub(crate) fn sorted(&self) -> impl ExactSizeIterator<Item = Cand> + '_ {
+        self.entries.iter().map(|e| e.cand)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    use super::*;
+    use crate::synth::SplitMix64;
+
+    fn cand(d: f32, slot: u32) -> Cand {
+        Cand { d, slot }
+    }
+
+    #[test]
+    fn keeps_the_best_sorted_and_expands_in_order() {
+        let mut p = Pool::default();
+        p.reset(3);
+        for (d, s) in [(5.0, 1), (1.0, 2), (3.0, 3)] {
+            assert!(p.admits(d));
+            p.insert(cand(d, s));
+        }
+        assert!(!p.admits(5.0), "a tie with the worst does not enter");
+        assert!(p.admits(4.0));
+        p.insert(cand(4.0, 4));
+        let held: Vec<u32> = p.sorted().map(|c| c.slot).collect();
+        assert_eq!(held, [2, 3, 4]);
+        assert_eq!(p.peek().map(|c| c.slot), Some(2));
+        assert_eq!(p.next().map(|c| c.slot), Some(2));
+        assert_eq!(p.next().map(|c| c.slot), Some(3));
+        // A better point arriving behind the cursor is expanded next.
+        p.insert(cand(0.5, 9));
+        assert_eq!(p.peek().map(|c| c.slot), Some(9));
+        assert_eq!(p.next().map(|c| c.slot), Some(9));
+        assert_eq!(p.next(), None, "4 fell out when 9 entered");
+        assert_eq!(p.sorted().len(), 3);
+        p.reset(2);
+        assert_eq!(p.sorted().len(), 0);
+        assert_eq!(p.next(), None);
+    }
+
+    /// Against the two-heap formulation on random streams: the same candidates are expanded
+    /// in the same order, and the same best `cap` remain.
+    #[test]
+    fn matches_the_two_heaps() {
+        let mut rng = SplitMix64::new(11);
+        let mut p = Pool::default();
+        for round in 0..300 {
+            let cap = 1 + round % 40;
+            p.reset(cap);
+            let mut cands: BinaryHeap<Reverse<Cand>> = BinaryHeap::new();
+            let mut results: BinaryHeap<Cand> = BinaryHeap::new();
+            let mut slot = 0u32;
+            for _ in 0..(1 + rng.next_u64() % 200) {
+                // Either a new point arrives (on both sides) or the next candidate is taken.
+                if rng.next_u64().is_multiple_of(3) {
+                    let heap_next = loop {
+                        match cands.pop() {
+                            Some(Reverse(c)) => {
+                                if results.len() >= cap && results.peek().is_some_and(|w| c.d > w.d)
+                                {
+                                    break None;
+                                }
+                                if results.iter().any(|r| r == &c) {
+                                    break Some(c);
+                                }
+                            }
+                            None => break None,
+                        }
+                    };
+                    assert_eq!(p.next(), heap_next, "round {round}");
+                    if heap_next.is_none() {
+                        break;
+                    }
+                } else {
+                    let d = (rng.next_u64() % 1000) as f32 / 10.0;
+                    let bound = results.peek().map_or(f32::INFINITY, |w| w.d);
+                    let heap_admits = results.len() < cap || d < bound;
+                    assert_eq!(p.admits(d), heap_admits, "round {round}");
+                    if heap_admits {
+                        let c = cand(d, slot);
+                        p.insert(c);
+                        cands.push(Reverse(c));
+                        results.push(c);
+                        if results.len() > cap {
+                            results.pop();
+                        }
+                    }
+                    slot += 1;
+                }
+            }
+            let want: Vec<Cand> = results.into_sorted_vec();
+            let got: Vec<Cand> = p.sorted().collect();
+            assert_eq!(got, want, "round {round}");
+        }
+    }
+}
