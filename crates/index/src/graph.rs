@@ -413,6 +413,34 @@ pub(crate) enum View<'a> {
     },
 }
 
+/// Loads the neighbours of `slot` on `layer` into `nbuf`, keeping those not visited yet (now
+/// marked), and starts loading their vectors, then computes nothing: the loads overlap instead
+/// of stalling one distance at a time. On layer 0 it also starts loading the neighbour list of
+/// `next`, the best candidate left, which is most often the next one expanded.
+#[inline(always)]
+fn fresh_neighbors(
+    nodes: &Nodes,
+    visited: &mut Visited,
+    slot: u32,
+    layer: u8,
+    next: Option<u32>,
+    nbuf: &mut Vec<u32>,
+) {
+    nodes.neighbors(slot, layer, nbuf);
+    nbuf.retain(|&n| {
+        let fresh = visited.insert(n as usize);
+        if fresh {
+            nodes.prefetch(n);
+        }
+        fresh
+    });
+    if layer == 0
+        && let Some(next) = next
+    {
+        nodes.prefetch_links(next);
+    }
+}
+
 /// Per-search scratch memory, pooled so that a query allocates nothing once warm.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
@@ -652,23 +680,8 @@ impl Graph {
             if c.d > bound && scratch.results.len() >= ef {
                 break;
             }
-            nodes.neighbors(c.slot, layer, &mut nbuf);
-            // First mark the unvisited neighbours and start loading their vectors, then
-            // compute: the loads overlap instead of stalling one distance at a time.
-            nbuf.retain(|&n| {
-                let fresh = scratch.visit(n);
-                if fresh {
-                    nodes.prefetch(n);
-                }
-                fresh
-            });
-            // The best candidate left is most often the next one expanded: its neighbour list
-            // loads while these distances are computed.
-            if layer == 0
-                && let Some(Reverse(next)) = scratch.candidates.peek()
-            {
-                nodes.prefetch_links(next.slot);
-            }
+            let next = scratch.candidates.peek().map(|Reverse(n)| n.slot);
+            fresh_neighbors(nodes, &mut scratch.visited, c.slot, layer, next, &mut nbuf);
             for &n in &nbuf {
                 let d = self.dist(nodes, q, n);
                 if scratch.results.len() < ef || d < bound {
@@ -707,19 +720,8 @@ impl Graph {
         scratch.pool.insert(start);
         let mut nbuf = std::mem::take(&mut scratch.nbuf);
         while let Some(c) = scratch.pool.next() {
-            nodes.neighbors(c.slot, layer, &mut nbuf);
-            nbuf.retain(|&n| {
-                let fresh = scratch.visit(n);
-                if fresh {
-                    nodes.prefetch(n);
-                }
-                fresh
-            });
-            if layer == 0
-                && let Some(next) = scratch.pool.peek()
-            {
-                nodes.prefetch_links(next.slot);
-            }
+            let next = scratch.pool.peek().map(|n| n.slot);
+            fresh_neighbors(nodes, &mut scratch.visited, c.slot, layer, next, &mut nbuf);
             for &n in &nbuf {
                 let d = self.dist(nodes, q, n);
                 if scratch.pool.admits(d) {
