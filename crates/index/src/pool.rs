@@ -44,20 +44,28 @@ impl Pool {
         self.entries.len() < self.cap || self.entries.last().is_some_and(|w| d < w.cand.d)
     }
 
-    /// Inserts `cand` in order, dropping the worst entry when the pool overflows. The caller
-    /// checks [`admits`](Pool::admits) first.
+    /// Inserts `cand` in order, after any entry of equal distance, dropping the worst entry
+    /// when the pool is full. The caller checks [`admits`](Pool::admits) first. Positions are
+    /// found on the distance alone, with a plain compare (distances are finite; a NaN would
+    /// only go first, never panic): `Cand`'s total order costs several instructions more per
+    /// step of the binary search, which runs for every admitted point.
     #[inline]
     pub(crate) fn insert(&mut self, cand: Cand) {
-        let pos = self.entries.partition_point(|e| e.cand < cand);
-        self.entries.insert(
-            pos,
-            Entry {
-                cand,
-                expanded: false,
-            },
-        );
-        if self.entries.len() > self.cap {
-            self.entries.pop();
+        let d = cand.d;
+        let pos = self.entries.partition_point(|e| e.cand.d <= d);
+        let entry = Entry {
+            cand,
+            expanded: false,
+        };
+        if self.entries.len() < self.cap {
+            self.entries.insert(pos, entry);
+        } else if pos < self.entries.len() {
+            // Full: the entries from `pos` move down one place over the worst, which falls out.
+            let last = self.entries.len() - 1;
+            self.entries.copy_within(pos..last, pos + 1);
+            self.entries[pos] = entry;
+        } else {
+            return;
         }
         if pos < self.cursor {
             self.cursor = pos;
@@ -131,6 +139,21 @@ mod tests {
         assert_eq!(p.next(), None);
     }
 
+    #[test]
+    fn equal_distances_keep_their_arrival_order() {
+        let mut p = Pool::default();
+        p.reset(3);
+        for s in [7, 3, 5] {
+            p.insert(cand(1.0, s));
+        }
+        assert!(!p.admits(1.0));
+        p.insert(cand(0.5, 9));
+        let held: Vec<u32> = p.sorted().map(|c| c.slot).collect();
+        assert_eq!(held, [9, 7, 3]);
+        let taken: Vec<u32> = std::iter::from_fn(|| p.next().map(|c| c.slot)).collect();
+        assert_eq!(taken, [9, 7, 3]);
+    }
+
     /// Against the two-heap formulation on random streams: the same candidates are expanded
     /// in the same order, and the same best `cap` remain.
     #[test]
@@ -165,7 +188,8 @@ mod tests {
                         break;
                     }
                 } else {
-                    let d = (rng.next_u64() % 1000) as f32 / 10.0;
+                    // Distinct distances: the pool orders ties by arrival, the heaps by slot.
+                    let d = (rng.next_u64() % 1000) as f32 / 10.0 + slot as f32 * 1e-4;
                     let bound = results.peek().map_or(f32::INFINITY, |w| w.d);
                     let heap_admits = results.len() < cap || d < bound;
                     assert_eq!(p.admits(d), heap_admits, "round {round}");
