@@ -29,7 +29,10 @@ figures from a loaded or shared machine are not results.
 With `--graph-baseline`, each latentdb run also builds its HNSW graph alone (in memory, no
 storage, the same batches, batch by batch in turn with the database: `bench ann
 --graph-baseline`), so the summary also has the graph's build rate, the database's rate against
-it (`vs_graph`) and the graph's against the others.
+it (`vs_graph`) and the graph's against the others; without quantization the graph alone also
+answers the queries at every ef, in turn with the database (mode `graph`: `Index::search`, the
+index crate's API), so the summary has its QPS at the target recall too, which splits the
+database's gap to the others into the graph walk and what the database adds per query.
 
 The last line printed is one JSON object with everything (`"summary": "ann_compare"`).
 `--quantization int8` applies to latentdb only; hnswlib and faiss keep f32 vectors.
@@ -105,7 +108,8 @@ def median_result(results):
     for ef in sorted(by_ef):
         group = by_ef[ef]
         row = dict(group[0])
-        for key in ("recall", "qps", "p50_ms", "p99_ms", "batch_qps", "batch_recall"):
+        for key in ("recall", "qps", "p50_ms", "p99_ms", "batch_qps", "batch_recall", "graph_qps",
+                    "graph_recall", "vs_graph_qps"):
             vals = [g[key] for g in group if g.get(key) is not None]
             if vals:
                 row[key] = statistics.median(vals)
@@ -233,6 +237,8 @@ def main():
         modes = [("", "recall", "qps")]
         if lib != "latentdb":
             modes.append(("batch_", "batch_recall", "batch_qps"))
+        elif any(r.get("graph_qps") is not None for r in rows):
+            modes.append(("graph_", "graph_recall", "graph_qps"))
         for prefix, rkey, qkey in modes:
             q, why = qps_at_recall(rows, target, rkey, qkey)
             s[prefix + "qps_at_target"], s[prefix + "qps_at_target_reason"] = q, why
@@ -258,6 +264,9 @@ def main():
             if ours.get("graph_build_vectors_per_s") is not None:
                 r["graph_build"], _ = ratio(ours["graph_build_vectors_per_s"], theirs["build_vectors_per_s"],
                                             "graph build")
+            if ours.get("graph_qps_at_target") is not None:
+                r["graph_qps_vs_batch"], _ = ratio(ours["graph_qps_at_target"], theirs.get("batch_qps_at_target"),
+                                                   "graph QPS")
 
     n, dim = base.shape
     print(f"data {a.dir}: n={n} dim={dim} queries={len(queries)} k={a.k} metric={a.metric} "
@@ -283,11 +292,14 @@ def main():
             if lib != "latentdb":
                 print(f"{lib:<10}{'batch':<7}{row['ef']:>5}{row['batch_recall']:>11.4f}{row['batch_qps']:>10.0f}"
                       f"{'-':>9}{'-':>9}")
+            elif row.get("graph_qps") is not None:
+                print(f"{lib:<10}{'graph':<7}{row['ef']:>5}{row['graph_recall']:>11.4f}{row['graph_qps']:>10.0f}"
+                      f"{'-':>9}{'-':>9}")
     print()
     print(f"QPS at recall@{a.k} = {target} (interpolated):")
     for lib in libs:
         s = summary[lib]
-        for prefix, mode in (("", "call"), ("batch_", "batch")):
+        for prefix, mode in (("", "call"), ("batch_", "batch"), ("graph_", "graph")):
             if prefix + "qps_at_target" not in s:
                 continue
             line = f"  {lib:<10}{mode:<7}{fmt(s[prefix + 'qps_at_target'], '.0f'):>8}"
@@ -302,7 +314,9 @@ def main():
         for name, r in ratios.items():
             print(f"  {name:<18} build {fmt(r['build'], '.2f'):>6}   QPS vs per-call {fmt(r['qps_vs_call'], '.2f'):>6}"
                   f"   QPS vs batch {fmt(r['qps_vs_batch'], '.2f'):>6}"
-                  + (f"   graph-alone build {fmt(r['graph_build'], '.2f')}" if "graph_build" in r else ""))
+                  + (f"   graph-alone build {fmt(r['graph_build'], '.2f')}" if "graph_build" in r else "")
+                  + (f"   graph-alone QPS vs batch {fmt(r['graph_qps_vs_batch'], '.2f')}"
+                     if "graph_qps_vs_batch" in r else ""))
     print(json.dumps({
         "summary": "ann_compare",
         "data": {"dir": os.path.abspath(a.dir), "n": n, "dim": dim, "queries": len(queries)},

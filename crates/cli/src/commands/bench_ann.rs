@@ -74,7 +74,12 @@ pub struct BenchAnnArgs {
     /// `graph_build` row, and report the database's build rate against it (`vs_graph`). The
     /// two are built batch by batch in turn (alternating which goes first), each timed on its
     /// own, so that a host whose speed drifts hits both alike; the build row's peak RSS then
-    /// includes the graph alone.
+    /// includes the graph alone. Without quantization, the graph alone also answers the same
+    /// queries at every ef, in turn with the database within each pass (`Index::search`: the
+    /// query's checks and normalisation, the walk, the hits as point ids), and each search row
+    /// gets its `graph_qps`, `graph_recall` and `vs_graph_qps` (the database's QPS over it):
+    /// what the database adds to a search, measured in one process. The search rows' RSS then
+    /// includes the graph too.
     #[arg(long)]
     pub graph_baseline: bool,
     /// Time every ef this many times, cycling through the `--ef` list, and report each ef's
@@ -303,10 +308,9 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             g.insert(&base, start..end)?;
         }
     }
-    let graph_rate = match graph {
+    let graph_rate = match &graph {
         Some(g) => {
             let rate = base.rows as f64 / g.secs;
-            drop(g);
             let row = json!({
                 "phase": "graph_build",
                 "n": base.rows,
@@ -330,6 +334,11 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     db.flush()?;
     let persist_s = started.elapsed().as_secs_f64();
     let stats = db.index_stats("bench")?;
+    // The graph alone searches only where it answers what the database answers: with int8 the
+    // database rescores its candidates with the f32 vectors, which the graph alone does not.
+    if stats.params.quantization != latentdb::index::Quantization::None {
+        graph = None;
+    }
     let quantization = stats.params.quantization.as_str();
     let oversampling = stats.params.oversampling;
     // What f32 vectors of the same points take, for comparison.
@@ -397,28 +406,67 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
     // Per ef: the QPS of each pass, every latency, and the results of the last pass (the
     // search is deterministic, so every pass finds the same).
+    // The graph alone's queries, each its own buffer as the database's requests are.
+    let graph_queries: Vec<Vec<f32>> = match &graph {
+        Some(_) => (0..queries.rows).map(|i| queries.row(i).to_vec()).collect(),
+        None => Vec::new(),
+    };
+    if let (Some(g), Some(&ef)) = (&graph, a.ef.first()) {
+        for q in &graph_queries {
+            g.index.search(q, a.k, Some(ef.max(a.k)))?;
+        }
+    }
     #[derive(Clone, Default)]
     struct Timed {
         qps: Vec<f64>,
         lat: Vec<f64>,
         results: Vec<Vec<u32>>,
+        graph_qps: Vec<f64>,
+        graph_results: Vec<Vec<u32>>,
     }
     let mut timed = vec![Timed::default(); a.ef.len()];
-    for _ in 0..a.passes {
-        for (&ef, Timed { qps, lat, results }) in a.ef.iter().zip(&mut timed) {
+    for pass in 0..a.passes {
+        for (&ef, t) in a.ef.iter().zip(&mut timed) {
             set_ef(&mut requests, ef);
-            results.clear();
+            // In turn, alternating which goes first, as for the build.
+            let graph_first = pass % 2 == 1;
+            if let Some(g) = graph.as_ref().filter(|_| graph_first) {
+                time_graph(g, &graph_queries, a.k, ef, t)?;
+            }
+            t.results.clear();
             let total = Instant::now();
             for req in &requests {
-                let t = Instant::now();
+                let started = Instant::now();
                 let hits = db.search("bench", req)?;
-                lat.push(t.elapsed().as_secs_f64());
+                t.lat.push(started.elapsed().as_secs_f64());
                 let mut found = Vec::with_capacity(hits.len());
                 found.extend(hits.iter().filter_map(|h| h.id.parse::<u32>().ok()));
-                results.push(found);
+                t.results.push(found);
             }
-            qps.push(queries.rows as f64 / total.elapsed().as_secs_f64());
+            t.qps
+                .push(queries.rows as f64 / total.elapsed().as_secs_f64());
+            if let Some(g) = graph.as_ref().filter(|_| !graph_first) {
+                time_graph(g, &graph_queries, a.k, ef, t)?;
+            }
         }
+    }
+    /// One timed pass of the graph alone over every query at `ef`.
+    fn time_graph(
+        g: &GraphBaseline,
+        queries: &[Vec<f32>],
+        k: usize,
+        ef: usize,
+        t: &mut Timed,
+    ) -> anyhow::Result<()> {
+        t.graph_results.clear();
+        let total = Instant::now();
+        for q in queries {
+            let hits = g.index.search(q, k, Some(ef.max(k)))?;
+            t.graph_results.push(hits.iter().map(|h| h.id).collect());
+        }
+        t.graph_qps
+            .push(queries.len() as f64 / total.elapsed().as_secs_f64());
+        Ok(())
     }
     for (
         &ef,
@@ -426,15 +474,24 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             mut qps,
             mut lat,
             results,
+            mut graph_qps,
+            graph_results,
         },
     ) in a.ef.iter().zip(timed)
     {
         let ef = ef.max(a.k);
         lat.sort_by(f64::total_cmp);
         qps.sort_by(f64::total_cmp);
+        graph_qps.sort_by(f64::total_cmp);
         let recall = bench::recall(&results, &truth, a.k);
         let qps = percentile(&qps, 0.5);
         let (p50, p99) = (percentile(&lat, 0.5) * 1e3, percentile(&lat, 0.99) * 1e3);
+        let (graph_qps, graph_recall) = if graph.is_some() {
+            let g = percentile(&graph_qps, 0.5);
+            (Some(g), Some(bench::recall(&graph_results, &truth, a.k)))
+        } else {
+            (None, None)
+        };
         let row = json!({
             "phase": "search",
             "ef": ef,
@@ -447,10 +504,19 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             "p50_ms": p50,
             "p99_ms": p99,
             "peak_rss_bytes": peak_rss(),
+            "graph_qps": graph_qps,
+            "graph_recall": graph_recall,
+            "vs_graph_qps": graph_qps.map(|g| qps / g),
         });
         out.either(&row, || {
+            let graph = match (graph_qps, graph_recall) {
+                (Some(g), Some(r)) => {
+                    format!("; graph alone: recall@{} {r:.4}  {g:>8.0} QPS", a.k)
+                }
+                _ => String::new(),
+            };
             format!(
-                "ef {ef:>5}: recall@{} {recall:.4}  {qps:>8.0} QPS (1 thread)  p50 {p50:.3} ms  p99 {p99:.3} ms",
+                "ef {ef:>5}: recall@{} {recall:.4}  {qps:>8.0} QPS (1 thread)  p50 {p50:.3} ms  p99 {p99:.3} ms{graph}",
                 a.k
             )
         })?;

@@ -180,6 +180,7 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
     assert!(rows[2]["qps"].as_f64().unwrap() > 0.0);
     assert!(rows[2]["p99_ms"].as_f64().unwrap() >= rows[2]["p50_ms"].as_f64().unwrap());
     assert!(rows[0]["vs_graph"].is_null(), "{}", rows[0]);
+    assert!(rows[2]["graph_qps"].is_null(), "{}", rows[2]);
     assert_eq!(rows[2]["passes"], 1);
 
     // Several timed passes: still one row per ef, in --ef order.
@@ -218,4 +219,33 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
         "{}",
         rows[1]
     );
+    // ... and the graph alone answers the same queries: its recall and QPS beside the
+    // database's (the same parameters and points: the same graph, so the same recall).
+    let search = &rows[2];
+    let (qps, gqps) = (
+        search["qps"].as_f64().unwrap(),
+        search["graph_qps"].as_f64().unwrap(),
+    );
+    assert!(gqps > 0.0, "{search}");
+    let vs = search["vs_graph_qps"].as_f64().unwrap();
+    assert!((vs - qps / gqps).abs() < 1e-9 * vs.max(1.0), "{search}");
+    let (recall, grecall) = (
+        search["recall"].as_f64().unwrap(),
+        search["graph_recall"].as_f64().unwrap(),
+    );
+    assert!((recall - grecall).abs() <= 0.02, "{search}");
+    assert!(grecall >= 0.95, "{search}");
+
+    // With int8 the database rescores and the graph alone does not: no graph search figures.
+    let rows = ann(&[
+        "--ef",
+        "64",
+        "--batch-size",
+        "500",
+        "--graph-baseline",
+        "--quantization",
+        "int8",
+    ]);
+    assert_eq!(rows[2]["phase"], "search");
+    assert!(rows[2]["graph_qps"].is_null(), "{}", rows[2]);
 }
