@@ -544,6 +544,10 @@ impl Database {
     pub fn search(&self, collection: &str, req: &SearchRequest) -> Result<Vec<SearchHit>> {
         let _span = tracing::debug_span!("search", collection, queries = 1, k = req.k).entered();
         let coll = self.coll(collection)?;
+        if req.text.is_none() {
+            // Nothing to embed: the request as it is (no per-query copy or list).
+            return search::search_one(&self.storage, &coll, req);
+        }
         let req = self.embed_queries(collection, std::slice::from_ref(req))?;
         search::search_one(&self.storage, &coll, &req[0])
     }
