@@ -5,6 +5,7 @@
 //! `cargo bench -p latentdb-index --bench ann` — environment: `N` (20000), `DIM` (384),
 //! `NQ` (1000), `BATCH` (all: points per insert call), `METRIC` (cosine), `DATA` (emb: `synth::power_law_clusters` with
 //! `ALPHA` (0.5); iso: isotropic clusters), `EFS` (16,32,64,128,256), `HNSW_RS` (0).
+//! `DELETE=d` tombstones every d-th point before the searches.
 //! `NPY=DIR` reads `DIR/base.npy`, `DIR/queries.npy` and `DIR/gt.npy` instead (the files of
 //! `latentdb bench gen-data`, which `scripts/ann_hnswlib.py` also reads).
 
@@ -80,6 +81,16 @@ fn main() {
         rayon::current_num_threads(),
         n as f64 / secs
     );
+    // DELETE=d: tombstone every d-th point before searching (searches then skip tombstones;
+    // recall is against the full ground truth, so it drops by about 1/d).
+    let delete: usize = env("DELETE", 0);
+    if delete > 0 {
+        let gone = (0..n as u32)
+            .step_by(delete)
+            .filter(|&id| idx.delete(id))
+            .count();
+        println!("latentdb deleted {gone} points (every {delete}th)");
+    }
     for &ef in &efs {
         let mut lat = Vec::with_capacity(nq);
         let mut got = Vec::with_capacity(nq);

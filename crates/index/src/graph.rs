@@ -445,9 +445,9 @@ fn fresh_neighbors(
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     visited: Visited,
+    /// A filtered layer search's candidates that may not be returned.
     candidates: BinaryHeap<Reverse<Cand>>,
-    results: BinaryHeap<Cand>,
-    /// The candidates and results of an unfiltered layer search.
+    /// A layer search's results, with the candidates that may be returned.
     pool: Pool,
     nbuf: Vec<u32>,
     sorted: Vec<Cand>,
@@ -459,12 +459,6 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    fn reset(&mut self, n: usize) {
-        self.visited.next(n);
-        self.candidates.clear();
-        self.results.clear();
-    }
-
     /// Marks `slot` visited; returns false when it already was.
     #[inline]
     fn visit(&mut self, slot: u32) -> bool {
@@ -655,8 +649,12 @@ impl Graph {
         }
     }
 
-    /// Best-first search of one layer from `start`; leaves up to `ef` allowed nodes in
-    /// `scratch.results`. Disallowed nodes are traversed but never returned.
+    /// Best-first search of one layer from `start`; leaves up to `ef` allowed nodes, best
+    /// first, in `scratch.pool`. Disallowed nodes are traversed but never returned: they wait
+    /// in `scratch.candidates`, a heap of their own, while the allowed ones share the sorted
+    /// pool with the results (as in [`search_layer_all`](Graph::search_layer_all)); the next
+    /// node expanded is the better of the two. This visits the nodes the two-heap
+    /// formulation visits, in its order (ties of equal distance aside).
     #[allow(clippy::too_many_arguments)]
     fn search_layer<F: Fn(u32) -> bool>(
         &self,
@@ -668,33 +666,51 @@ impl Graph {
         layer: u8,
         allowed: F,
     ) {
-        scratch.reset(nodes.len());
+        scratch.visited.next(nodes.len());
+        scratch.pool.reset(ef);
+        scratch.candidates.clear();
         scratch.visit(start.slot);
-        scratch.candidates.push(Reverse(start));
         if allowed(start.slot) {
-            scratch.results.push(start);
+            scratch.pool.insert(start);
+        } else {
+            scratch.candidates.push(Reverse(start));
         }
-        let mut bound = scratch.results.peek().map_or(f32::INFINITY, |c| c.d);
         let mut nbuf = std::mem::take(&mut scratch.nbuf);
-        while let Some(Reverse(c)) = scratch.candidates.pop() {
-            if c.d > bound && scratch.results.len() >= ef {
-                break;
-            }
-            let next = scratch.candidates.peek().map(|Reverse(n)| n.slot);
+        loop {
+            let pooled = scratch.pool.peek();
+            let waiting = scratch.candidates.peek().map(|Reverse(c)| *c);
+            let c = match (pooled, waiting) {
+                (Some(p), Some(w)) if w.d < p.d => {
+                    scratch.candidates.pop();
+                    w
+                }
+                (Some(_), _) => match scratch.pool.next() {
+                    Some(p) => p,
+                    None => break,
+                },
+                (None, Some(w)) => {
+                    // Past the worst result of a full pool: so is every node still waiting.
+                    if !scratch.pool.admits(w.d) {
+                        break;
+                    }
+                    scratch.candidates.pop();
+                    w
+                }
+                (None, None) => break,
+            };
+            let next = match (scratch.pool.peek(), scratch.candidates.peek()) {
+                (Some(p), Some(Reverse(w))) => Some(if w.d < p.d { w.slot } else { p.slot }),
+                (p, w) => p.map(|p| p.slot).or(w.map(|Reverse(w)| w.slot)),
+            };
             fresh_neighbors(nodes, &mut scratch.visited, c.slot, layer, next, &mut nbuf);
             for &n in &nbuf {
                 let d = self.dist(nodes, q, n);
-                if scratch.results.len() < ef || d < bound {
+                if scratch.pool.admits(d) {
                     let cand = Cand { d, slot: n };
-                    scratch.candidates.push(Reverse(cand));
                     if allowed(n) {
-                        scratch.results.push(cand);
-                        if scratch.results.len() > ef {
-                            scratch.results.pop();
-                        }
-                    }
-                    if let Some(top) = scratch.results.peek() {
-                        bound = top.d;
+                        scratch.pool.insert(cand);
+                    } else {
+                        scratch.candidates.push(Reverse(cand));
                     }
                 }
             }
@@ -937,12 +953,8 @@ impl Graph {
                 !nodes.is_deleted(s) && f(nodes.ids[s as usize])
             }),
         }
-        // Only the best `k` leave the heap: `out` (sized for `k` by the caller) never grows.
-        while scratch.results.len() > k {
-            scratch.results.pop();
-        }
-        out.extend(scratch.results.drain());
-        out.sort_unstable();
+        // Only the best `k` leave the pool: `out` (sized for `k` by the caller) never grows.
+        out.extend(scratch.pool.sorted().take(k));
         scratch.qcodes = qcodes;
         self.put_scratch(scratch);
     }

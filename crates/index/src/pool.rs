@@ -1,5 +1,5 @@
-//! The candidate pool of an unfiltered graph search: the best `ef` points found so far, kept
-//! sorted, each marked once expanded.
+//! The candidate pool of a graph search: the best `ef` points found so far that may be
+//! returned, kept sorted, each marked once expanded.
 //!
 //! A best-first layer search (HNSW's `SEARCH-LAYER`) keeps two heaps: the candidates still
 //! to expand and the best `ef` results. When every visited point may be returned, a
@@ -7,7 +7,8 @@
 //! candidate left is), so the candidates that matter are exactly the unexpanded results: one
 //! sorted array of at most `ef` entries holds both. An insert is a binary search and a short
 //! move (`ef` entries of 12 bytes); taking the next candidate is a forward scan from a cursor.
-//! Filtered searches, where traversed points need not be results, keep the two heaps.
+//! A filtered search (a filter, or tombstones) traverses points it may not return: those wait
+//! in a heap of their own beside the pool (see `Graph::search_layer`).
 
 use crate::graph::Cand;
 
