@@ -441,6 +441,17 @@ fn fresh_neighbors(
     }
 }
 
+/// The next node a filtered layer search expands: the better of the pool's best unexpanded
+/// entry and the best node waiting in `waiting` (true in the pair when it is the latter).
+#[inline(always)]
+fn best_left(pool: &Pool, waiting: &BinaryHeap<Reverse<Cand>>) -> Option<(Cand, bool)> {
+    match (pool.peek(), waiting.peek()) {
+        (Some(p), Some(&Reverse(w))) if w.d < p.d => Some((w, true)),
+        (Some(p), _) => Some((p, false)),
+        (None, w) => w.map(|&Reverse(w)| (w, true)),
+    }
+}
+
 /// Per-search scratch memory, pooled so that a query allocates nothing once warm.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
@@ -676,32 +687,18 @@ impl Graph {
             scratch.candidates.push(Reverse(start));
         }
         let mut nbuf = std::mem::take(&mut scratch.nbuf);
-        loop {
-            let pooled = scratch.pool.peek();
-            let waiting = scratch.candidates.peek().map(|Reverse(c)| *c);
-            let c = match (pooled, waiting) {
-                (Some(p), Some(w)) if w.d < p.d => {
-                    scratch.candidates.pop();
-                    w
+        while let Some((c, waiting)) = best_left(&scratch.pool, &scratch.candidates) {
+            if waiting {
+                // Past the worst result of a full pool: so is every node still waiting (one
+                // better than an unexpanded pool entry never is).
+                if !scratch.pool.admits(c.d) {
+                    break;
                 }
-                (Some(_), _) => match scratch.pool.next() {
-                    Some(p) => p,
-                    None => break,
-                },
-                (None, Some(w)) => {
-                    // Past the worst result of a full pool: so is every node still waiting.
-                    if !scratch.pool.admits(w.d) {
-                        break;
-                    }
-                    scratch.candidates.pop();
-                    w
-                }
-                (None, None) => break,
-            };
-            let next = match (scratch.pool.peek(), scratch.candidates.peek()) {
-                (Some(p), Some(Reverse(w))) => Some(if w.d < p.d { w.slot } else { p.slot }),
-                (p, w) => p.map(|p| p.slot).or(w.map(|Reverse(w)| w.slot)),
-            };
+                scratch.candidates.pop();
+            } else {
+                scratch.pool.next();
+            }
+            let next = best_left(&scratch.pool, &scratch.candidates).map(|(n, _)| n.slot);
             fresh_neighbors(nodes, &mut scratch.visited, c.slot, layer, next, &mut nbuf);
             for &n in &nbuf {
                 let d = self.dist(nodes, q, n);
@@ -939,13 +936,7 @@ impl Graph {
         let ef = ef.max(k);
         let has_deleted = self.deleted_count.load(Relaxed) > 0;
         match (filter, has_deleted) {
-            (None, false) => {
-                self.search_layer_all(nodes, &mut scratch, q, cur, ef, 0);
-                out.extend(scratch.pool.sorted().take(k));
-                scratch.qcodes = qcodes;
-                self.put_scratch(scratch);
-                return;
-            }
+            (None, false) => self.search_layer_all(nodes, &mut scratch, q, cur, ef, 0),
             (None, true) => {
                 self.search_layer(nodes, &mut scratch, q, cur, ef, 0, |s| !nodes.is_deleted(s))
             }
