@@ -944,7 +944,9 @@ impl Graph {
                 !nodes.is_deleted(s) && f(nodes.ids[s as usize])
             }),
         }
-        // Only the best `k` leave the pool: `out` (sized for `k` by the caller) never grows.
+        // Only the best `k` leave the pool, equal scores by slot: `out` (sized for `k` by the
+        // caller) never grows.
+        scratch.pool.order_ties();
         out.extend(scratch.pool.sorted().take(k));
         scratch.qcodes = qcodes;
         self.put_scratch(scratch);

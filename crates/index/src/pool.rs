@@ -95,6 +95,21 @@ impl Pool {
             .map(|e| e.cand)
     }
 
+    /// Orders entries of equal distance by slot (`Cand`'s order), as the results of a search
+    /// are listed: the walk inserts ties in the order it meets them, which depends on the
+    /// graph, and a caller expects equal scores in insertion order whatever path found them.
+    /// The entries are already sorted by distance, so an insertion sort moves only within
+    /// runs of ties: one compare per entry when there are none.
+    pub(crate) fn order_ties(&mut self) {
+        for i in 1..self.entries.len() {
+            let mut j = i;
+            while j > 0 && self.entries[j].cand < self.entries[j - 1].cand {
+                self.entries.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+    }
+
     /// Every candidate held, ascending.
     pub(crate) fn sorted(&self) -> impl ExactSizeIterator<Item = Cand> + '_ {
         self.entries.iter().map(|e| e.cand)
@@ -153,6 +168,41 @@ mod tests {
         assert_eq!(held, [9, 7, 3]);
         let taken: Vec<u32> = std::iter::from_fn(|| p.next().map(|c| c.slot)).collect();
         assert_eq!(taken, [9, 7, 3]);
+        p.order_ties();
+        let held: Vec<u32> = p.sorted().map(|c| c.slot).collect();
+        assert_eq!(held, [9, 3, 7], "ties by slot once ordered");
+    }
+
+    #[test]
+    fn order_ties_sorts_runs_of_equal_distance_by_slot() {
+        let mut rng = SplitMix64::new(5);
+        let mut p = Pool::default();
+        for round in 0..100 {
+            p.reset(1 + round % 50);
+            let mut all = Vec::new();
+            for slot in 0..(rng.next_u64() % 80) as u32 {
+                // Few distinct distances, slots arriving in no particular order.
+                let c = cand(
+                    (rng.next_u64() % 6) as f32,
+                    slot.wrapping_mul(2_654_435_761),
+                );
+                all.push(c);
+                if p.admits(c.d) {
+                    p.insert(c);
+                }
+            }
+            let held: Vec<f32> = p.sorted().map(|c| c.d).collect();
+            p.order_ties();
+            let mut want: Vec<Cand> = p.sorted().collect();
+            want.sort();
+            let got: Vec<Cand> = p.sorted().collect();
+            assert_eq!(got, want, "round {round}");
+            let after: Vec<f32> = got.iter().map(|c| c.d).collect();
+            assert_eq!(
+                after, held,
+                "round {round}: the same distances in the same places"
+            );
+        }
     }
 
     /// Against the two-heap formulation on random streams: the same candidates are expanded

@@ -231,3 +231,56 @@ fn rebuild_runs_beside_searches_and_deletes() {
     }
     assert_eq!(idx.len(), 2_600);
 }
+
+/// Equal scores come in insertion order, whatever order the walk met them in: the graph's
+/// answer is the exact one, ties included, when the whole graph is visited (64 points, ef
+/// 100), unfiltered, filtered and over tombstones.
+#[test]
+fn equal_scores_come_in_insertion_order() {
+    let dim = 4;
+    let n = 64u32;
+    // Point i lies on axis (i * 7) % 4: a query on an axis scores 1 against a quarter of
+    // the points and exactly 0 against the rest.
+    let flat: Vec<f32> = (0..n as usize)
+        .flat_map(|i| (0..dim).map(move |a| if a == (i * 7) % dim { 1.0 } else { 0.0 }))
+        .collect();
+    let axis_query = |axis: usize| -> Vec<f32> {
+        (0..dim)
+            .map(|a| if a == axis { 1.0 } else { 0.0 })
+            .collect()
+    };
+    let ids = |hits: Vec<Hit>| hits.into_iter().map(|h| h.id).collect::<Vec<_>>();
+    // The graph's answer and the exact one, for `k` and an id filter.
+    let both = |idx: &Index, q: &[f32], k: usize, pass: &(dyn Fn(u32) -> bool + Sync)| {
+        let got = ids(idx.search_filtered(q, k, Some(100), pass).unwrap());
+        (got, ids(idx.exact_search_filtered(q, k, pass).unwrap()))
+    };
+    for metric in [Metric::Cosine, Metric::L2] {
+        let idx = build(metric, dim, &flat);
+        for axis in 0..dim {
+            let q = axis_query(axis);
+            let got = ids(idx.search(&q, 24, Some(100)).unwrap());
+            let (_, want) = both(&idx, &q, 24, &|_| true);
+            assert_eq!(got, want, "{metric:?}, axis {axis}");
+            let mut top: Vec<u32> = (0..n).filter(|i| (*i as usize * 7) % dim == axis).collect();
+            let rest: Vec<u32> = (0..n)
+                .filter(|i| !top.contains(i))
+                .take(24 - top.len())
+                .collect();
+            top.extend(rest);
+            assert_eq!(
+                got, top,
+                "{metric:?}, axis {axis}: ascending ids within a score"
+            );
+            let (got, want) = both(&idx, &q, 12, &|id| id % 2 == 1);
+            assert_eq!(got, want, "{metric:?}, axis {axis}, filtered");
+        }
+        for id in (0..n).step_by(5) {
+            assert!(idx.delete(id));
+        }
+        for axis in 0..dim {
+            let (got, want) = both(&idx, &axis_query(axis), 24, &|_| true);
+            assert_eq!(got, want, "{metric:?}, axis {axis}, with tombstones");
+        }
+    }
+}
