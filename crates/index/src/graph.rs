@@ -946,8 +946,7 @@ impl Graph {
         }
         // Only the best `k` leave the pool, equal scores by slot: `out` (sized for `k` by the
         // caller) never grows.
-        scratch.pool.order_ties();
-        out.extend(scratch.pool.sorted().take(k));
+        out.extend(scratch.pool.best(k));
         scratch.qcodes = qcodes;
         self.put_scratch(scratch);
     }

@@ -95,19 +95,30 @@ impl Pool {
             .map(|e| e.cand)
     }
 
-    /// Orders entries of equal distance by slot (`Cand`'s order), as the results of a search
-    /// are listed: the walk inserts ties in the order it meets them, which depends on the
-    /// graph, and a caller expects equal scores in insertion order whatever path found them.
-    /// The entries are already sorted by distance, so an insertion sort moves only within
-    /// runs of ties: one compare per entry when there are none.
-    pub(crate) fn order_ties(&mut self) {
-        for i in 1..self.entries.len() {
+    /// The best `k` candidates, ascending, equal distances by slot (`Cand`'s order), as the
+    /// results of a search are listed: the walk inserts ties in the order it meets them, which
+    /// depends on the graph, and a caller expects equal scores in insertion order whatever
+    /// path found them. Only the first `k` entries are ordered, with the whole run of ties
+    /// across the `k`-th place (its smallest slots are the ones returned). The entries are
+    /// already sorted by distance, so an insertion sort moves only within runs of ties: one
+    /// compare per entry when there are none.
+    pub(crate) fn best(&mut self, k: usize) -> impl ExactSizeIterator<Item = Cand> + '_ {
+        let k = k.min(self.entries.len());
+        let mut end = k;
+        if let Some(last) = k.checked_sub(1).map(|i| self.entries[i].cand.d) {
+            while self.entries.get(end).is_some_and(|e| e.cand.d == last) {
+                end += 1;
+            }
+        }
+        let run = &mut self.entries[..end];
+        for i in 1..run.len() {
             let mut j = i;
-            while j > 0 && self.entries[j].cand < self.entries[j - 1].cand {
-                self.entries.swap(j, j - 1);
+            while j > 0 && run[j].cand < run[j - 1].cand {
+                run.swap(j, j - 1);
                 j -= 1;
             }
         }
+        self.entries[..k].iter().map(|e| e.cand)
     }
 
     /// Every candidate held, ascending.
@@ -168,34 +179,39 @@ mod tests {
         assert_eq!(held, [9, 7, 3]);
         let taken: Vec<u32> = std::iter::from_fn(|| p.next().map(|c| c.slot)).collect();
         assert_eq!(taken, [9, 7, 3]);
-        p.order_ties();
-        let held: Vec<u32> = p.sorted().map(|c| c.slot).collect();
+        let held: Vec<u32> = p.best(3).map(|c| c.slot).collect();
         assert_eq!(held, [9, 3, 7], "ties by slot once ordered");
+        let held: Vec<u32> = p.best(2).map(|c| c.slot).collect();
+        assert_eq!(
+            held,
+            [9, 3],
+            "a run of ties across the k-th place is ordered whole"
+        );
     }
 
     #[test]
-    fn order_ties_sorts_runs_of_equal_distance_by_slot() {
+    fn best_sorts_runs_of_equal_distance_by_slot() {
         let mut rng = SplitMix64::new(5);
         let mut p = Pool::default();
         for round in 0..100 {
             p.reset(1 + round % 50);
-            let mut all = Vec::new();
             for slot in 0..(rng.next_u64() % 80) as u32 {
                 // Few distinct distances, slots arriving in no particular order.
                 let c = cand(
                     (rng.next_u64() % 6) as f32,
                     slot.wrapping_mul(2_654_435_761),
                 );
-                all.push(c);
                 if p.admits(c.d) {
                     p.insert(c);
                 }
             }
             let held: Vec<f32> = p.sorted().map(|c| c.d).collect();
-            p.order_ties();
             let mut want: Vec<Cand> = p.sorted().collect();
             want.sort();
-            let got: Vec<Cand> = p.sorted().collect();
+            let k = (rng.next_u64() % (held.len() as u64 + 1)) as usize;
+            let got: Vec<Cand> = p.best(k).collect();
+            assert_eq!(got, want[..k], "round {round}: the best {k}");
+            let got: Vec<Cand> = p.best(held.len()).collect();
             assert_eq!(got, want, "round {round}");
             let after: Vec<f32> = got.iter().map(|c| c.d).collect();
             assert_eq!(
