@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::huge_pages;
 use crate::metric::MetricExt;
 use crate::params::{IndexParams, Quantization};
 use crate::pool::Pool;
@@ -167,12 +168,12 @@ impl Nodes {
         }
         let e = |_| fail("out of memory");
         if self.quant.is_some() {
-            self.codes.try_reserve(floats).map_err(e)?;
+            huge_pages::try_reserve(&mut self.codes, floats).map_err(e)?;
             self.corr.try_reserve(additional).map_err(e)?;
         } else {
-            self.vectors.try_reserve(floats).map_err(e)?;
+            huge_pages::try_reserve(&mut self.vectors, floats).map_err(e)?;
         }
-        self.links0.try_reserve(links).map_err(e)?;
+        huge_pages::try_reserve(&mut self.links0, links).map_err(e)?;
         self.ids.try_reserve(additional).map_err(e)?;
         self.levels.try_reserve(additional).map_err(e)?;
         self.upper.try_reserve(additional).map_err(e)?;
@@ -286,8 +287,7 @@ impl Nodes {
         let n = self.len();
         let fail =
             || Error::ResourceExhausted(format!("cannot reserve memory to quantize {n} points"));
-        let mut codes = Vec::new();
-        codes.try_reserve(self.vectors.len()).map_err(|_| fail())?;
+        let mut codes = huge_pages::with_capacity(self.vectors.len()).map_err(|_| fail())?;
         let mut corr = Vec::new();
         corr.try_reserve(n).map_err(|_| fail())?;
         for v in self.vectors.chunks_exact(self.dim.max(1)) {

@@ -19,6 +19,7 @@ mod echo;
 mod error;
 pub mod filter;
 mod graph;
+mod huge_pages;
 mod index;
 mod metric;
 pub mod npy;
