@@ -53,8 +53,11 @@ pub(crate) fn try_reserve<T>(v: &mut Vec<T>, additional: usize) -> Result<(), Tr
 }
 
 /// Advises the 2 MiB-aligned part of `v`'s allocation onto huge pages (nothing for a small
-/// one). A hint: failure (huge pages disabled, an old kernel) is ignored.
-fn advise<T>(v: &Vec<T>) {
+/// one). A hint: failure (huge pages disabled, an old kernel) is ignored. Pages already
+/// written stay on 4 KiB pages until the kernel's background collapser (`khugepaged`) moves
+/// them, which it does over time for advised ranges; pages written afterwards come as huge
+/// pages at once.
+pub(crate) fn advise<T>(v: &Vec<T>) {
     let bytes = v.capacity().saturating_mul(size_of::<T>());
     if bytes < MIN_BYTES {
         return;

@@ -183,6 +183,9 @@ pub(crate) fn parse_dump(
                 .corr
                 .extend(codes.chunks_exact(dim).map(|c| q.correction(m.metric, c)));
             nodes.codes = codes;
+            // Read (written) before it could be advised: the kernel collapses it onto huge
+            // pages in the background (`huge_pages.rs`).
+            crate::huge_pages::advise(&nodes.codes);
         }
         (None, Vectors::Floats { floats, .. }) => nodes.vectors = floats,
         _ => {
