@@ -12,7 +12,7 @@
 //! parallel under the read side, so searches run during the linking.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, TryReserveError};
 use std::ops::Range;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
@@ -64,6 +64,17 @@ impl Ord for Cand {
 pub(crate) struct Entry {
     pub(crate) slot: u32,
     pub(crate) level: u8,
+}
+
+/// How [`Nodes::with_capacity`] reserves the large arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pages {
+    /// Advised onto huge pages before they are written: for arrays that grow with inserts.
+    Huge,
+    /// Plain pages: for arrays filled at once while a dump loads, where a page fault that
+    /// waits for the kernel to assemble a huge page would slow the open (advised afterwards
+    /// with [`Nodes::advise_huge_pages`] instead).
+    Plain,
 }
 
 /// All per-node arrays. Grows only under the write lock of [`Graph::nodes`].
@@ -127,12 +138,14 @@ impl Nodes {
 
     /// Empty arrays with room for `cap` points (held as codes under `quant` when given),
     /// reserved fallibly: an impossible size is an [`Error::ResourceExhausted`], never an
-    /// abort.
+    /// abort. `pages`: whether the large arrays are advised onto huge pages before they are
+    /// written (see `huge_pages.rs`).
     pub(crate) fn with_capacity(
         dim: usize,
         params: &IndexParams,
         cap: usize,
         quant: Option<Quantizer>,
+        pages: Pages,
     ) -> Result<Self> {
         let mut nodes = Self {
             dim,
@@ -141,13 +154,25 @@ impl Nodes {
             quant,
             ..Self::default()
         };
-        nodes.try_reserve(cap)?;
+        nodes.reserve(cap, pages)?;
         Ok(nodes)
     }
 
+    /// Advises the vectors or codes and the layer-0 links onto huge pages once they are
+    /// filled (after a load from a dump): the kernel collapses them in the background.
+    pub(crate) fn advise_huge_pages(&self) {
+        huge_pages::advise(&self.vectors);
+        huge_pages::advise(&self.codes);
+        huge_pages::advise(&self.links0);
+    }
+
     /// Reserves room for `additional` more points in every array, fallibly, so that the
-    /// pushes that follow do not allocate.
+    /// pushes that follow do not allocate; the large arrays grow onto huge pages.
     pub(crate) fn try_reserve(&mut self, additional: usize) -> Result<()> {
+        self.reserve(additional, Pages::Huge)
+    }
+
+    fn reserve(&mut self, additional: usize, pages: Pages) -> Result<()> {
         let fail = |what: &str| {
             Error::ResourceExhausted(format!(
                 "cannot reserve memory for {additional} more index points ({what})"
@@ -167,13 +192,19 @@ impl Nodes {
             return Err(fail(&format!("an index holds at most {MAX_POINTS} points")));
         }
         let e = |_| fail("out of memory");
+        fn grow<T>(v: &mut Vec<T>, n: usize, pages: Pages) -> Result<(), TryReserveError> {
+            match pages {
+                Pages::Huge => huge_pages::try_reserve(v, n),
+                Pages::Plain => v.try_reserve(n),
+            }
+        }
         if self.quant.is_some() {
-            huge_pages::try_reserve(&mut self.codes, floats).map_err(e)?;
+            grow(&mut self.codes, floats, pages).map_err(e)?;
             self.corr.try_reserve(additional).map_err(e)?;
         } else {
-            huge_pages::try_reserve(&mut self.vectors, floats).map_err(e)?;
+            grow(&mut self.vectors, floats, pages).map_err(e)?;
         }
-        huge_pages::try_reserve(&mut self.links0, links).map_err(e)?;
+        grow(&mut self.links0, links, pages).map_err(e)?;
         self.ids.try_reserve(additional).map_err(e)?;
         self.levels.try_reserve(additional).map_err(e)?;
         self.upper.try_reserve(additional).map_err(e)?;
@@ -504,7 +535,7 @@ impl Graph {
         cap: usize,
         quant: Option<Quantizer>,
     ) -> Result<Self> {
-        let nodes = Nodes::with_capacity(dim, &params, cap, quant)?;
+        let nodes = Nodes::with_capacity(dim, &params, cap, quant, Pages::Huge)?;
         Ok(Self::from_parts(metric, dim, params, nodes, None, 0))
     }
 

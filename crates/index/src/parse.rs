@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 
 use crate::distance::{MAX_SQUARED_NORM, squared_norm};
 use crate::error::{Error, Result};
-use crate::graph::{Entry, MAX_LEVEL, Nodes};
+use crate::graph::{Entry, MAX_LEVEL, Nodes, Pages};
 use crate::params::Quantization;
 use crate::persist::{MAGIC, Manifest, corrupt};
 use crate::quant::{CODE_MAX, Quantizer};
@@ -167,7 +167,7 @@ pub(crate) fn parse_dump(
         return Err(bad("trailing bytes".into()));
     }
 
-    let mut nodes = Nodes::with_capacity(dim, &m.params, n, quant)?;
+    let mut nodes = Nodes::with_capacity(dim, &m.params, n, quant, Pages::Plain)?;
     // The file's contents become the index's arrays as they are (no copy); the arrays
     // reserved for them above were never written to.
     match (quant, vectors) {
@@ -183,9 +183,6 @@ pub(crate) fn parse_dump(
                 .corr
                 .extend(codes.chunks_exact(dim).map(|c| q.correction(m.metric, c)));
             nodes.codes = codes;
-            // Read (written) before it could be advised: the kernel collapses it onto huge
-            // pages in the background (`huge_pages.rs`).
-            crate::huge_pages::advise(&nodes.codes);
         }
         (None, Vectors::Floats { floats, .. }) => nodes.vectors = floats,
         _ => {
@@ -275,6 +272,7 @@ pub(crate) fn parse_dump(
     };
     nodes.locks.extend((0..n).map(|_| Mutex::new(())));
     nodes.linked.extend((0..n).map(|_| AtomicBool::new(true)));
+    nodes.advise_huge_pages();
     Ok(Loaded {
         nodes,
         entry,

@@ -445,8 +445,10 @@ fn read_floats(dir: &Path, f: &FileEntry) -> Result<parse::Vectors> {
         ))
     };
     let bytes = usize::try_from(f.bytes).map_err(|_| exhausted())?;
-    let mut floats: Vec<f32> =
-        crate::huge_pages::with_capacity(bytes / 4).map_err(|_| exhausted())?;
+    let mut floats: Vec<f32> = Vec::new();
+    floats
+        .try_reserve_exact(bytes / 4)
+        .map_err(|_| exhausted())?;
     let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; FLOAT_CHUNK.min(bytes)];
