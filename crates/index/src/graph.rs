@@ -77,6 +77,16 @@ pub(crate) enum Pages {
     Plain,
 }
 
+impl Pages {
+    /// `v.try_reserve(additional)`, onto huge pages for [`Pages::Huge`].
+    fn try_reserve<T>(self, v: &mut Vec<T>, additional: usize) -> Result<(), TryReserveError> {
+        match self {
+            Pages::Huge => huge_pages::try_reserve(v, additional),
+            Pages::Plain => v.try_reserve(additional),
+        }
+    }
+}
+
 /// All per-node arrays. Grows only under the write lock of [`Graph::nodes`].
 #[derive(Debug, Default)]
 pub(crate) struct Nodes {
@@ -192,19 +202,13 @@ impl Nodes {
             return Err(fail(&format!("an index holds at most {MAX_POINTS} points")));
         }
         let e = |_| fail("out of memory");
-        fn grow<T>(v: &mut Vec<T>, n: usize, pages: Pages) -> Result<(), TryReserveError> {
-            match pages {
-                Pages::Huge => huge_pages::try_reserve(v, n),
-                Pages::Plain => v.try_reserve(n),
-            }
-        }
         if self.quant.is_some() {
-            grow(&mut self.codes, floats, pages).map_err(e)?;
+            pages.try_reserve(&mut self.codes, floats).map_err(e)?;
             self.corr.try_reserve(additional).map_err(e)?;
         } else {
-            grow(&mut self.vectors, floats, pages).map_err(e)?;
+            pages.try_reserve(&mut self.vectors, floats).map_err(e)?;
         }
-        grow(&mut self.links0, links, pages).map_err(e)?;
+        pages.try_reserve(&mut self.links0, links).map_err(e)?;
         self.ids.try_reserve(additional).map_err(e)?;
         self.levels.try_reserve(additional).map_err(e)?;
         self.upper.try_reserve(additional).map_err(e)?;

@@ -22,7 +22,7 @@ use std::collections::TryReserveError;
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Arrays smaller than this are not advised: at most a sliver of them could be huge pages.
-pub(crate) const MIN_BYTES: usize = 4 << 20;
+const MIN_BYTES: usize = 4 << 20;
 
 /// An empty `Vec` with room for exactly `cap` elements, advised onto huge pages when large.
 pub(crate) fn with_capacity<T>(cap: usize) -> Result<Vec<T>, TryReserveError> {
