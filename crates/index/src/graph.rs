@@ -461,14 +461,21 @@ fn fresh_neighbors(
     next: Option<u32>,
     nbuf: &mut Vec<u32>,
 ) {
-    nodes.neighbors(slot, layer, nbuf);
-    nbuf.retain(|&n| {
-        let fresh = visited.insert(n as usize);
-        if fresh {
-            nodes.prefetch(n);
+    // One pass over the link array: no copy of the whole list to filter afterwards (a
+    // `retain` closure compiled to a call per neighbour, a quarter of a search's time on 50-d
+    // vectors).
+    nbuf.clear();
+    if let Some(links) = nodes.links(slot, layer) {
+        let count = (links[0].load(Relaxed) as usize).min(links.len() - 1);
+        let n = nodes.ids.len();
+        for a in &links[1..=count] {
+            let s = a.load(Relaxed);
+            if (s as usize) < n && visited.insert(s as usize) {
+                nodes.prefetch(s);
+                nbuf.push(s);
+            }
         }
-        fresh
-    });
+    }
     if layer == 0
         && let Some(next) = next
     {
