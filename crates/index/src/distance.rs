@@ -99,6 +99,27 @@ pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     arch().dispatch(L2Sq(&a[..n], &b[..n]))
 }
 
+/// Runs `op` on the widest SIMD the CPU offers (the choice [`dot`] and [`l2_sq`] make): a
+/// loop inside `op` that calls [`dot_in`] or [`l2_sq_in`] with the token it is given gets
+/// the kernel inlined instead of a dispatched call per distance.
+pub(crate) fn dispatch<W: WithSimd>(op: W) -> W::Output {
+    arch().dispatch(op)
+}
+
+/// [`dot`] with the SIMD token of an enclosing [`dispatch`].
+#[inline(always)]
+pub(crate) fn dot_in<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    Dot(&a[..n], &b[..n]).with_simd(simd)
+}
+
+/// [`l2_sq`] with the SIMD token of an enclosing [`dispatch`].
+#[inline(always)]
+pub(crate) fn l2_sq_in<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    L2Sq(&a[..n], &b[..n]).with_simd(simd)
+}
+
 /// Plain one-accumulator inner product: the reference for tests and benchmarks.
 pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -218,6 +239,17 @@ mod tests {
         ((fast as f64) - slow).abs() <= 1e-5 * scale + 1e-6
     }
 
+    /// Both kernels under one [`dispatch`].
+    struct Both<'a>(&'a [f32], &'a [f32]);
+
+    impl WithSimd for Both<'_> {
+        type Output = (f32, f32);
+
+        fn with_simd<S: Simd>(self, simd: S) -> (f32, f32) {
+            (dot_in(simd, self.0, self.1), l2_sq_in(simd, self.0, self.1))
+        }
+    }
+
     #[test]
     fn kernels_match_scalar_for_all_dimensions() {
         let mut rng = SplitMix64::new(7);
@@ -242,6 +274,10 @@ mod tests {
                 "dot_scalar dim {dim}"
             );
             assert!(close(l2_sq(&a, &b), l264, l264), "l2 dim {dim}");
+            // The kernels inlined under a caller's own dispatch (as the graph's walk runs).
+            let (d, l) = dispatch(Both(&a, &b));
+            assert!(close(d, dot64, scale_dot), "dot_in dim {dim}");
+            assert!(close(l, l264, l264), "l2_sq_in dim {dim}");
             assert!(
                 close(l2_sq_scalar(&a, &b), l264, l264),
                 "l2_scalar dim {dim}"

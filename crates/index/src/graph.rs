@@ -21,9 +21,10 @@ use std::sync::atomic::{
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 
+use crate::distance;
 use crate::error::{Error, Result};
 use crate::huge_pages;
-use crate::metric::MetricExt;
+use crate::metric::{self, MetricExt};
 use crate::params::{IndexParams, Quantization};
 use crate::pool::Pool;
 use crate::prefetch::prefetch_ptr;
@@ -31,6 +32,7 @@ use crate::quant::{CALIBRATION_POINTS, Quantizer};
 use crate::synth::mix64;
 use crate::visited::Visited;
 use latentdb_types::Metric;
+use pulp::{Simd, WithSimd};
 
 /// Highest layer a node may get (layers 0..=MAX_LEVEL).
 pub(crate) const MAX_LEVEL: u8 = 15;
@@ -104,7 +106,14 @@ pub(crate) struct Nodes {
     pub(crate) ids: Vec<u32>,
     pub(crate) levels: Vec<u8>,
     pub(crate) links0: Vec<AtomicU32>,
-    pub(crate) upper: Vec<Box<[AtomicU32]>>,
+    /// The link arrays of the upper layers, node after node in slot order (layer 1 first),
+    /// `level * (m + 1)` words per node: one array, not a box per node, so that a descent
+    /// through the upper layers does not chase a pointer per step into allocations spread
+    /// over the heap.
+    pub(crate) upper: Vec<AtomicU32>,
+    /// Where each node's upper links end in `upper` (they start where the previous node's
+    /// end, or at 0).
+    pub(crate) upper_end: Vec<usize>,
     pub(crate) locks: Vec<Mutex<()>>,
     pub(crate) deleted: Vec<AtomicBool>,
     /// True once a node's link lists are complete (its [`Graph::link`] returned): only such
@@ -122,11 +131,6 @@ impl Nodes {
         fn vec<T>(v: &Vec<T>) -> usize {
             v.capacity() * size_of::<T>()
         }
-        let upper: usize = self
-            .upper
-            .iter()
-            .map(|b| b.len() * size_of::<AtomicU32>())
-            .sum();
         let buckets = if self.slot_of.capacity() == 0 {
             0
         } else {
@@ -139,7 +143,7 @@ impl Nodes {
             + vec(&self.levels)
             + vec(&self.links0)
             + vec(&self.upper)
-            + upper
+            + vec(&self.upper_end)
             + vec(&self.locks)
             + vec(&self.deleted)
             + vec(&self.linked)
@@ -211,7 +215,7 @@ impl Nodes {
         pages.try_reserve(&mut self.links0, links).map_err(e)?;
         self.ids.try_reserve(additional).map_err(e)?;
         self.levels.try_reserve(additional).map_err(e)?;
-        self.upper.try_reserve(additional).map_err(e)?;
+        self.upper_end.try_reserve(additional).map_err(e)?;
         self.locks.try_reserve(additional).map_err(e)?;
         self.deleted.try_reserve(additional).map_err(e)?;
         self.linked.try_reserve(additional).map_err(e)?;
@@ -368,8 +372,17 @@ impl Nodes {
             self.links0.get(start..start + stride)
         } else {
             let stride = self.m + 1;
-            let start = (layer as usize - 1) * stride;
-            self.upper.get(slot as usize)?.get(start..start + stride)
+            let slot = slot as usize;
+            let first = match slot {
+                0 => 0,
+                _ => *self.upper_end.get(slot - 1)?,
+            };
+            let start = first + (layer as usize - 1) * stride;
+            let end = start + stride;
+            if end > *self.upper_end.get(slot)? {
+                return None;
+            }
+            self.upper.get(start..end)
         }
     }
 
@@ -413,11 +426,9 @@ impl Nodes {
         self.ids.push(id);
         self.levels.push(level);
         self.links0.extend((0..=self.m0).map(|_| AtomicU32::new(0)));
-        self.upper.push(
-            (0..level as usize * (self.m + 1))
-                .map(|_| AtomicU32::new(0))
-                .collect(),
-        );
+        self.upper
+            .extend((0..level as usize * (self.m + 1)).map(|_| AtomicU32::new(0)));
+        self.upper_end.push(self.upper.len());
         self.locks.push(Mutex::new(()));
         self.deleted.push(AtomicBool::new(hidden));
         self.linked.push(AtomicBool::new(false));
@@ -494,6 +505,38 @@ fn best_left(pool: &Pool, waiting: &BinaryHeap<Reverse<Cand>>) -> Option<(Cand, 
     }
 }
 
+/// [`Graph::walk_layer`] on `f32` points, compiled for the SIMD [`distance::dispatch`] picks.
+struct LayerWalk<'a> {
+    graph: &'a Graph,
+    nodes: &'a Nodes,
+    scratch: &'a mut Scratch,
+    q: &'a [f32],
+    start: Cand,
+    ef: usize,
+    layer: u8,
+}
+
+impl WithSimd for LayerWalk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self {
+            graph,
+            nodes,
+            scratch,
+            q,
+            start,
+            ef,
+            layer,
+        } = self;
+        let metric = graph.metric;
+        graph.walk_layer(nodes, scratch, start, ef, layer, |n| {
+            metric::distance_in(metric, simd, q, nodes.vector(n))
+        });
+    }
+}
+
 /// Per-search scratch memory, pooled so that a query allocates nothing once warm.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
@@ -528,6 +571,11 @@ pub(crate) struct Graph {
     pub(crate) nodes: RwLock<Nodes>,
     pub(crate) entry: RwLock<Option<Entry>>,
     pub(crate) deleted_count: AtomicUsize,
+    /// Nodes appended and not yet linked (counted under the write lock of `nodes`, before
+    /// they are pushed). A search that holds the read lock and finds none skips each node's
+    /// `linked` flag: no node can be appended while it holds the lock. A batch whose linking
+    /// panics is never subtracted, so searches keep checking.
+    unlinked: AtomicUsize,
     pool: Mutex<Vec<Scratch>>,
 }
 
@@ -565,6 +613,7 @@ impl Graph {
             nodes: RwLock::new(nodes),
             entry: RwLock::new(entry),
             deleted_count: AtomicUsize::new(deleted_count),
+            unlinked: AtomicUsize::new(0),
             pool: Mutex::new(Vec::new()),
         }
     }
@@ -632,6 +681,7 @@ impl Graph {
                 // skips the tombstone check while they do.
                 self.deleted_count.fetch_add(ids.len(), Relaxed);
             }
+            self.unlinked.fetch_add(ids.len(), Relaxed);
             let start = nodes.len();
             for (i, &id) in ids.iter().enumerate() {
                 let level = self.level_for(id);
@@ -673,6 +723,8 @@ impl Graph {
                     self.link(nodes, slot as u32, scratch)
                 });
         }
+        // Release: a search that reads the count down sees every link stored above.
+        self.unlinked.fetch_sub(end - start, Release);
         Ok(start..end)
     }
 
@@ -760,6 +812,10 @@ impl Graph {
     /// [`search_layer`](Graph::search_layer) when every node may be returned: the candidates
     /// and results share one sorted [`Pool`], which is left in `scratch.pool`. Visits the
     /// same nodes in the same order (ties of equal distance aside).
+    ///
+    /// On `f32` points the whole walk runs inside one SIMD dispatch ([`distance::dispatch`]),
+    /// with the distance kernel inlined into the loop: on 50-d vectors the two calls per
+    /// distance (into the kernel, through the dispatch) cost as much as its arithmetic.
     fn search_layer_all(
         &self,
         nodes: &Nodes,
@@ -768,6 +824,33 @@ impl Graph {
         start: Cand,
         ef: usize,
         layer: u8,
+    ) {
+        match q {
+            View::F32(q) => distance::dispatch(LayerWalk {
+                graph: self,
+                nodes,
+                scratch,
+                q,
+                start,
+                ef,
+                layer,
+            }),
+            View::Code { .. } => {
+                self.walk_layer(nodes, scratch, start, ef, layer, |n| self.dist(nodes, q, n))
+            }
+        }
+    }
+
+    /// The loop of [`search_layer_all`](Graph::search_layer_all), distances from `dist`.
+    #[inline(always)]
+    fn walk_layer(
+        &self,
+        nodes: &Nodes,
+        scratch: &mut Scratch,
+        start: Cand,
+        ef: usize,
+        layer: u8,
+        dist: impl Fn(u32) -> f32,
     ) {
         scratch.visited.next(nodes.len());
         scratch.pool.reset(ef);
@@ -778,7 +861,7 @@ impl Graph {
             let next = scratch.pool.peek().map(|n| n.slot);
             fresh_neighbors(nodes, &mut scratch.visited, c.slot, layer, next, &mut nbuf);
             for &n in &nbuf {
-                let d = self.dist(nodes, q, n);
+                let d = dist(n);
                 if scratch.pool.admits(d) {
                     scratch.pool.insert(Cand { d, slot: n });
                 }
@@ -970,9 +1053,13 @@ impl Graph {
             d: self.dist(nodes, q, ep.slot),
             slot: ep.slot,
         };
+        // As in `link`: never descend into a node whose lower lists are still being written,
+        // a check that costs a cache miss per step, needed only while a batch is linked.
+        let all_linked = self.unlinked.load(Acquire) == 0;
         for layer in (1..=ep.level).rev() {
-            // As in `link`: never descend into a node whose lower lists are still being written.
-            cur = self.greedy(nodes, q, cur, layer, &mut nbuf, |s| nodes.is_linked(s));
+            cur = self.greedy(nodes, q, cur, layer, &mut nbuf, |s| {
+                all_linked || nodes.is_linked(s)
+            });
         }
         scratch.nbuf = nbuf;
         let ef = ef.max(k);

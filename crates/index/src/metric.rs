@@ -2,6 +2,7 @@
 //! report.
 
 use latentdb_types::Metric;
+use pulp::Simd;
 
 use crate::distance;
 
@@ -44,6 +45,16 @@ impl MetricExt for Metric {
             Metric::Dot => -distance,
             Metric::L2 => -distance.max(0.0).sqrt(),
         }
+    }
+}
+
+/// [`MetricExt::distance`] with the SIMD token of an enclosing [`distance::dispatch`].
+#[inline(always)]
+pub(crate) fn distance_in<S: Simd>(metric: Metric, simd: S, a: &[f32], b: &[f32]) -> f32 {
+    match metric {
+        Metric::Cosine => 1.0 - distance::dot_in(simd, a, b),
+        Metric::Dot => -distance::dot_in(simd, a, b),
+        Metric::L2 => distance::l2_sq_in(simd, a, b),
     }
 }
 

@@ -241,15 +241,18 @@ pub(crate) fn parse_dump(
         nodes.links0.extend(list.iter().map(|&w| AtomicU32::new(w)));
     }
     let mut upper = le_u32s(upper);
+    nodes
+        .upper
+        .try_reserve_exact(upper_words)
+        .map_err(|_| Error::ResourceExhausted("cannot allocate the upper links".into()))?;
     for (slot, &level) in levels.iter().enumerate() {
-        let mut own = Vec::with_capacity(level as usize * (mm + 1));
         for layer in 1..=level as usize {
             list.clear();
             list.extend(upper.by_ref().take(mm + 1));
             check_list(&list, slot, layer, levels, &mut seen).map_err(bad)?;
-            own.extend(list.iter().map(|&w| AtomicU32::new(w)));
+            nodes.upper.extend(list.iter().map(|&w| AtomicU32::new(w)));
         }
-        nodes.upper.push(own.into_boxed_slice());
+        nodes.upper_end.push(nodes.upper.len());
     }
 
     let top = levels.iter().copied().max();

@@ -256,7 +256,7 @@ impl Index {
                 }
             }
             w.write_all(&bitmap)?;
-            let upper = nodes.upper.iter().flat_map(|up| up.iter());
+            let upper = nodes.upper.iter();
             write_words(
                 w,
                 nodes
