@@ -61,6 +61,10 @@ impl Ord for Cand {
     }
 }
 
+/// Up to this dimension a node's whole vector is prefetched (a few lines); above it, only
+/// its first line.
+const PREFETCH_ALL_LINES_DIM: usize = 96;
+
 /// The entry point of the graph: the node on the highest layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
@@ -280,7 +284,7 @@ impl Nodes {
             // All lines of a short vector (50-d: four; A/B on 50k real 50-d vectors, one
             // thread: +23-45% QPS at ef 16-32), the first line of a long one (prefetching six
             // or all 24 lines of a 384-d vector measured slower).
-            if self.dim <= 96 {
+            if self.dim <= PREFETCH_ALL_LINES_DIM {
                 for line in self.vectors[start..start + self.dim].chunks(16) {
                     prefetch_ptr(line.as_ptr());
                 }
@@ -741,6 +745,14 @@ impl Graph {
         loop {
             let mut changed = false;
             nodes.neighbors(cur.slot, layer, nbuf);
+            if nodes.dim > PREFETCH_ALL_LINES_DIM {
+                // Long vectors, rarely in cache on the upper layers: their first lines start
+                // loading together instead of one miss per distance (100k x 384, graph
+                // alone: +4-6% QPS at ef 16-32; on 50-d vectors it measured slower).
+                for &n in nbuf.iter() {
+                    nodes.prefetch(n);
+                }
+            }
             for &n in nbuf.iter() {
                 let d = self.dist(nodes, q, n);
                 if d < cur.d && usable(n) {
