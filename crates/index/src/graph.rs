@@ -353,17 +353,22 @@ impl Nodes {
     #[inline]
     pub(crate) fn neighbors(&self, slot: u32, layer: u8, out: &mut Vec<u32>) {
         out.clear();
-        let Some(links) = self.links(slot, layer) else {
-            return;
-        };
-        let count = (links[0].load(Relaxed) as usize).min(links.len() - 1);
+        out.extend(self.neighbor_slots(slot, layer));
+    }
+
+    /// The neighbours of `slot` on `layer` as [`neighbors`](Nodes::neighbors) lists them, read
+    /// straight from the link array (for a caller that filters them in its own loop).
+    #[inline(always)]
+    fn neighbor_slots(&self, slot: u32, layer: u8) -> impl Iterator<Item = u32> + '_ {
+        let links = self.links(slot, layer).map_or(&[][..], |links| {
+            let count = (links[0].load(Relaxed) as usize).min(links.len() - 1);
+            &links[1..=count]
+        });
         let n = self.ids.len();
-        out.extend(
-            links[1..=count]
-                .iter()
-                .map(|a| a.load(Relaxed))
-                .filter(|&s| (s as usize) < n),
-        );
+        links
+            .iter()
+            .map(|a| a.load(Relaxed))
+            .filter(move |&s| (s as usize) < n)
     }
 
     /// The link array (count first) of `slot` on `layer`, `None` when the node has no such
@@ -480,15 +485,10 @@ fn fresh_neighbors(
     // `retain` closure compiled to a call per neighbour, a quarter of a search's time on 50-d
     // vectors).
     nbuf.clear();
-    if let Some(links) = nodes.links(slot, layer) {
-        let count = (links[0].load(Relaxed) as usize).min(links.len() - 1);
-        let n = nodes.ids.len();
-        for a in &links[1..=count] {
-            let s = a.load(Relaxed);
-            if (s as usize) < n && visited.insert(s as usize) {
-                nodes.prefetch(s);
-                nbuf.push(s);
-            }
+    for s in nodes.neighbor_slots(slot, layer) {
+        if visited.insert(s as usize) {
+            nodes.prefetch(s);
+            nbuf.push(s);
         }
     }
     if layer == 0
@@ -525,19 +525,9 @@ impl WithSimd for LayerWalk<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self {
-            graph,
-            nodes,
-            scratch,
-            q,
-            start,
-            ef,
-            layer,
-        } = self;
-        let metric = graph.metric;
-        graph.walk_layer(nodes, scratch, start, ef, layer, |n| {
-            metric::distance_in(metric, simd, q, nodes.vector(n))
-        });
+        let (metric, nodes, q) = (self.graph.metric, self.nodes, self.q);
+        let dist = |n| metric::distance_in(metric, simd, q, nodes.vector(n));
+        (self.graph).walk_layer(nodes, self.scratch, self.start, self.ef, self.layer, dist);
     }
 }
 

@@ -447,15 +447,11 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
                 t.lat.push(started.elapsed().as_secs_f64());
                 answers.push(hits);
             }
-            let mut elapsed = total.elapsed();
-            t.results.extend(answers.iter().map(|hits| {
+            let elapsed = finish_pass(total, answers, &mut t.results, |hits| {
                 hits.iter()
                     .filter_map(|h| h.id.parse::<u32>().ok())
-                    .collect::<Vec<u32>>()
-            }));
-            let freeing = Instant::now();
-            drop(answers);
-            elapsed += freeing.elapsed();
+                    .collect()
+            });
             t.qps.push(queries.rows as f64 / elapsed.as_secs_f64());
             if let Some(g) = graph.as_ref().filter(|_| !graph_first) {
                 time_graph(g, &graph_queries, a.k, ef, t)?;
@@ -471,25 +467,32 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         t: &mut Timed,
     ) -> anyhow::Result<()> {
         t.graph_results.clear();
-        // As for the database: the answers kept, their ids listed after the timed loop,
-        // their freeing timed.
+        // As for the database (see `finish_pass`).
         let mut answers = Vec::with_capacity(queries.len());
         let total = Instant::now();
         for q in queries {
             answers.push(g.index.search(q, k, Some(ef.max(k)))?);
         }
-        let mut elapsed = total.elapsed();
-        t.graph_results.extend(
-            answers
-                .iter()
-                .map(|hits| hits.iter().map(|h| h.id).collect::<Vec<u32>>()),
-        );
-        let freeing = Instant::now();
-        drop(answers);
-        elapsed += freeing.elapsed();
+        let elapsed = finish_pass(total, answers, &mut t.graph_results, |hits| {
+            hits.iter().map(|h| h.id).collect()
+        });
         t.graph_qps
             .push(queries.len() as f64 / elapsed.as_secs_f64());
         Ok(())
+    }
+    /// Ends a timed pass that began at `started`: lists each answer's ids into `results`
+    /// untimed, then frees the answers timed; returns the pass's time.
+    fn finish_pass<A>(
+        started: Instant,
+        answers: Vec<A>,
+        results: &mut Vec<Vec<u32>>,
+        ids: impl Fn(&A) -> Vec<u32>,
+    ) -> std::time::Duration {
+        let searching = started.elapsed();
+        results.extend(answers.iter().map(ids));
+        let freeing = Instant::now();
+        drop(answers);
+        searching + freeing.elapsed()
     }
     for (
         &ef,
