@@ -226,11 +226,12 @@ pub(crate) struct Plan<'r> {
     fusion: FusionParams,
 }
 
-/// One ranked point before its document is resolved.
-struct Scored {
-    point: u32,
-    score: f32,
-    explain: Option<HitExplain>,
+/// The ranked points of a search, best first, before their documents are resolved, and why
+/// each ranks there when asked for (`explains[i]` for `hits[i]`; empty otherwise). A dense
+/// search's hits are the index's answer as it is: no per-query copy.
+struct Ranked {
+    hits: Vec<Hit>,
+    explains: Vec<HitExplain>,
 }
 
 /// Checks a request against a collection and resolves its mode (see
@@ -359,7 +360,7 @@ fn rank(
     payload: &Payload,
     req: &SearchRequest,
     plan: &Plan<'_>,
-) -> Result<Vec<Scored>> {
+) -> Result<Ranked> {
     let filter = plan.filter.as_ref();
     let dense = |k: usize, ef: Option<usize>| -> Result<Vec<Hit>> {
         let q = plan.vector.unwrap_or_default();
@@ -377,32 +378,46 @@ fn rank(
         }
     };
     Ok(match plan.mode {
-        SearchMode::Dense => dense(req.k, req.ef)?
-            .into_iter()
-            .enumerate()
-            .map(|(i, h)| Scored {
-                point: h.id,
-                score: h.score,
-                explain: req.explain.then_some(HitExplain {
-                    dense_rank: Some(i + 1),
-                    dense_score: Some(h.score),
-                    ..HitExplain::default()
-                }),
-            })
-            .collect(),
-        SearchMode::Lexical => lexical(req.k)?
-            .into_iter()
-            .enumerate()
-            .map(|(i, h)| Scored {
-                point: h.point,
-                score: h.score,
-                explain: req.explain.then_some(HitExplain {
-                    lexical_rank: Some(i + 1),
-                    lexical_score: Some(h.score),
-                    ..HitExplain::default()
-                }),
-            })
-            .collect(),
+        SearchMode::Dense => {
+            let hits = dense(req.k, req.ef)?;
+            let explains = if req.explain {
+                hits.iter()
+                    .enumerate()
+                    .map(|(i, h)| HitExplain {
+                        dense_rank: Some(i + 1),
+                        dense_score: Some(h.score),
+                        ..HitExplain::default()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Ranked { hits, explains }
+        }
+        SearchMode::Lexical => {
+            let found = lexical(req.k)?;
+            let explains = if req.explain {
+                found
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| HitExplain {
+                        lexical_rank: Some(i + 1),
+                        lexical_score: Some(h.score),
+                        ..HitExplain::default()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let hits = found
+                .iter()
+                .map(|h| Hit {
+                    id: h.point,
+                    score: h.score,
+                })
+                .collect();
+            Ranked { hits, explains }
+        }
         SearchMode::Hybrid => {
             // The asked ef or the collection's ef_search, at least `depth` (as a dense search
             // of `depth` hits would use).
@@ -415,20 +430,29 @@ fn rank(
                 .into_iter()
                 .map(|h| (h.point, h.score))
                 .collect();
-            fuse(&d, &l, &plan.fusion, req.k)
-                .into_iter()
-                .map(|f| Scored {
-                    point: f.id,
-                    score: f.score,
-                    explain: req.explain.then_some(HitExplain {
+            let fused = fuse(&d, &l, &plan.fusion, req.k);
+            let explains = if req.explain {
+                fused
+                    .iter()
+                    .map(|f| HitExplain {
                         dense_rank: f.dense.map(|x| x.0),
                         dense_score: f.dense.map(|x| x.1),
                         lexical_rank: f.lexical.map(|x| x.0),
                         lexical_score: f.lexical.map(|x| x.1),
                         fused_score: Some(f.score),
-                    }),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let hits = fused
+                .iter()
+                .map(|f| Hit {
+                    id: f.id,
+                    score: f.score,
                 })
-                .collect()
+                .collect();
+            Ranked { hits, explains }
         }
     })
 }
@@ -445,21 +469,26 @@ pub(crate) fn search_one(
     let mut points = Vec::new();
     let mut out = {
         let payload = coll.payload.read();
-        let hits = rank(storage, coll, &payload, req, &plan)?;
-        // Resolve ids and metadata from memory; a point removed meanwhile is skipped. Every
-        // hit's entry is looked up, and its id's bytes start loading, before any id is
-        // copied: the cache misses of the hits overlap instead of following one another.
-        let mut entries = Vec::with_capacity(hits.len());
-        entries.extend(hits.into_iter().filter_map(|h| {
-            let e = payload.get(h.point)?;
-            latentdb_index::prefetch(e.id.as_bytes());
-            Some((h, e))
-        }));
-        let mut out = Vec::with_capacity(entries.len());
-        if with_records {
-            points.reserve_exact(entries.len());
+        let Ranked { hits, explains } = rank(storage, coll, &payload, req, &plan)?;
+        // Every hit's entry is looked up, and its id's bytes start loading, before any id is
+        // copied: the cache misses of the hits overlap instead of following one another (the
+        // second lookup below finds the entry cached).
+        for h in &hits {
+            if let Some(e) = payload.get(h.id) {
+                latentdb_index::prefetch(e.id.as_bytes());
+            }
         }
-        for (h, e) in entries {
+        let mut explains = explains.into_iter();
+        let mut out = Vec::with_capacity(hits.len());
+        if with_records {
+            points.reserve_exact(hits.len());
+        }
+        for h in &hits {
+            let explain = explains.next();
+            // A point removed meanwhile is skipped.
+            let Some(e) = payload.get(h.id) else {
+                continue;
+            };
             let metadata = if req.with_metadata {
                 payload.metadata(e)
             } else {
@@ -471,10 +500,10 @@ pub(crate) fn search_one(
                 text: None,
                 metadata,
                 vector: None,
-                explain: h.explain,
+                explain,
             });
             if with_records {
-                points.push(h.point);
+                points.push(h.id);
             }
         }
         out
