@@ -1008,8 +1008,8 @@ mod tests {
         // As the database writes: linked while committed, revealed once committed.
         let mut w = coll.writer.lock();
         let (out, staged) =
-            storage.upsert_overlapped("c", docs, Some(Durability::Buffered), |pending| {
-                coll.stage(&pending.inserted)
+            storage.upsert_overlapped("c", docs, Some(Durability::Buffered), |inserted| {
+                coll.stage(inserted)
             });
         let out = out.unwrap();
         let metas = out.ids.iter().map(|id| (id.clone(), Map::new())).collect();

@@ -367,8 +367,8 @@ impl Database {
                     };
                     match self
                         .storage
-                        .upsert_overlapped_with(name, docs, options, |pending| {
-                            coll.stage(&pending.inserted)
+                        .upsert_overlapped_with(name, docs, options, |inserted| {
+                            coll.stage(inserted)
                         }) {
                         (Ok(out), staged) => (out, staged),
                         (Err(e), staged) => {

@@ -35,16 +35,18 @@ impl Storage {
             .0
     }
 
-    /// Like [`Storage::upsert`], calling `during` with the batch's outcome (ids, new points with
-    /// their vectors, removed points) while the batch is committed, so that the caller's work
-    /// on it (linking the points into an index) overlaps the commit: a batch of at least
-    /// [`OVERLAP_MIN_DOCS`] documents is applied on a scoped thread meanwhile; a smaller one is
-    /// applied first, then `during` runs (a thread would cost more than it saves).
+    /// Like [`Storage::upsert`], calling `during` with the batch's new points and their
+    /// vectors (in the order of `docs`, the outcome's `inserted`) while the batch is
+    /// committed, so that the caller's work on them (linking the points into an index)
+    /// overlaps the commit: for a batch of at least [`OVERLAP_MIN_DOCS`] documents, the id map
+    /// is read (for the documents replaced), the batch built and applied on a scoped thread
+    /// meanwhile; a smaller one is applied first, then `during` runs (a thread would cost
+    /// more than it saves).
     ///
     /// `during` runs only for a batch that passed every check and got its point ids, with the
     /// collection's writer lock held; the batch may not be committed yet, and may still fail
-    /// to apply (an I/O error), in which case nothing of it is stored and its point ids are
-    /// given again by the next write. Returns what `during` returned whenever it ran, beside
+    /// (an I/O error), in which case nothing of it is stored and its point ids are given again
+    /// by the next write. Returns what `during` returned whenever it ran, beside
     /// the outcome or the error. A panic in `during` is resumed once the batch is settled
     /// (committed, with its counters, or failed).
     pub fn upsert_overlapped<R>(
@@ -52,7 +54,7 @@ impl Storage {
         collection: &str,
         docs: Vec<Document>,
         durability: Option<Durability>,
-        during: impl FnOnce(&UpsertOutcome) -> R,
+        during: impl FnOnce(&[(u32, Vec<f32>)]) -> R,
     ) -> (Result<UpsertOutcome>, Option<R>) {
         self.upsert_inner(collection, docs, durability.into(), true, during)
     }
@@ -65,7 +67,7 @@ impl Storage {
         collection: &str,
         docs: Vec<Document>,
         options: WriteOptions,
-        during: impl FnOnce(&UpsertOutcome) -> R,
+        during: impl FnOnce(&[(u32, Vec<f32>)]) -> R,
     ) -> (Result<UpsertOutcome>, Option<R>) {
         self.upsert_inner(collection, docs, options, true, during)
     }
@@ -76,7 +78,7 @@ impl Storage {
         docs: Vec<Document>,
         options: WriteOptions,
         overlap: bool,
-        during: impl FnOnce(&UpsertOutcome) -> R,
+        during: impl FnOnce(&[(u32, Vec<f32>)]) -> R,
     ) -> (Result<UpsertOutcome>, Option<R>) {
         let state = match self.state(collection) {
             Ok(state) => state,
@@ -91,7 +93,7 @@ impl Storage {
                 seq: state.seq.load(Ordering::Acquire),
                 ..Default::default()
             };
-            let r = during(&out);
+            let r = during(&[]);
             return (Ok(out), Some(r));
         }
 
@@ -99,33 +101,39 @@ impl Storage {
         if counters.dropped {
             return (Err(not_found(collection)), None);
         }
-        let mut pending = match upsert_batch(&state, &counters, encoded, options.applied) {
-            Ok(pending) => pending,
+        let (inserted, records) = match assign_points(&state, &counters, encoded) {
+            Ok(split) => split,
             Err(e) => return (Err(e), None),
         };
-        let batch = std::mem::take(&mut pending.batch);
-        let (applied, r) = if overlap && pending.out.inserted.len() >= OVERLAP_MIN_DOCS {
-            match apply_beside(&state.tree, batch, || during(&pending.out)) {
+        let (built, r) = if overlap && inserted.len() >= OVERLAP_MIN_DOCS {
+            // The caller's work needs the new points alone: it starts at once, while the id
+            // map is read and the batch built and applied beside it.
+            let c: &Counters = &counters;
+            let commit = || build_and_apply(&state, c, records, options.applied);
+            match beside(commit, || during(&inserted)) {
                 Ok(pair) => pair,
                 Err(e) => return (Err(e), None),
             }
         } else {
-            if let Err(e) = state.tree.apply_batch(batch) {
-                return (Err(e.into()), None);
+            match build_and_apply(&state, &counters, records, options.applied) {
+                Ok(pending) => (
+                    Ok(pending),
+                    catch_unwind(AssertUnwindSafe(|| during(&inserted))),
+                ),
+                Err(e) => return (Err(e), None),
             }
-            (
-                Ok(()),
-                catch_unwind(AssertUnwindSafe(|| during(&pending.out))),
-            )
         };
         // An applied batch's counters are published even when `during` panicked (the panic is
         // resumed after): the next write must not be given the same point ids.
-        let out = applied.map(|()| pending.commit(&state, &mut counters));
+        let out = built.map(|mut pending| {
+            pending.out.inserted = inserted;
+            pending.commit(&state, &mut counters)
+        });
         drop(counters);
         let r = r.unwrap_or_else(|panic| resume_unwind(panic));
         let out = match out {
             Ok(out) => out,
-            Err(e) => return (Err(e.into()), Some(r)),
+            Err(e) => return (Err(e), Some(r)),
         };
         // The batch stands whether or not the flush succeeds (as for `upsert`).
         match self.sync(options.durability) {
@@ -223,6 +231,12 @@ impl Storage {
 /// A document ready to write: its id, vector and encoded record.
 type Encoded = (String, Vec<f32>, Vec<u8>);
 
+/// A document's id and encoded record, once its point is given (see [`assign_points`]).
+type Keyed = (String, Vec<u8>);
+
+/// New points with their vectors, in the order of their documents.
+type NewPoints = Vec<(u32, Vec<f32>)>;
+
 /// Validates and encodes a batch (no two documents with one id).
 pub(crate) fn encode_batch(
     docs: Vec<Document>,
@@ -243,27 +257,36 @@ pub(crate) fn encode_batch(
     Ok(encoded)
 }
 
-/// Applies `batch` to `tree` on a scoped thread of its own while `during` runs on this one, and
-/// returns both outcomes (a panic in either is caught). Fails, with nothing applied and
-/// `during` not run, when the thread cannot be started.
-fn apply_beside<R>(
-    tree: &sled::Tree,
-    batch: sled::Batch,
+/// Runs `commit` on a scoped thread of its own while `during` runs on this one, and returns
+/// both outcomes (a panic in `during` is caught and returned; one in `commit` is an internal
+/// error). Fails, with neither run, when the thread cannot be started.
+fn beside<T: Send, R>(
+    commit: impl FnOnce() -> Result<T> + Send,
     during: impl FnOnce() -> R,
-) -> Result<(sled::Result<()>, std::thread::Result<R>)> {
+) -> Result<(Result<T>, std::thread::Result<R>)> {
     std::thread::scope(|s| {
         let committer = std::thread::Builder::new()
             .name("latentdb-commit".into())
-            .spawn_scoped(s, move || tree.apply_batch(batch))
+            .spawn_scoped(s, commit)
             .map_err(|e| Error::Internal(format!("cannot start the commit thread: {e}")))?;
         let r = catch_unwind(AssertUnwindSafe(during));
-        let applied = committer.join().unwrap_or_else(|_| {
-            Err(sled::Error::ReportableBug(
-                "the batch commit panicked".into(),
-            ))
-        });
-        Ok((applied, r))
+        let committed = committer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the batch commit panicked".into())));
+        Ok((committed, r))
     })
+}
+
+/// Builds the writes of an upsert of `records` (see [`upsert_records`]) and applies them.
+fn build_and_apply(
+    state: &CollectionState,
+    counters: &Counters,
+    records: Vec<Keyed>,
+    applied: Option<u64>,
+) -> Result<Pending<UpsertOutcome>> {
+    let mut pending = upsert_records(state, counters, records, applied)?;
+    state.tree.apply_batch(std::mem::take(&mut pending.batch))?;
+    Ok(pending)
 }
 
 /// A write's batch, built under the writer lock and not yet applied, with the counters it
@@ -276,36 +299,76 @@ pub(crate) struct Pending<O> {
     pub(crate) out: O,
 }
 
-/// Builds the writes of an upsert of `encoded` (points from the counters, the counters' new
-/// values, the applied sequence `applied` when given, and the change log: one entry per
-/// removed point, then the inserted points, whose ids and sequences are both consecutive, as
-/// insert runs of up to [`MAX_INSERT_RUN`] points each, one entry per run instead of one per
-/// point). Reads the id map, so the collection's writer lock must be held from here until the
-/// batch is applied.
+/// Builds the writes of an upsert of `encoded` (see [`upsert_records`]), with the outcome's
+/// new points and their vectors.
 pub(crate) fn upsert_batch(
     state: &CollectionState,
     counters: &Counters,
     encoded: Vec<Encoded>,
     applied: Option<u64>,
 ) -> Result<Pending<UpsertOutcome>> {
+    let (inserted, records) = assign_points(state, counters, encoded)?;
+    let mut pending = upsert_records(state, counters, records, applied)?;
+    pending.out.inserted = inserted;
+    Ok(pending)
+}
+
+/// Gives the documents of `encoded` their points, consecutive from the counters' next one:
+/// returns the new points with their vectors, and each document's id and record, both in the
+/// order of `encoded`. Fails, with no point given, when the collection's point ids would run
+/// out.
+fn assign_points(
+    state: &CollectionState,
+    counters: &Counters,
+    encoded: Vec<Encoded>,
+) -> Result<(NewPoints, Vec<Keyed>)> {
+    let first = counters.next_point;
+    // The counter after the last point given must exist too (it is stored as the next one).
+    u32::try_from(encoded.len())
+        .ok()
+        .and_then(|n| first.checked_add(n))
+        .ok_or_else(|| Error::IdSpaceExhausted(state.name.clone()))?;
+    let mut inserted = Vec::with_capacity(encoded.len());
+    let mut records = Vec::with_capacity(encoded.len());
+    for ((id, vector, bytes), point) in encoded.into_iter().zip(first..) {
+        inserted.push((point, vector));
+        records.push((id, bytes));
+    }
+    Ok((inserted, records))
+}
+
+/// Builds the writes of an upsert of `records` (ids and encoded records, in the order
+/// [`assign_points`] gave their points: consecutive from the counters' next one), with the
+/// counters' new values, the applied sequence `applied` when given, and the change log: one
+/// entry per removed point, then the inserted points, whose ids and sequences are both
+/// consecutive, as insert runs of up to [`MAX_INSERT_RUN`] points each, one entry per run
+/// instead of one per point. The outcome's `inserted` is left empty, for the caller, which
+/// holds the points. Reads the id map, so the collection's writer lock must be held from here
+/// until the batch is applied.
+fn upsert_records(
+    state: &CollectionState,
+    counters: &Counters,
+    records: Vec<Keyed>,
+    applied: Option<u64>,
+) -> Result<Pending<UpsertOutcome>> {
     let mut batch = sled::Batch::default();
     applied::put(&state.tree, &mut batch, applied)?;
-    let mut next_point = counters.next_point;
+    let first = counters.next_point;
+    let n = records.len();
+    let next_point = u32::try_from(n)
+        .ok()
+        .and_then(|n| first.checked_add(n))
+        .ok_or_else(|| Error::IdSpaceExhausted(state.name.clone()))?;
     let mut seq = counters.seq;
     let mut count = state.count.load(Ordering::Acquire);
     let mut out = UpsertOutcome {
-        ids: Vec::with_capacity(encoded.len()),
-        inserted: Vec::with_capacity(encoded.len()),
+        ids: Vec::with_capacity(n),
+        inserted: Vec::new(),
         removed: Vec::new(),
         seq: 0,
     };
-    let any = !encoded.is_empty();
-    for (id, vector, bytes) in encoded {
+    for ((id, bytes), point) in records.into_iter().zip(first..) {
         let id_key = key::id_key(&id);
-        let point = next_point;
-        next_point = next_point
-            .checked_add(1)
-            .ok_or_else(|| Error::IdSpaceExhausted(state.name.clone()))?;
         match state.tree.get(&id_key)? {
             Some(old) => {
                 let old = key::be_u32(&old)?;
@@ -320,26 +383,25 @@ pub(crate) fn upsert_batch(
         batch.insert(id_key, &point.to_be_bytes());
         batch.insert(&key::point_key(point), bytes);
         out.ids.push(id);
-        out.inserted.push((point, vector));
     }
     // The inserts follow the removes (an atomic batch: no reader sees the order), at
     // consecutive sequences, as their points are consecutive.
-    for run in out.inserted.chunks(MAX_INSERT_RUN as usize) {
-        let first_point = run[0].0;
-        let n = run.len() as u32;
-        seq += u64::from(n);
-        let value = match n {
+    for start in (0..n).step_by(MAX_INSERT_RUN as usize) {
+        let run = (n - start).min(MAX_INSERT_RUN as usize) as u32;
+        let first_point = first + start as u32;
+        seq += u64::from(run);
+        let value = match run {
             1 => Change::Insert {
                 seq,
                 point: first_point,
             }
             .encode_value()
             .to_vec(),
-            _ => Change::encode_insert_run(first_point, n).to_vec(),
+            _ => Change::encode_insert_run(first_point, run).to_vec(),
         };
         batch.insert(&key::log_key(seq), value);
     }
-    if any {
+    if n > 0 {
         batch.insert(key::META_NEXT_POINT, &next_point.to_be_bytes());
         batch.insert(key::META_SEQ, &seq.to_be_bytes());
         batch.insert(key::META_COUNT, &count.to_be_bytes());
