@@ -380,35 +380,20 @@ fn rank(
     Ok(match plan.mode {
         SearchMode::Dense => {
             let hits = dense(req.k, req.ef)?;
-            let explains = if req.explain {
-                hits.iter()
-                    .enumerate()
-                    .map(|(i, h)| HitExplain {
-                        dense_rank: Some(i + 1),
-                        dense_score: Some(h.score),
-                        ..HitExplain::default()
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let explains = explanations(req.explain, &hits, |i, h| HitExplain {
+                dense_rank: Some(i + 1),
+                dense_score: Some(h.score),
+                ..HitExplain::default()
+            });
             Ranked { hits, explains }
         }
         SearchMode::Lexical => {
             let found = lexical(req.k)?;
-            let explains = if req.explain {
-                found
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| HitExplain {
-                        lexical_rank: Some(i + 1),
-                        lexical_score: Some(h.score),
-                        ..HitExplain::default()
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let explains = explanations(req.explain, &found, |i, h| HitExplain {
+                lexical_rank: Some(i + 1),
+                lexical_score: Some(h.score),
+                ..HitExplain::default()
+            });
             let hits = found
                 .iter()
                 .map(|h| Hit {
@@ -431,20 +416,13 @@ fn rank(
                 .map(|h| (h.point, h.score))
                 .collect();
             let fused = fuse(&d, &l, &plan.fusion, req.k);
-            let explains = if req.explain {
-                fused
-                    .iter()
-                    .map(|f| HitExplain {
-                        dense_rank: f.dense.map(|x| x.0),
-                        dense_score: f.dense.map(|x| x.1),
-                        lexical_rank: f.lexical.map(|x| x.0),
-                        lexical_score: f.lexical.map(|x| x.1),
-                        fused_score: Some(f.score),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let explains = explanations(req.explain, &fused, |_, f| HitExplain {
+                dense_rank: f.dense.map(|x| x.0),
+                dense_score: f.dense.map(|x| x.1),
+                lexical_rank: f.lexical.map(|x| x.0),
+                lexical_score: f.lexical.map(|x| x.1),
+                fused_score: Some(f.score),
+            });
             let hits = fused
                 .iter()
                 .map(|f| Hit {
@@ -455,6 +433,23 @@ fn rank(
             Ranked { hits, explains }
         }
     })
+}
+
+/// `explain(i, item)` for each ranked item, `i` from 0, when the request asks why (`asked`);
+/// nothing otherwise.
+fn explanations<T>(
+    asked: bool,
+    items: &[T],
+    explain: impl Fn(usize, &T) -> HitExplain,
+) -> Vec<HitExplain> {
+    if !asked {
+        return Vec::new();
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| explain(i, t))
+        .collect()
 }
 
 /// One search on an open collection: the indexes and payload in memory give the hits, ids
