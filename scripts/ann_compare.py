@@ -96,7 +96,8 @@ def run_latentdb(a, efs):
 def median_result(results):
     """The per-round results of one library folded into one: medians per figure and per ef."""
     build = dict(results[0]["build"])
-    for key in ("build_s", "vectors_per_s", "persist_s", "graph_vectors_per_s", "vs_graph"):
+    for key in ("build_s", "vectors_per_s", "persist_s", "graph_vectors_per_s", "vs_graph",
+                "cpu_us_per_vector", "graph_cpu_us_per_vector", "cpu_vs_graph"):
         vals = [r["build"][key] for r in results if r["build"].get(key) is not None]
         if vals:
             build[key] = statistics.median(vals)
@@ -234,6 +235,8 @@ def main():
         if med[lib]["build"].get("graph_vectors_per_s") is not None:
             s["graph_build_vectors_per_s"] = med[lib]["build"]["graph_vectors_per_s"]
             s["vs_graph"] = med[lib]["build"].get("vs_graph")
+            for key in ("cpu_us_per_vector", "graph_cpu_us_per_vector", "cpu_vs_graph"):
+                s[key] = med[lib]["build"].get(key)
         modes = [("", "recall", "qps")]
         if lib != "latentdb":
             modes.append(("batch_", "batch_recall", "batch_qps"))
@@ -283,6 +286,12 @@ def main():
     if graph_rate is not None:
         print(f"{'(graph)':<10}{graph_rate:>12.0f}  latentdb's graph alone, no storage; database / graph "
               f"alone: {fmt(summary['latentdb'].get('vs_graph'), '.3f')} (median of per-run ratios)")
+        ours = summary["latentdb"]
+        if ours.get("cpu_vs_graph") is not None:
+            print(f"{'(cpu)':<10}{'':>12}  CPU time per vector loaded, all threads: database "
+                  f"{fmt(ours.get('cpu_us_per_vector'), '.1f')} us, graph alone "
+                  f"{fmt(ours.get('graph_cpu_us_per_vector'), '.1f')} us; graph / database "
+                  f"{fmt(ours.get('cpu_vs_graph'), '.3f')} (the load ratio both reach with every core busy)")
     print()
     print(f"{'library':<10}{'mode':<7}{'ef':>5}{'recall@' + str(a.k):>11}{'QPS':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for lib in libs:

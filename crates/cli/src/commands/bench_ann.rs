@@ -15,7 +15,7 @@ use latentdb::{CollectionSpec, Database, DatabaseOptions, Document, Durability, 
 
 use crate::cli::{Global, MetricArg, QuantizationArg};
 use crate::commands::open_database_with;
-use crate::commands::scratch::{ScratchDir, peak_rss, rss};
+use crate::commands::scratch::{ScratchDir, Spent, peak_rss, rss};
 use crate::output::Out;
 
 /// Arguments of `bench ann`.
@@ -71,7 +71,10 @@ pub struct BenchAnnArgs {
     pub db: Option<PathBuf>,
     /// Also build the HNSW graph alone (the index crate, in memory: no storage, payload or
     /// rescoring file) from the same batches and parameters, print its build rate as a
-    /// `graph_build` row, and report the database's build rate against it (`vs_graph`). The
+    /// `graph_build` row, and report the database's build rate against it (`vs_graph`) and
+    /// its CPU time per vector against the graph's (`cpu_vs_graph`: the graph's share of the
+    /// database's CPU time, which bounds `vs_graph` wherever the linking keeps every core
+    /// busy, as it does with `--threads` at the core count). The
     /// two are built batch by batch in turn (alternating which goes first), each timed on its
     /// own, so that a host whose speed drifts hits both alike; the build row's peak RSS then
     /// includes the graph alone. Without quantization, the graph alone also answers the same
@@ -177,10 +180,10 @@ fn chunk_metadata(i: usize) -> serde_json::Value {
 }
 
 /// The HNSW graph alone: an in-memory index with the collection's parameters, fed the same
-/// batches as the database (point ids are the row numbers), and the seconds its inserts took.
+/// batches as the database (point ids are the row numbers), and the time its inserts took.
 struct GraphBaseline {
     index: latentdb::index::Index,
-    secs: f64,
+    timed: Spent,
 }
 
 impl GraphBaseline {
@@ -192,16 +195,15 @@ impl GraphBaseline {
         let params = latentdb::index::IndexParams::from_json(spec_index)?;
         Ok(Self {
             index: latentdb::index::Index::new(metric, base.cols, params)?,
-            secs: 0.0,
+            timed: Spent::default(),
         })
     }
 
     /// Inserts rows `rows` of `base` (timed: the inserts alone).
     fn insert(&mut self, base: &npy::Matrix<f32>, rows: Range<usize>) -> anyhow::Result<()> {
         let points: Vec<(u32, &[f32])> = rows.map(|i| (i as u32, base.row(i))).collect();
-        let started = Instant::now();
-        self.index.insert_batch(&points)?;
-        self.secs += started.elapsed().as_secs_f64();
+        let index = &mut self.index;
+        self.timed.time(|| index.insert_batch(&points))?;
         Ok(())
     }
 }
@@ -284,7 +286,7 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         ..CollectionSpec::new("bench", dim, metric)
     };
     db.create_collection(spec)?;
-    let mut build_s = 0.0;
+    let mut built = Spent::default();
     for (batch, start) in (0..base.rows).step_by(a.batch_size).enumerate() {
         let end = (start + a.batch_size).min(base.rows);
         let docs = (start..end)
@@ -301,16 +303,18 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         if let Some(g) = graph.as_mut().filter(|_| graph_first) {
             g.insert(&base, start..end)?;
         }
-        let started = Instant::now();
-        db.upsert("bench", docs)?;
-        build_s += started.elapsed().as_secs_f64();
+        built.time(|| db.upsert("bench", docs))?;
         if let Some(g) = graph.as_mut().filter(|_| !graph_first) {
             g.insert(&base, start..end)?;
         }
     }
-    let graph_rate = match &graph {
-        Some(g) => {
-            let rate = base.rows as f64 / g.secs;
+    let build_s = built.wall_s;
+    let cpu_us = built.cpu_us_per(base.rows);
+    let graph_timed = graph.as_ref().map(|g| g.timed);
+    let graph_cpu_us = graph_timed.and_then(|t| t.cpu_us_per(base.rows));
+    let graph_rate = match graph_timed {
+        Some(timed) => {
+            let rate = base.rows as f64 / timed.wall_s;
             let row = json!({
                 "phase": "graph_build",
                 "n": base.rows,
@@ -318,6 +322,9 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
                 "threads": a.threads,
                 "batch_size": a.batch_size,
                 "vectors_per_s": rate,
+                "cpu_s": timed.cpu_s,
+                "cpu_us_per_vector": graph_cpu_us,
+                "cores_busy": timed.cores_busy(),
             });
             out.either(&row, || {
                 format!(
@@ -366,6 +373,11 @@ pub fn ann(a: BenchAnnArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         "batch_size": a.batch_size,
         "graph_vectors_per_s": graph_rate,
         "vs_graph": graph_rate.map(|g| base.rows as f64 / build_s / g),
+        "cpu_s": built.cpu_s,
+        "cpu_us_per_vector": cpu_us,
+        "cores_busy": built.cores_busy(),
+        "graph_cpu_us_per_vector": graph_cpu_us,
+        "cpu_vs_graph": graph_cpu_us.zip(cpu_us).map(|(g, d)| g / d),
         "peak_rss_bytes": peak_rss(),
         "rss_bytes": rss(),
     });

@@ -219,6 +219,23 @@ fn bench_gen_data_then_ann_reports_build_and_each_ef() {
         "{}",
         rows[1]
     );
+    // Both builds' CPU time per vector, and the graph's over the database's.
+    let cpu = |row: &serde_json::Value, key: &str| row[key].as_f64();
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let (g, d) = (
+            cpu(&rows[0], "cpu_us_per_vector").unwrap(),
+            cpu(&rows[1], "cpu_us_per_vector").unwrap(),
+        );
+        assert!(g > 0.0 && d > 0.0, "{} {}", rows[0], rows[1]);
+        assert_eq!(cpu(&rows[1], "graph_cpu_us_per_vector"), Some(g));
+        let ratio = cpu(&rows[1], "cpu_vs_graph").unwrap();
+        assert!((ratio - g / d).abs() < 1e-9 * ratio.max(1.0), "{}", rows[1]);
+        for row in &rows[..2] {
+            let (s, busy) = (cpu(row, "cpu_s").unwrap(), cpu(row, "cores_busy").unwrap());
+            assert!(s > 0.0 && busy > 0.0, "{row}");
+            assert!((s * 1e6 / 2000.0 - cpu(row, "cpu_us_per_vector").unwrap()).abs() < 1e-6);
+        }
+    }
     // ... and the graph alone answers the same queries: its recall and QPS beside the
     // database's (the same parameters and points: the same graph, so the same recall).
     let search = &rows[2];
