@@ -291,7 +291,7 @@ def main():
             print(f"{'(cpu)':<10}{'':>12}  CPU time per vector loaded, all threads: database "
                   f"{fmt(ours.get('cpu_us_per_vector'), '.1f')} us, graph alone "
                   f"{fmt(ours.get('graph_cpu_us_per_vector'), '.1f')} us; graph / database "
-                  f"{fmt(ours.get('cpu_vs_graph'), '.3f')} (the load ratio both reach with every core busy)")
+                  f"{fmt(ours.get('cpu_vs_graph'), '.3f')} (the load ratio follows it while every core is busy)")
     print()
     print(f"{'library':<10}{'mode':<7}{'ef':>5}{'recall@' + str(a.k):>11}{'QPS':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for lib in libs:

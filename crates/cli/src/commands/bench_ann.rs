@@ -72,9 +72,9 @@ pub struct BenchAnnArgs {
     /// Also build the HNSW graph alone (the index crate, in memory: no storage, payload or
     /// rescoring file) from the same batches and parameters, print its build rate as a
     /// `graph_build` row, and report the database's build rate against it (`vs_graph`) and
-    /// its CPU time per vector against the graph's (`cpu_vs_graph`: the graph's share of the
-    /// database's CPU time, which bounds `vs_graph` wherever the linking keeps every core
-    /// busy, as it does with `--threads` at the core count). The
+    /// its CPU time per vector against the graph's (`cpu_vs_graph`: the graph's CPU time per
+    /// vector over the database's, which `vs_graph` follows wherever both keep every core
+    /// busy, as the linking does with `--threads` at the core count). The
     /// two are built batch by batch in turn (alternating which goes first), each timed on its
     /// own, so that a host whose speed drifts hits both alike; the build row's peak RSS then
     /// includes the graph alone. Without quantization, the graph alone also answers the same
