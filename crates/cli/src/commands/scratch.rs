@@ -73,13 +73,23 @@ pub(crate) fn process_cpu_s() -> Option<f64> {
 }
 
 /// Wall and CPU seconds spent in timed sections, added up section by section.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Spent {
     /// Wall-clock seconds.
     pub wall_s: f64,
-    /// CPU seconds of the whole process over the same sections (`None` where unknown).
+    /// CPU seconds of the whole process over the same sections (`None` once a section's could
+    /// not be read).
     pub cpu_s: Option<f64>,
-    sections: usize,
+}
+
+impl Default for Spent {
+    /// Nothing spent yet.
+    fn default() -> Self {
+        Spent {
+            wall_s: 0.0,
+            cpu_s: Some(0.0),
+        }
+    }
 }
 
 impl Spent {
@@ -90,11 +100,7 @@ impl Spent {
         let out = f();
         self.wall_s += started.elapsed().as_secs_f64();
         let spent = cpu.zip(process_cpu_s()).map(|(a, b)| b - a);
-        self.cpu_s = match self.sections {
-            0 => spent,
-            _ => self.cpu_s.zip(spent).map(|(sum, s)| sum + s),
-        };
-        self.sections += 1;
+        self.cpu_s = self.cpu_s.zip(spent).map(|(sum, s)| sum + s);
         out
     }
 
@@ -143,7 +149,6 @@ mod tests {
         let t = Spent {
             wall_s: 2.0,
             cpu_s: Some(3.0),
-            sections: 4,
         };
         assert!((t.cores_busy().unwrap() - 1.5).abs() < 1e-12);
         assert!((t.cpu_us_per(1_000_000).unwrap() - 3.0).abs() < 1e-12);
