@@ -5,6 +5,7 @@
 //! `cargo bench --bench storage` (`cargo bench --bench storage -- sled_apply` for the last)
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use latentdb::storage::key;
 use latentdb::{CollectionSpec, Database, DatabaseOptions, Document, Durability, Metric};
 use serde_json::json;
 
@@ -107,13 +108,9 @@ fn sled_apply(c: &mut Criterion) {
                     }
                     let mut batch = sled::Batch::default();
                     for point in next..next + DOCS {
-                        let mut id_key = b"i".to_vec();
-                        id_key.extend_from_slice(point.to_string().as_bytes());
-                        batch.insert(id_key, &point.to_be_bytes());
+                        batch.insert(key::id_key(&point.to_string()), &point.to_be_bytes());
                         if let Some(len) = record {
-                            let mut point_key = b"p".to_vec();
-                            point_key.extend_from_slice(&point.to_be_bytes());
-                            batch.insert(point_key, vec![point as u8; len]);
+                            batch.insert(&key::point_key(point), vec![point as u8; len]);
                         }
                     }
                     next += DOCS;
