@@ -602,6 +602,8 @@ pub(crate) struct Scratch {
     /// A layer search's results, with the candidates that may be returned.
     pool: Pool,
     nbuf: Vec<u32>,
+    /// A layer walk's neighbours that enter the pool, one expansion's worth.
+    batch: Vec<Cand>,
     sorted: Vec<Cand>,
     selected: Vec<Cand>,
     /// The pruned list while a full neighbour list is cut back to its maximum.
@@ -930,16 +932,22 @@ impl Graph {
         scratch.visit(start.slot);
         scratch.pool.insert(start);
         let mut nbuf = std::mem::take(&mut scratch.nbuf);
+        let mut batch = std::mem::take(&mut scratch.batch);
         while let Some(c) = scratch.pool.next() {
             let next = scratch.pool.peek().map(|n| n.slot);
             fresh_neighbors(nodes, &mut scratch.visited, c.slot, layer, next, &mut nbuf);
+            // The neighbours that enter, merged in at once (see `Pool::insert_batch`).
+            let bound = scratch.pool.bound();
+            batch.clear();
             for &n in &nbuf {
                 let d = dist(n);
-                if scratch.pool.admits(d) {
-                    scratch.pool.insert(Cand { d, slot: n });
+                if d < bound {
+                    batch.push(Cand { d, slot: n });
                 }
             }
+            scratch.pool.insert_batch(&mut batch);
         }
+        scratch.batch = batch;
         scratch.nbuf = nbuf;
     }
 

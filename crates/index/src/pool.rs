@@ -6,7 +6,10 @@
 //! candidate worse than the `ef`-th result is never expanded (the search stops when the best
 //! candidate left is), so the candidates that matter are exactly the unexpanded results: one
 //! sorted array of at most `ef` entries holds both. An insert is a binary search and a short
-//! move (`ef` entries of 12 bytes); taking the next candidate is a forward scan from a cursor.
+//! move (`ef` entries of 12 bytes); an unfiltered layer walk merges each expansion's entering
+//! neighbours at once instead ([`Pool::insert_batch`]: on 50-d word vectors the binary searches
+//! and moves were a sixth of a search's time, and the graph alone searched 5-8% faster with
+//! the merge). Taking the next candidate is a forward scan from a cursor.
 //! A filtered search (a filter, or tombstones) traverses points it may not return: those wait
 //! in a heap of their own beside the pool (see `Graph::search_layer`).
 
@@ -70,6 +73,76 @@ impl Pool {
         }
         if pos < self.cursor {
             self.cursor = pos;
+        }
+    }
+
+    /// The distance a point must be below to enter: the worst held once the pool is full,
+    /// infinity before ([`admits`](Pool::admits) is `d < bound()`).
+    #[inline]
+    pub(crate) fn bound(&self) -> f32 {
+        match self.entries.last() {
+            Some(w) if self.entries.len() >= self.cap => w.cand.d,
+            _ => f32::INFINITY,
+        }
+    }
+
+    /// Inserts a batch of candidates, each below [`bound`](Pool::bound) as it was before the
+    /// batch, in arrival order: the pool ends exactly as after [`insert`](Pool::insert)ing
+    /// each in turn behind an [`admits`](Pool::admits) check (the best `cap` of the pool and
+    /// the batch, ties in arrival order, the pool's entries first). One merge from the back
+    /// instead of a binary search and a move per candidate: each entry behind the batch's
+    /// best moves once. `batch` is left sorted.
+    #[inline]
+    pub(crate) fn insert_batch(&mut self, batch: &mut [Cand]) {
+        if batch.is_empty() {
+            return;
+        }
+        // Stable insertion sort by distance (arrival order for ties): batches are a few
+        // entries.
+        for i in 1..batch.len() {
+            let c = batch[i];
+            let mut j = i;
+            while j > 0 && batch[j - 1].d > c.d {
+                batch[j] = batch[j - 1];
+                j -= 1;
+            }
+            batch[j] = c;
+        }
+        let held = self.entries.len();
+        let total = held + batch.len();
+        let len = total.min(self.cap);
+        self.entries.resize(
+            len,
+            Entry {
+                cand: batch[0],
+                expanded: true,
+            },
+        );
+        // Merge from the back: `out` is the place, in the merged order of all `total`
+        // entries, of the next entry placed; those at `len` or beyond fall out. A pool entry
+        // moves back (never forward: `out >= i`), so the merge is in place.
+        let (mut i, mut j, mut out) = (held, batch.len(), total);
+        while j > 0 {
+            out -= 1;
+            // At equal distance the batch's entry goes after the pool's.
+            let from_pool = i > 0 && self.entries[i - 1].cand.d > batch[j - 1].d;
+            let e = if from_pool {
+                i -= 1;
+                self.entries[i]
+            } else {
+                j -= 1;
+                Entry {
+                    cand: batch[j],
+                    expanded: false,
+                }
+            };
+            if out < len {
+                self.entries[out] = e;
+            }
+        }
+        // `out` is now the batch's best entry's place.
+        if out < len && out < self.cursor {
+            self.cursor = out;
         }
     }
 
@@ -218,6 +291,49 @@ mod tests {
                 after, held,
                 "round {round}: the same distances in the same places"
             );
+        }
+    }
+
+    /// A batch merged at once leaves the pool as inserting its candidates one by one behind
+    /// `admits` does (the same entries, order, expanded marks and next candidate), whatever
+    /// the batch sizes, ties and capacity.
+    #[test]
+    fn a_batch_is_the_same_as_its_inserts_in_turn() {
+        let mut rng = SplitMix64::new(17);
+        let (mut one, mut many) = (Pool::default(), Pool::default());
+        let mut batch = Vec::new();
+        for round in 0..500 {
+            let cap = 1 + round % 30;
+            one.reset(cap);
+            many.reset(cap);
+            let mut slot = 0u32;
+            for _ in 0..(1 + rng.next_u64() % 40) {
+                if rng.next_u64().is_multiple_of(3) {
+                    assert_eq!(one.next(), many.next(), "round {round}");
+                }
+                let bound = many.bound();
+                batch.clear();
+                for _ in 0..rng.next_u64() % 12 {
+                    // Few distinct distances: ties with each other and with the pool.
+                    let c = cand((rng.next_u64() % 20) as f32, slot);
+                    slot += 1;
+                    // The bound only tightens within a batch.
+                    assert!(!one.admits(c.d) || c.d < bound, "round {round}");
+                    if one.admits(c.d) {
+                        one.insert(c);
+                    }
+                    if c.d < bound {
+                        batch.push(c);
+                    }
+                }
+                many.insert_batch(&mut batch);
+                let a: Vec<(Cand, bool)> =
+                    one.entries.iter().map(|e| (e.cand, e.expanded)).collect();
+                let b: Vec<(Cand, bool)> =
+                    many.entries.iter().map(|e| (e.cand, e.expanded)).collect();
+                assert_eq!(a, b, "round {round}");
+                assert_eq!(one.peek(), many.peek(), "round {round}");
+            }
         }
     }
 
