@@ -44,7 +44,7 @@ fn top10(db: &Database, queries: &[Vec<f32>]) -> Vec<Vec<String>> {
             db.search("c", &req)
                 .expect("search")
                 .into_iter()
-                .map(|h| h.id)
+                .map(|h| h.id.into_string())
                 .collect()
         })
         .collect()

@@ -41,6 +41,9 @@ pub mod tune;
 mod value_pool;
 
 pub use collection::{CompactReport, INDEX_DIR, IndexInfo};
+/// The string type of a search hit's document id ([`SearchHit::id`]): ids up to 24 bytes are
+/// held inline, so a search lists them without allocating.
+pub use compact_str::CompactString;
 pub use database::{Database, UpsertResult};
 pub use embedding::{DEFAULT_QUERY_INSTRUCTION, EmbedderSettings};
 pub use error::{Error, Result};

@@ -11,6 +11,7 @@ use std::collections::hash_map::Entry;
 
 use foldhash::quality::RandomState;
 
+use compact_str::CompactString;
 use latentdb_index::{Condition, Filter};
 use serde_json::{Map, Value};
 
@@ -67,8 +68,9 @@ type PostingMap = HashMap<Key, Vec<u32>, RandomState>;
 /// One live point.
 #[derive(Debug)]
 pub(crate) struct PointEntry {
-    /// The document id.
-    pub id: Box<str>,
+    /// The document id: inline up to 24 bytes (no allocation of its own, and a search
+    /// copies it into its hit without allocating), on the heap beyond.
+    pub id: CompactString,
     /// The metadata object's top-level members: (field number in [`Payload`]'s names, value
     /// slot in its pool), sorted by field number. Eight bytes per member instead of a `Map`
     /// per point (a `BTreeMap` allocates a node of 11 members, over 600 bytes, for even one,
@@ -80,7 +82,12 @@ pub(crate) struct PointEntry {
 impl PointEntry {
     /// Heap bytes below this entry: the id and the fields (the values live in the pool).
     fn heap_bytes(&self) -> usize {
-        malloc_bytes(self.id.len()) + malloc_bytes(self.fields.len() * size_of::<(u32, u32)>())
+        let id = if self.id.is_heap_allocated() {
+            malloc_bytes(self.id.capacity())
+        } else {
+            0
+        };
+        id + malloc_bytes(self.fields.len() * size_of::<(u32, u32)>())
     }
 }
 

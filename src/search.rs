@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 
+use compact_str::CompactString;
 use latentdb_index::distance::VectorDefect;
 use latentdb_index::{EXACT_SEARCH_FRACTION, EXACT_SEARCH_MIN, Filter, Hit, Index, Quantization};
 use latentdb_storage::Storage;
@@ -197,8 +198,8 @@ impl SearchRequest {
 /// One search result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchHit {
-    /// The document id.
-    pub id: String,
+    /// The document id (inline up to 24 bytes: see [`CompactString`]).
+    pub id: CompactString,
     /// Larger is better; results come best first. Dense: cosine similarity, inner product or
     /// negated Euclidean distance, by the collection's metric. Lexical: the BM25 score. Hybrid:
     /// the fused score (see [`crate::fusion`]).
@@ -490,7 +491,8 @@ pub(crate) fn search_one(
                 Map::new()
             };
             out.push(SearchHit {
-                id: String::from(&*e.id),
+                // Inline ids (up to 24 bytes) copy without allocating.
+                id: e.id.clone(),
                 score: h.score,
                 text: None,
                 metadata,

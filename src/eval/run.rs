@@ -244,7 +244,9 @@ impl<'a> Evaluator<'a> {
             for ((q, _), hits) in part.iter().zip(results) {
                 run.insert(
                     q.clone(),
-                    hits.into_iter().map(|h| (h.id, h.score)).collect(),
+                    hits.into_iter()
+                        .map(|h| (h.id.into_string(), h.score))
+                        .collect(),
                 );
             }
             self.check_cancel()?;

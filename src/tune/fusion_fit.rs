@@ -325,7 +325,9 @@ pub(crate) fn fit(
         let lexical = db.search_batch(collection, &lexical)?;
         for (((qid, _), d), l) in part.iter().zip(dense).zip(lexical) {
             let hits = |hs: Vec<crate::search::SearchHit>| -> Hits {
-                hs.into_iter().map(|h| (h.id, h.score)).collect()
+                hs.into_iter()
+                    .map(|h| (h.id.into_string(), h.score))
+                    .collect()
             };
             runs.push(qid.clone(), hits(d), hits(l));
         }

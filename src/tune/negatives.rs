@@ -72,7 +72,12 @@ pub(super) fn mine<'p>(
             })
             .collect();
         for (&q, hits) in part.iter().zip(db.search_batch(collection, &reqs)?) {
-            candidates.insert(q, hits.into_iter().map(|h| (h.id, h.score)).collect());
+            candidates.insert(
+                q,
+                hits.into_iter()
+                    .map(|h| (h.id.into_string(), h.score))
+                    .collect(),
+            );
         }
     }
     let overrides: HashSet<usize> = plan.overrides().iter().map(|(i, _)| *i).collect();

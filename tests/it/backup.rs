@@ -231,7 +231,7 @@ fn restore_refuses_damage_and_non_empty_directories_and_loads_matching_dumps() {
         d.search("c", &q)
             .unwrap()
             .into_iter()
-            .map(|h| h.id)
+            .map(|h| h.id.into_string())
             .collect()
     };
     assert_eq!(ids(&rdb), ids(&db));

@@ -55,7 +55,7 @@ fn nearest(db: &Database, name: &str, n: u64) -> String {
         k: 1,
         ..SearchRequest::vector(crate::common::vector(n, DIM))
     };
-    db.search(name, &req).unwrap()[0].id.clone()
+    db.search(name, &req).unwrap()[0].id.to_string()
 }
 
 /// The dump directories under `DIR/index`, by name.

@@ -70,7 +70,7 @@ fn lexical(q: &str, k: usize) -> SearchRequest {
 }
 
 fn ids_scores(hits: &[SearchHit]) -> Vec<(String, f32)> {
-    hits.iter().map(|h| (h.id.clone(), h.score)).collect()
+    hits.iter().map(|h| (h.id.to_string(), h.score)).collect()
 }
 
 /// The top-10 lexical hits of the 100 queries.

@@ -34,7 +34,7 @@ fn results(db: &Database, queries: u64, exact: bool) -> Vec<Vec<(String, f32)>> 
             db.search("c", &req)
                 .unwrap()
                 .into_iter()
-                .map(|h| (h.id, h.score))
+                .map(|h| (h.id.into_string(), h.score))
                 .collect()
         })
         .collect()
@@ -287,7 +287,7 @@ fn after_sigkill_no_acknowledged_write_is_lost_and_the_index_agrees_with_storage
                     ..SearchRequest::vector(crate::common::vector(n, DIM))
                 };
                 let hits = db.search("c", &req).unwrap();
-                assert!(hits.iter().all(|h| &h.id != id), "deleted {id} returned");
+                assert!(hits.iter().all(|h| h.id != id), "deleted {id} returned");
             }
         }
         let stats = db.index_stats("c").unwrap();

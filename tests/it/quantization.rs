@@ -129,7 +129,7 @@ fn search_checked(
             h.score
         );
     }
-    hits.into_iter().map(|h| h.id).collect()
+    hits.into_iter().map(|h| h.id.into_string()).collect()
 }
 
 fn recall(found: &[Vec<String>], truth: &[Vec<u32>]) -> f64 {
@@ -391,7 +391,11 @@ fn results(db: &Database, name: &str, queries: &[f32]) -> Vec<Vec<(String, f32)>
     for exact in [false, true] {
         for q in queries.chunks_exact(DIM) {
             let hits = db.search(name, &request(q, Some(40), None, exact)).unwrap();
-            out.push(hits.into_iter().map(|h| (h.id, h.score)).collect());
+            out.push(
+                hits.into_iter()
+                    .map(|h| (h.id.into_string(), h.score))
+                    .collect(),
+            );
         }
     }
     out

@@ -127,7 +127,7 @@ fn recall_unfiltered_and_filtered_at_1_10_50_percent() {
         .search("v", &req)
         .unwrap()
         .into_iter()
-        .map(|h| h.id)
+        .map(|h| h.id.into_string())
         .collect();
     let truth = bench::ground_truth(
         latentdb::index::Metric::Cosine,
@@ -155,6 +155,61 @@ fn recall_unfiltered_and_filtered_at_1_10_50_percent() {
 
 fn vec_of(seed: u64) -> Vec<f32> {
     synth::clustered_vectors(1, 16, 1, 1.0, seed)
+}
+
+/// Hits carry their document ids exactly, whether held inline (up to 24 bytes) or on the
+/// heap, multi-byte UTF-8 included, and keep them after the documents are replaced, deleted
+/// or the database reopened.
+#[test]
+fn ids_of_every_length_come_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Byte lengths 2, 23, 24, 25, 64 and 300 ending in a two-byte character, 24 and 26 bytes
+    // of them, and one byte.
+    let ids: Vec<String> = [2usize, 23, 24, 25, 64, 300]
+        .iter()
+        .map(|&n| "x".repeat(n - 2) + "é")
+        .chain(["π".repeat(12), "π".repeat(13), "a".into()])
+        .collect();
+    assert!(ids.iter().any(|id| id.len() == 24) && ids.iter().any(|id| id.len() == 25));
+    let by_seed = |i: usize| vec_of(7_000 + i as u64);
+    {
+        let db = Database::open(dir.path()).unwrap();
+        db.create_collection(CollectionSpec::new("v", 16, Metric::Cosine))
+            .unwrap();
+        let docs = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Document::new(id.clone(), by_seed(i)));
+        db.upsert("v", docs.collect()).unwrap();
+        // Replaced with the same vectors: new point ids, the same document ids.
+        let again = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Document::new(id.clone(), by_seed(i)));
+        db.upsert("v", again.collect()).unwrap();
+    }
+    let db = Database::open(dir.path()).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let req = SearchRequest {
+            k: ids.len(),
+            ..SearchRequest::vector(by_seed(i))
+        };
+        let hits = db.search("v", &req).unwrap();
+        assert_eq!(hits.len(), ids.len());
+        assert_eq!(hits[0].id, id.as_str(), "nearest to its own vector");
+        let mut got: Vec<String> = hits.into_iter().map(|h| h.id.into_string()).collect();
+        got.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(got, want);
+    }
+    db.delete("v", &ids[..3]).unwrap();
+    let hits = db.search("v", &SearchRequest::vector(by_seed(5))).unwrap();
+    assert!(
+        hits.iter()
+            .all(|h| !ids[..3].iter().any(|d| h.id == d.as_str()))
+    );
+    assert_eq!(hits.len(), ids.len() - 3);
 }
 
 #[test]
@@ -205,8 +260,8 @@ fn deleted_and_replaced_documents_never_appear() {
             )
             .unwrap();
         for h in &hits {
-            assert!(!gone.contains(&h.id), "deleted {} returned", h.id);
-            if replaced_set.contains(&h.id) {
+            assert!(!gone.contains(h.id.as_str()), "deleted {} returned", h.id);
+            if replaced_set.contains(h.id.as_str()) {
                 assert_eq!(
                     h.metadata["old"],
                     json!(false),
@@ -238,7 +293,7 @@ fn deleted_and_replaced_documents_never_appear() {
                 ..SearchRequest::vector(vec_of(i))
             };
             for h in db.search("v", &req).unwrap() {
-                assert!(replaced_set.contains(&h.id) && !gone.contains(&h.id));
+                assert!(replaced_set.contains(h.id.as_str()) && !gone.contains(h.id.as_str()));
             }
         }
     }

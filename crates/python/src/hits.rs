@@ -23,7 +23,7 @@ pub(crate) struct PyHit {
 impl From<SearchHit> for PyHit {
     fn from(h: SearchHit) -> Self {
         PyHit {
-            id: h.id,
+            id: h.id.into_string(),
             score: h.score,
             text: h.text,
             metadata: h.metadata,

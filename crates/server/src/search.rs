@@ -185,7 +185,7 @@ fn response(hits: Vec<latentdb::SearchHit>) -> pb::SearchResponse {
         hits: hits
             .into_iter()
             .map(|h| pb::SearchHit {
-                id: h.id,
+                id: h.id.into_string(),
                 score: h.score,
                 text: h.text,
                 metadata: Some(convert::json_to_struct(h.metadata)),

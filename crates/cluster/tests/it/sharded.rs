@@ -167,7 +167,7 @@ async fn sharded_search_equals_a_single_node() {
                 // HNSW through the router against HNSW on the single node, both against
                 // the exact top 10, at the smallest search breadth (ef = k) so that recall
                 // is below 1 and the comparison means something.
-                let truth: HashSet<String> = want.iter().map(|h| h.id.clone()).collect();
+                let truth: HashSet<String> = want.iter().map(|h| h.id.to_string()).collect();
                 let approx = router
                     .search(pb::SearchRequest {
                         collection: name.into(),
@@ -188,7 +188,7 @@ async fn sharded_search_equals_a_single_node() {
                     .search(name, &lib_approx)
                     .unwrap()
                     .iter()
-                    .filter(|h| truth.contains(&h.id))
+                    .filter(|h| truth.contains(h.id.as_str()))
                     .count();
             }
         }
