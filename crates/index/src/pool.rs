@@ -45,7 +45,7 @@ impl Pool {
     /// the worst distance held (a tie with the worst does not enter, as in hnswlib).
     #[inline]
     pub(crate) fn admits(&self, d: f32) -> bool {
-        self.entries.len() < self.cap || self.entries.last().is_some_and(|w| d < w.cand.d)
+        self.entries.len() < self.cap || d < self.bound()
     }
 
     /// Inserts `cand` in order, after any entry of equal distance, dropping the worst entry
@@ -77,7 +77,7 @@ impl Pool {
     }
 
     /// The distance a point must be below to enter: the worst held once the pool is full,
-    /// infinity before ([`admits`](Pool::admits) is `d < bound()`).
+    /// infinity before (what [`admits`](Pool::admits) compares with).
     #[inline]
     pub(crate) fn bound(&self) -> f32 {
         match self.entries.last() {
